@@ -1,0 +1,55 @@
+"""Exporting PtychoNN weights to ONNX with a dynamic batch axis (needs PyTorch)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .architecture import ArchitectureSpec
+
+INPUT_NAME = "frames"
+OPSET = 17
+
+
+def build_torch_model(spec: ArchitectureSpec, state_dict: dict[str, np.ndarray]):
+    """A :class:`PtychoNN` module in eval mode holding ``state_dict``'s weights."""
+    import torch
+
+    from .network import PtychoNN
+
+    model = PtychoNN(spec)
+    model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state_dict.items()})
+    return model.eval()
+
+
+def export_onnx_bytes(spec: ArchitectureSpec, state_dict: dict[str, np.ndarray]) -> bytes:
+    """ONNX bytes taking ``frames`` ``[batch, 1, H, W]`` and giving named heads."""
+    import torch
+
+    model = build_torch_model(spec, state_dict)
+    example = torch.zeros(2, 1, spec.input_size, spec.input_size)
+    outputs = ["amplitude", "phase"] if "amplitude" in spec.heads else ["phase"]
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        (example,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return buffer.getvalue()
+
+
+def export_onnx(source: str | Path, destination: str | Path) -> Path:
+    """Export the checkpoint at ``source`` to an ONNX file at ``destination``."""
+    from .checkpoint import open_model
+
+    model = open_model(source)
+    destination = Path(destination)
+    destination.write_bytes(export_onnx_bytes(model.spec, model.state_dict()))
+    return destination

@@ -1,0 +1,100 @@
+"""Turning a detector frame into model input: crop, mean-bin, threshold, cast.
+
+A 516x516 frame cropped by 2 pixels a side and binned 4x4 becomes the 128x128 input
+of the small models, as the Jetson deployment did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import FrameRejected
+
+
+class PreprocessConfig(BaseModel):
+    """How frames are reduced to the model's input size.
+
+    Attributes
+    ----------
+    crop
+        Pixels removed from each side: one number for all four, or
+        ``(top, bottom, left, right)``.
+    bin
+        Side of the square of pixels averaged into one.
+    threshold
+        Counts below it become 0; ``None`` keeps every count.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    bin: int = Field(1, ge=1)
+    threshold: float | None = None
+
+    @field_validator("crop", mode="before")
+    @classmethod
+    def _expand_crop(cls, value: object) -> object:
+        if isinstance(value, int):
+            value = (value,) * 4
+        if any(int(v) < 0 for v in value):
+            raise ValueError(f"crop must not be negative: {value}")
+        return value
+
+    def output_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int] | None:
+        """Shape after preprocessing, or ``None`` when the frame cannot be binned evenly."""
+        top, bottom, left, right = self.crop
+        h, w = frame_shape[0] - top - bottom, frame_shape[1] - left - right
+        if h <= 0 or w <= 0 or h % self.bin or w % self.bin:
+            return None
+        return h // self.bin, w // self.bin
+
+
+class Preprocessor:
+    """Applies a :class:`PreprocessConfig` for a model taking ``input_shape`` frames."""
+
+    def __init__(self, config: PreprocessConfig, input_shape: tuple[int, int]) -> None:
+        self.config = config
+        self.input_shape = tuple(input_shape)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """Model input for ``frame`` as float32 ``[H, W]``.
+
+        Raises
+        ------
+        FrameRejected
+            Empty frame, unsupported dtype, or a size that does not give the model's input.
+        """
+        out = np.empty(self.input_shape, np.float32)
+        self.into(frame, out)
+        return out
+
+    def into(self, frame: np.ndarray, out: np.ndarray) -> None:
+        """Write the model input for ``frame`` into ``out`` (a slot of a batch buffer)."""
+        self.check(frame)
+        top, bottom, left, right = self.config.crop
+        h, w = frame.shape
+        region = frame[top : h - bottom, left : w - right]
+        b = self.config.bin
+        if b > 1:
+            hb, wb = region.shape[0] // b, region.shape[1] // b
+            region = region.reshape(hb, b, wb, b).mean(axis=(1, 3), dtype=np.float32)
+        np.copyto(out, region, casting="unsafe")
+        if self.config.threshold is not None:
+            out[out < self.config.threshold] = 0
+
+    def check(self, frame: np.ndarray) -> None:
+        """Raise :class:`FrameRejected` unless ``frame`` can become model input."""
+        if frame.size == 0:
+            raise FrameRejected("empty", "empty frame")
+        if frame.dtype.kind not in "iuf":
+            raise FrameRejected("dtype", f"unsupported dtype {frame.dtype}")
+        if frame.ndim != 2:
+            raise FrameRejected("shape", f"frame has {frame.ndim} dimensions, expected 2")
+        if self.config.output_shape(frame.shape) != self.input_shape:
+            raise FrameRejected(
+                "shape",
+                f"a {frame.shape[0]}x{frame.shape[1]} frame does not become the model's "
+                f"{self.input_shape[0]}x{self.input_shape[1]} input with crop "
+                f"{self.config.crop} and bin {self.config.bin}",
+            )
