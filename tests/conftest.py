@@ -1,0 +1,76 @@
+"""Fixtures shared by the test suite: loopback PV Access, unique channels, small models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LOOPBACK = {
+    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+}
+os.environ.update(LOOPBACK)
+
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+@pytest.fixture
+def channel_prefix() -> str:
+    """A PV name prefix no other test uses, so tests cannot hear each other."""
+    return f"test{uuid.uuid4().hex[:10]}"
+
+
+def _random_state_dict(preset: str, seed: int) -> dict[str, np.ndarray]:
+    from ptychonn_ophyd.models import PRESETS
+
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in PRESETS[preset].parameter_shapes().items():
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        state[key] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return state
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """Write a PtychoNN ``.pth`` (and ONNX export) of a preset with seeded random weights."""
+    torch = pytest.importorskip("torch", reason="making .pth fixtures needs PyTorch")
+    from ptychonn_ophyd.models import PRESETS, export_onnx_bytes
+
+    def make(preset: str = "small_phase", seed: int = 0) -> tuple[Path, Path]:
+        folder = tmp_path_factory.mktemp(f"{preset}-{seed}")
+        state = _random_state_dict(preset, seed)
+        pth = folder / f"{preset}.pth"
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+        onnx = folder / f"{preset}.onnx"
+        onnx.write_bytes(export_onnx_bytes(PRESETS[preset], state))
+        return pth, onnx
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_phase_onnx(make_checkpoint) -> Path:
+    """A dynamic-batch ONNX small phase model with random weights."""
+    return make_checkpoint("small_phase", seed=1)[1]
+
+
+@pytest.fixture
+def shared_models() -> Path:
+    """The published PtychoNN checkpoints beside the repository, or a clean skip."""
+    if not SHARED_MODELS.is_dir():
+        pytest.skip(f"published checkpoints not found at {SHARED_MODELS}")
+    return SHARED_MODELS
+
+
+def poisson_frames(n: int, shape=(128, 128), seed: int = 0) -> np.ndarray:
+    """Random Poisson-count frames, bright in the middle like a diffraction pattern."""
+    rng = np.random.default_rng(seed)
+    y, x = np.indices(shape) - np.array(shape)[:, None, None] / 2
+    mean = 200 * np.exp(-(x**2 + y**2) / (2 * (shape[0] / 8) ** 2)) + 0.5
+    return rng.poisson(mean, (n, *shape)).astype(np.int16)
