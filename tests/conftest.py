@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames import poisson_frames
 
 LOOPBACK = {
     "EPICS_PVA_ADDR_LIST": "127.0.0.1",
@@ -15,6 +16,8 @@ LOOPBACK = {
     "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
 }
 os.environ.update(LOOPBACK)
+
+__all__ = ["poisson_frames"]
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
@@ -66,11 +69,3 @@ def shared_models() -> Path:
     if not SHARED_MODELS.is_dir():
         pytest.skip(f"published checkpoints not found at {SHARED_MODELS}")
     return SHARED_MODELS
-
-
-def poisson_frames(n: int, shape=(128, 128), seed: int = 0) -> np.ndarray:
-    """Random Poisson-count frames, bright in the middle like a diffraction pattern."""
-    rng = np.random.default_rng(seed)
-    y, x = np.indices(shape) - np.array(shape)[:, None, None] / 2
-    mean = 200 * np.exp(-(x**2 + y**2) / (2 * (shape[0] / 8) ** 2)) + 0.5
-    return rng.poisson(mean, (n, *shape)).astype(np.int16)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 
 COMMANDS = ["infer", "export", "bench"]
 
@@ -32,7 +31,3 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ def export_onnx_bytes(spec: ArchitectureSpec, state_dict: dict[str, np.ndarray])
     example = torch.zeros(2, 1, spec.input_size, spec.input_size)
     outputs = ["amplitude", "phase"] if "amplitude" in spec.heads else ["phase"]
     buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but exports in 0.2 s, the dynamo one in 4 s.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(torch, model, example, buffer, outputs)
+    return buffer.getvalue()
+
+
+def _export(torch, model, example, buffer, outputs) -> None:
     torch.onnx.export(
         model,
         (example,),
@@ -42,7 +51,6 @@ def export_onnx_bytes(spec: ArchitectureSpec, state_dict: dict[str, np.ndarray])
         opset_version=OPSET,
         dynamo=False,
     )
-    return buffer.getvalue()
 
 
 def export_onnx(source: str | Path, destination: str | Path) -> Path:
