@@ -19,7 +19,11 @@ os.environ.update(LOOPBACK)
 
 __all__ = ["poisson_frames"]
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+SHARED_MODELS = Path(
+    os.environ.get(
+        "PTYCHONN_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"
+    )
+)
 
 
 @pytest.fixture

@@ -8,12 +8,17 @@ from ..errors import BackendUnavailable, ModelError
 from ..models import ModelFile, build_torch_model
 from .base import EngineConfig, InferenceEngine, Prediction
 
+PIPELINE_CHUNK = 128
+"""Frames per graph launch: large stacks run as chunks, so copying chunk ``i + 1`` into
+pinned memory on the CPU overlaps the GPU's work on chunk ``i``."""
+
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """Batch sizes that get their own CUDA graph: powers of two, then ``max_batch``."""
-    sizes = {max_batch}
+    """Batch sizes that get their own CUDA graph: powers of two up to the chunk size."""
+    largest = min(max_batch, PIPELINE_CHUNK)
+    sizes = {largest}
     size = 1
-    while size < max_batch:
+    while size < largest:
         sizes.add(size)
         size *= 2
     return sorted(sizes)
@@ -87,7 +92,11 @@ class _EagerRunner:
 
 
 class _CudaGraphRunner:
-    """One captured graph per batch bucket, fed from and drained to pinned memory."""
+    """One captured graph per batch bucket, fed from pinned memory in chunks.
+
+    Results are copied straight from the device into pinned arrays taken from PyTorch's
+    caching host allocator and handed out as numpy views: no host-side copy of the output.
+    """
 
     def __init__(self, net, device, config: EngineConfig, shape: tuple[int, int]) -> None:
         import torch
@@ -99,17 +108,16 @@ class _CudaGraphRunner:
         torch.backends.cudnn.benchmark = True
         self._torch = torch
         self._device = device
+        self._shape = shape
         self._net = net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
         self._dtype = dtype
-        n_heads = len(net.spec.heads)
+        self._n_heads = len(net.spec.heads)
         self._pinned_in = torch.zeros((config.max_batch, 1, *shape), pin_memory=True)
-        self._pinned_out = [
-            torch.zeros((config.max_batch, *shape), pin_memory=True) for _ in range(n_heads)
-        ]
-        self._stream = torch.cuda.Stream(device)
+        self._pinned_in_np = self._pinned_in.numpy()[:, 0]
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs = {b: self._capture(b, shape) for b in batch_buckets(config.max_batch)}
         self._buckets = sorted(self._graphs)
+        self._chunk = self._buckets[-1]
 
     def _forward(self, frames):
         x = frames.to(self._dtype).contiguous(memory_format=self._torch.channels_last)
@@ -133,13 +141,21 @@ class _CudaGraphRunner:
     def __call__(self, frames: np.ndarray) -> list[np.ndarray]:
         torch = self._torch
         n = len(frames)
-        batch = next(b for b in self._buckets if b >= n)
+        results = [torch.empty((n, *self._shape), pin_memory=True) for _ in range(self._n_heads)]
+        with torch.cuda.device(self._device):
+            for start in range(0, n, self._chunk):
+                stop = min(start + self._chunk, n)
+                self._pinned_in_np[start:stop] = frames[start:stop]
+                self._launch(start, stop, results)
+            torch.cuda.current_stream(self._device).synchronize()
+        return [r.numpy() for r in results]
+
+    def _launch(self, start: int, stop: int, results) -> None:
+        """Queue copy-in, graph and copy-out of one chunk; the CPU does not wait."""
+        size = stop - start
+        batch = next(b for b in self._buckets if b >= size)
         graph, static_in, static_out = self._graphs[batch]
-        self._pinned_in[:n, 0].numpy()[...] = frames
-        with torch.cuda.stream(self._stream):
-            static_in.copy_(self._pinned_in[:batch], non_blocking=True)
-            graph.replay()
-            for pinned, out in zip(self._pinned_out, static_out, strict=True):
-                pinned[:batch].copy_(out, non_blocking=True)
-        self._stream.synchronize()
-        return [pinned[:n].numpy().copy() for pinned in self._pinned_out]
+        static_in[:size].copy_(self._pinned_in[start:stop], non_blocking=True)
+        graph.replay()
+        for result, out in zip(results, static_out, strict=True):
+            result[start:stop].copy_(out[:size], non_blocking=True)
