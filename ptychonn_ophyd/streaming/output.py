@@ -1,0 +1,72 @@
+"""Result NTNDArrays that keep the identity of the frame they came from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pvaccess as pva
+
+RESULT_ATTRIBUTES = ("modelHash", "consumerId", "latencySeconds")
+"""Attributes appended to the input frame's own attributes on every result."""
+
+
+class ResultBuilder:
+    """Turns a received NTNDArray into the NTNDArray of its result.
+
+    The result is the received PV itself (a copy taken at receipt) with the image
+    replaced by a float32 prediction and :data:`RESULT_ATTRIBUTES` appended, so its
+    ``uniqueId``, ``timeStamp``, ``dataTimeStamp`` and attributes (scan positions among
+    them) are those of the frame.
+
+    Parameters
+    ----------
+    consumer_id
+        Written into every result as ``consumerId``.
+    shape
+        ``(H, W)`` of the predictions.
+    resized
+        Whether preprocessing changes the frame size, so each result needs new dimensions.
+    """
+
+    def __init__(self, consumer_id: int, shape: tuple[int, int], resized: bool) -> None:
+        h, w = shape
+        self._sizes = {"compressedSize": h * w * 4, "uncompressedSize": h * w * 4}
+        self._dimensions = (
+            [pva.PvDimension(w, 0, w, 1, False), pva.PvDimension(h, 0, h, 1, False)]
+            if resized
+            else None
+        )
+        self._consumer = pva.NtAttribute("consumerId", pva.PvInt(consumer_id))
+        self._model = pva.NtAttribute("modelHash", pva.PvString(""))
+        self.model_hash = ""
+
+    def set_model_hash(self, model_hash: str) -> None:
+        """Tag the results built from now on with ``model_hash``."""
+        self._model = pva.NtAttribute("modelHash", pva.PvString(model_hash))
+        self.model_hash = model_hash
+
+    def result(self, frame, image: np.ndarray, latency: float):
+        """Turn ``frame`` (a received NTNDArray, changed in place) into the result ``image``."""
+        frame["value"] = {"floatValue": image.ravel()}
+        frame.set(self._sizes)
+        if self._dimensions:
+            frame.setStructureArray("dimension", self._dimensions)
+        attributes = frame.getStructureArray("attribute")
+        attributes += (
+            self._model,
+            self._consumer,
+            {"name": "latencySeconds", "value": ({"value": latency}, {"value": pva.DOUBLE})},
+        )
+        frame.setStructureArray("attribute", attributes)
+        return frame
+
+    @staticmethod
+    def sibling(result, image: np.ndarray):
+        """A copy of ``result`` holding ``image`` instead (the amplitude beside the phase)."""
+        other = result.copy()
+        other["value"] = {"floatValue": image.ravel()}
+        return other
+
+    @staticmethod
+    def clear_codec(frame) -> None:
+        """Mark a received frame that came compressed as uncompressed, like its result."""
+        frame["codec.name"] = ""

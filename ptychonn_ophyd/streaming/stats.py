@@ -1,0 +1,128 @@
+"""Frame accounting and the statistics a worker publishes on its status channel."""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import numpy as np
+import pvaccess as pva
+
+REJECT_REASONS = ("shape", "dtype", "codec", "empty")
+"""Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`)."""
+
+DROP_REASONS = ("queue_full", "error", "stopped")
+"""Why a good frame was not inferred: the queue was full (warm-up or backlog), the engine
+or the processor raised, or the worker stopped before its engine was ready."""
+
+
+def drop_key(reason: str) -> str:
+    """The ``userStats`` field counting frames dropped for ``reason``."""
+    return "dropped" + reason.title().replace("_", "")
+
+
+def reject_key(reason: str) -> str:
+    """The ``userStats`` field counting frames rejected for ``reason``."""
+    return "rejected" + reason.title()
+
+
+STATS_PVA_TYPES = {
+    "ready": pva.BOOLEAN,
+    "received": pva.ULONG,
+    "inferred": pva.ULONG,
+    "batches": pva.ULONG,
+    "dropped": pva.ULONG,
+    **{drop_key(reason): pva.ULONG for reason in DROP_REASONS},
+    "rejected": pva.ULONG,
+    **{reject_key(reason): pva.ULONG for reason in REJECT_REASONS},
+    "queueDepth": pva.ULONG,
+    "queueCapacity": pva.ULONG,
+    "inferenceRate": pva.DOUBLE,
+    "latencyP50": pva.DOUBLE,
+    "latencyP99": pva.DOUBLE,
+    "batchSize": pva.UINT,
+    "backend": pva.STRING,
+    "engine": pva.STRING,
+    "device": pva.STRING,
+    "model": pva.STRING,
+    "modelHash": pva.STRING,
+    "error": pva.STRING,
+    "configured": pva.ULONG,
+    "configureError": pva.STRING,
+}
+"""The ``userStats`` structure on the status channel."""
+
+
+class FrameCounts:
+    """Counts of every frame a worker received, and where each one went.
+
+    ``received == inferred + dropped + rejected + queue depth`` at every moment the
+    counts are read between frames.  Each counter is written by one thread only.
+    """
+
+    def __init__(self, latency_window: int = 8192, rate_window: float = 1.0) -> None:
+        self._latencies = np.zeros(latency_window)
+        self._rate_window = rate_window
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.received = 0
+        self.inferred = 0
+        self.batches = 0
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._n_latencies = 0
+        self._rate = 0.0
+        self._rate_mark = (perf_counter(), 0)
+
+    def record_batch(self, latencies: np.ndarray) -> None:
+        """Count one inferred batch whose frames waited ``latencies`` seconds."""
+        n = len(latencies)
+        window = len(self._latencies)
+        start = self._n_latencies % window
+        if n >= window:
+            self._latencies[:] = latencies[-window:]
+        elif start + n <= window:
+            self._latencies[start : start + n] = latencies
+        else:
+            split = window - start
+            self._latencies[start:] = latencies[:split]
+            self._latencies[: n - split] = latencies[split:]
+        self._n_latencies += n
+        self.inferred += n
+        self.batches += 1
+
+    def latency_percentiles(self) -> tuple[float, float]:
+        """p50 and p99 of the latest frames' receipt-to-publish latency, in seconds."""
+        n = min(self._n_latencies, len(self._latencies))
+        if not n:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(self._latencies[:n], (50, 99))
+        return float(p50), float(p99)
+
+    def rate(self) -> float:
+        """Frames inferred per second, over at least the last ``rate_window`` seconds."""
+        now = perf_counter()
+        then, inferred = self._rate_mark
+        if now - then >= self._rate_window:
+            self._rate = (self.inferred - inferred) / (now - then)
+            self._rate_mark = (now, self.inferred)
+        return self._rate
+
+    def user_stats(self, queue_depth: int) -> dict[str, object]:
+        """The counting part of ``userStats`` (see :data:`STATS_PVA_TYPES`)."""
+        p50, p99 = self.latency_percentiles()
+        stats: dict[str, object] = {
+            "received": self.received,
+            "inferred": self.inferred,
+            "batches": self.batches,
+            "dropped": sum(self.dropped.values()),
+            "rejected": sum(self.rejected.values()),
+            "queueDepth": queue_depth,
+            "inferenceRate": self.rate(),
+            "latencyP50": p50,
+            "latencyP99": p99,
+        }
+        stats.update({drop_key(reason): n for reason, n in self.dropped.items()})
+        stats.update({reject_key(reason): n for reason, n in self.rejected.items()})
+        return stats

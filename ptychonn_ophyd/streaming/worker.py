@@ -1,0 +1,217 @@
+"""One ``pvapy-hpc-consumer`` process running the PtychoNN processor, seen from its parent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import pvaccess as pva
+
+PROCESSOR_CLASS = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
+CONSUMER_MODULE = "pvapy.cli.hpcConsumer"
+"""pvapy's own ``pvapy-hpc-consumer``, run with this interpreter so the venv is the same."""
+
+STATUS_REQUEST = "field(userStats,processorStats,receiverStats)"
+PUT_TIMEOUT = 5.0
+"""Seconds a control-channel put may take before it is given up."""
+
+
+class ChannelWatch:
+    """The latest value of a PVA channel, kept current by a monitor.
+
+    Reading it never blocks: pvapy's ``Channel.get`` can hang for good when the server
+    dies while a request is in flight, which a worker may do at any time.
+    """
+
+    def __init__(self, name: str, request: str = "field()") -> None:
+        self.name = name
+        self._value: dict | None = None
+        self._channel = pva.Channel(name)
+        self._channel.monitor(self._update, request)
+
+    def _update(self, pv: pva.PvObject) -> None:
+        self._value = pv.toDict()
+
+    @property
+    def value(self) -> dict | None:
+        """The channel's latest value, or ``None`` before the first update."""
+        return self._value
+
+    def close(self) -> None:
+        """Stop monitoring."""
+        self._channel.stopMonitor()
+
+
+@dataclass(frozen=True)
+class WorkerChannels:
+    """The PVA channels of consumer ``k``: ``<prefix>:<k>:output`` and its siblings."""
+
+    output: str
+    amplitude: str
+    status: str
+    control: str
+
+    @classmethod
+    def of(cls, prefix: str, consumer_id: int) -> WorkerChannels:
+        base = f"{prefix}:{consumer_id}"
+        return cls(f"{base}:output", f"{base}:amplitude", f"{base}:status", f"{base}:control")
+
+
+class Worker:
+    """A consumer process: its command line, log file, PVA channels and lifetime.
+
+    The process runs in a session of its own, so a Ctrl-C in the parent's terminal
+    reaches the parent only; the parent decides when workers stop.
+    """
+
+    def __init__(
+        self, consumer_id: int, command: list[str], log_path: Path, channels: WorkerChannels
+    ) -> None:
+        self.consumer_id = consumer_id
+        self.command = command
+        self.log_path = log_path
+        self.channels = channels
+        self.process: subprocess.Popen | None = None
+        self._status = ChannelWatch(channels.status, STATUS_REQUEST)
+
+    @property
+    def name(self) -> str:
+        pid = self.process.pid if self.process else "not started"
+        return f"worker {self.consumer_id} (pid {pid})"
+
+    def launch(self) -> None:
+        """Start the process, its output going to :attr:`log_path`."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def exit_code(self) -> int | None:
+        """The exit status once the process has ended, else ``None``."""
+        return self.process.poll() if self.process else None
+
+    def status(self) -> dict | None:
+        """The latest ``userStats``, ``processorStats`` and ``receiverStats``.
+
+        ``None`` until the worker's status channel has published once.
+        """
+        return self._status.value
+
+    def send(self, command: str, args: dict | None = None) -> None:
+        """Put ``command`` (``configure``, ``get_stats``, ...) on the control channel.
+
+        Raises
+        ------
+        TimeoutError
+            The put did not complete within :data:`PUT_TIMEOUT` seconds.
+        """
+        request = pva.PvObject(
+            {"command": pva.STRING, "args": pva.STRING},
+            {"command": command, "args": json.dumps(args or {})},
+        )
+        errors: list[Exception] = []
+
+        def put() -> None:
+            try:
+                pva.Channel(self.channels.control).put(request, "field(command,args)")
+            except pva.PvaException as err:
+                errors.append(err)
+
+        thread = threading.Thread(target=put, name=f"put-{self.channels.control}", daemon=True)
+        thread.start()
+        thread.join(PUT_TIMEOUT)
+        if thread.is_alive() or errors:
+            reason = errors[0] if errors else f"no answer in {PUT_TIMEOUT} s"
+            raise TimeoutError(f"{self.name}: cannot send {command!r}: {reason}")
+
+    def close(self) -> None:
+        """Stop watching the worker's status."""
+        self._status.close()
+
+    def kill(self, sig: int) -> None:
+        """Send ``sig`` to the worker's process group."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to end; whether it has."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the worker's output."""
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(deque(log, maxlen=lines)).rstrip()
+        except OSError as err:
+            return f"(no log: {err})"
+
+
+def consumer_command(
+    consumer_id: int,
+    input_channel: str,
+    prefix: str,
+    processor_args: dict,
+    options: dict[str, object],
+) -> list[str]:
+    """The ``pvapy-hpc-consumer`` command line of one worker.
+
+    ``options`` are further ``--name value`` pairs (``None`` values left out).
+    """
+    command = [
+        sys.executable,
+        "-m",
+        CONSUMER_MODULE,
+        "--input-channel",
+        input_channel,
+        "--output-channel",
+        f"{prefix}:*:output",
+        "--status-channel",
+        f"{prefix}:*:status",
+        "--control-channel",
+        f"{prefix}:*:control",
+        "--processor-class",
+        PROCESSOR_CLASS,
+        "--processor-args",
+        json.dumps(processor_args),
+        "--consumer-id",
+        str(consumer_id),
+        "--disable-curses",
+    ]
+    for name, value in options.items():
+        if value is not None:
+            command += [f"--{name}", str(value)]
+    return command
+
+
+def terminate(workers: list[Worker], timeout: float) -> None:
+    """Stop ``workers``: SIGINT (pvapy then stops cleanly), SIGKILL after ``timeout`` s."""
+    for worker in workers:
+        worker.kill(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        if not worker.wait(deadline - time.monotonic()):
+            worker.kill(signal.SIGKILL)
+            worker.wait(5.0)

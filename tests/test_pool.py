@@ -1,0 +1,246 @@
+"""ConsumerPool: real worker processes on loopback PV Access, accounted for by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import poisson_frames
+from pva_collector import Collector
+from pva_consumers import Consumer, connected, consumer_args, process_gone, wait_until
+from pva_source import FrameSource
+
+from ptychonn_ophyd.pool import ConsumerPool, PoolConfig, PoolStartError, WorkerDiedError
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def source(channel_prefix):
+    with FrameSource(f"{channel_prefix}:image") as frames:
+        yield frames
+
+
+@pytest.fixture
+def make_pool(tmp_path, channel_prefix, small_phase_onnx):
+    """Pools on the test's channels, stopped after the test whatever happened."""
+    pools: list[ConsumerPool] = []
+
+    def make(**settings) -> ConsumerPool:
+        config = {
+            "model": small_phase_onnx,
+            "input_channel": f"{channel_prefix}:image",
+            "output_prefix": channel_prefix,
+            "backend": "onnxruntime",
+            "threads": 1,
+            "status_period": 0.2,
+            "log_dir": tmp_path / f"pool-{len(pools) + 1}",
+            **settings,
+        }
+        pool = ConsumerPool(PoolConfig(**config))
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.stop()
+
+
+@pytest.fixture
+def reap():
+    """PIDs to SIGKILL after the test, so a failing test leaves no process behind."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if not process_gone(pid):
+            with_signal(pid, signal.SIGKILL)
+
+
+def with_signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, source):
+    pool = make_pool(n_workers=2, distributor_updates=4)
+    pool.start(timeout=60)
+    collector = Collector(pool.output_channels)
+    ids = source.publish_frames(poisson_frames(160, seed=1), rate_hz=100)
+
+    assert collector.wait_for(160, timeout=30)
+    counts = collector.ids()
+    assert sorted(counts) == ids and set(counts.values()) == {1}
+    assert {r.channel for r in collector.results} == set(pool.output_channels)
+    for result in collector.results:
+        consumer = pool.output_channels.index(result.channel) + 1
+        assert result.attributes["consumerId"] == consumer
+        assert result.attributes["point"] == result.unique_id - 1
+    assert wait_until(lambda: pool.stats().inferred == 160, 5)
+    stats = pool.stats()
+    assert stats.received == 160 and stats.dropped == 0 and stats.missed == 0
+    assert sum(stats.rejected.values()) == 0 and stats.queue_depth == 0
+    assert all(w["inferred"] > 0 and w["alive"] for w in stats.per_worker)
+    assert 0 < stats.latency_p50_s <= stats.latency_p99_s < 5
+    facts = pool.facts()
+    assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
+    assert facts["model_hash"] == collector.results[0].attributes["modelHash"]
+
+
+def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
+    pool = make_pool(n_workers=2, distributor_updates=4)
+    pool.start(timeout=60)
+    old_hash = pool.facts()["model_hash"]
+    collector = Collector(pool.output_channels)
+    sender = threading.Thread(
+        target=source.publish_frames, args=(poisson_frames(240, seed=2),), kwargs={"rate_hz": 80}
+    )
+    sender.start()
+    wait_until(lambda: len(collector.results) > 40, 10)
+    new_hash = pool.swap_model(make_checkpoint("small_phase", seed=2)[1], timeout=30)
+    sender.join()
+
+    assert collector.wait_for(240, timeout=30)
+    counts = collector.ids()
+    assert sorted(counts) == list(range(1, 241)) and set(counts.values()) == {1}
+    assert new_hash != old_hash
+    for channel in pool.output_channels:
+        ordered = sorted(
+            (r for r in collector.results if r.channel == channel), key=lambda r: r.unique_id
+        )
+        hashes = [r.attributes["modelHash"] for r in ordered]
+        swap = hashes.index(new_hash)
+        assert set(hashes[:swap]) == {old_hash} and set(hashes[swap:]) == {new_hash}
+    stats = pool.stats()
+    assert stats.dropped == 0 and stats.missed == 0
+
+
+def test_seed_file_writer_chain_saves_one_tiff_per_frame(
+    make_pool, source, channel_prefix, tmp_path
+):
+    pool = make_pool()
+    pool.start(timeout=60)
+    files = tmp_path / "tiff"
+    writer_args = {
+        "outputDirectory": str(files),
+        "outputFileNameFormat": "{uniqueId:06}.{processorId}.tiff",
+    }
+    writer = Consumer(
+        consumer_args(
+            f"{channel_prefix}files",
+            f"{channel_prefix}:*:output",
+            writer_args,
+            "pvapy.hpc.adOutputFileProcessor.AdOutputFileProcessor",
+        ),
+        tmp_path / "writer.log",
+    )
+    try:
+        assert wait_until(lambda: connected(f"{channel_prefix}files:1:status"), 30), writer.log()
+        collector = Collector(pool.output_channels)
+        ids = source.publish_frames(poisson_frames(12, seed=3), rate_hz=100)
+        assert collector.wait_for(12, timeout=20)
+        assert wait_until(lambda: len(list(files.glob("*.tiff"))) == 12, 20), writer.log()
+    finally:
+        writer.stop()
+    results = {r.unique_id: r.image for r in collector.results}
+    for unique_id in ids:
+        image = tifffile.imread(files / f"{unique_id:06}.1.tiff")
+        assert image.dtype == np.float32
+        np.testing.assert_array_equal(image, results[unique_id])
+
+
+def test_stop_leaves_no_worker_and_is_idempotent(make_pool, source):
+    pool = make_pool(n_workers=2)
+    pool.start(timeout=60)
+    pids = pool.pids
+    assert len(pids) == 2 and not any(process_gone(pid) for pid in pids)
+    pool.stop()
+    assert all(process_gone(pid) for pid in pids)
+    pool.stop()
+
+
+def test_start_failure_names_the_worker_and_its_log(make_pool, source, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    pool = make_pool(model=broken)
+    with pytest.raises(PoolStartError, match=r"worker 1 \(pid \d+\) exited") as raised:
+        pool.start(timeout=30)
+    assert "not a valid ONNX model" in str(raised.value)
+    assert all(process_gone(pid) for pid in pool.pids)
+
+
+def test_engine_that_cannot_start_fails_the_start(make_pool, source):
+    pool = make_pool(backend="tensorrt")
+    with pytest.raises(
+        PoolStartError, match=r"worker 1 \(pid \d+\) exited with status 2"
+    ) as raised:
+        pool.start(timeout=60)
+    assert "cannot start the engine" in str(raised.value) and "TensorRT" in str(raised.value)
+
+
+def test_cli_runs_a_pool_and_reports(source, channel_prefix, small_phase_onnx, tmp_path):
+    command = [
+        *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(small_phase_onnx)),
+        *("--input-channel", source.channel, "--output-prefix", channel_prefix),
+        *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(tmp_path)),
+        *("--report-period", "1", "--runtime", "3"),
+    ]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        ready_line = cli.stdout.readline()
+        source.publish_frames(poisson_frames(10, seed=4), rate_hz=100)
+        out, _ = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, out
+    assert ready_line.startswith("1 workers ready: onnxruntime CPU")
+    assert f"{channel_prefix}:1:output" in ready_line
+    assert out.strip().splitlines()[-1].startswith("received 10  inferred 10  dropped 0")
+
+
+def test_dead_worker_is_reported(make_pool, source):
+    pool = make_pool(n_workers=2)
+    pool.start(timeout=60)
+    pool.check_health()
+    with_signal(pool.pids[1], signal.SIGKILL)
+    assert wait_until(lambda: not pool.stats().per_worker[1]["alive"], 5)
+    with pytest.raises(WorkerDiedError, match=r"worker 2 \(pid \d+\) died with exit status -9"):
+        pool.check_health()
+
+
+POOL_SCRIPT = """
+import time
+from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
+config = PoolConfig(model={model!r}, input_channel={channel!r}, output_prefix={prefix!r},
+                    n_workers=2, backend="onnxruntime", threads=1, wait_for_input=False)
+pool = ConsumerPool(config)
+pool.start(timeout=60)
+print(*pool.pids, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, sig):
+    script = textwrap.dedent(POOL_SCRIPT).format(
+        model=str(small_phase_onnx), channel=f"{channel_prefix}:image", prefix=channel_prefix
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    reap.append(parent.pid)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    reap.extend(pids)
+    assert len(pids) == 2 and not any(process_gone(pid) for pid in pids)
+
+    parent.send_signal(sig)
+    parent.wait(15)
+    assert wait_until(lambda: all(process_gone(pid) for pid in pids), 15)

@@ -1,0 +1,246 @@
+"""The streaming processor's parts, in-process: arguments, frames, batching, counts, results."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pvaccess as pva
+import pytest
+from pva_source import boolean_frame, empty_frame, ntnda, unknown_codec_frame
+from pvapy.utility.adImageUtility import AdImageUtility
+
+from ptychonn_ophyd.errors import FrameRejected
+from ptychonn_ophyd.processor import sibling_channel
+from ptychonn_ophyd.streaming.batching import BatchQueue
+from ptychonn_ophyd.streaming.config import ArgsError, parse_args, parse_update
+from ptychonn_ophyd.streaming.frames import decode_frame
+from ptychonn_ophyd.streaming.output import ResultBuilder
+from ptychonn_ophyd.streaming.stats import STATS_PVA_TYPES, FrameCounts
+from ptychonn_ophyd.streaming.throttle import Throttle
+
+
+def copy_into(frame: np.ndarray, slot: np.ndarray) -> None:
+    np.copyto(slot, frame, casting="unsafe")
+
+
+def queue(n_buffers: int = 2, batch: int = 4, timeout: float = 0.05) -> BatchQueue:
+    return BatchQueue(n_buffers, batch, (2, 2), timeout, copy_into)
+
+
+class TestArgs:
+    def test_seed_aliases_and_pvapy_keys(self, small_phase_onnx):
+        args = parse_args(
+            {"onnx_mdl": str(small_phase_onnx), "bsz": 16, "processorId": 3, "outputChannel": "x"}
+        )
+        assert args.model == small_phase_onnx and args.batch_size == 16
+        assert args.gpu == "auto" and args.outputs == ("phase",)
+
+    def test_every_problem_in_one_line(self):
+        with pytest.raises(ArgsError) as raised:
+            parse_args({"bsz": 0, "colour": "blue"})
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "'model' is required" in message and "unknown key 'colour'" in message
+        assert "batch_size" in message and "known keys: model, backend" in message
+
+    @pytest.mark.parametrize(
+        ("settings", "message"),
+        [
+            ({"outputs": ["amplitude"]}, 'outputs is ["phase"] or ["phase", "amplitude"]'),
+            ({"gpu": -1}, "a GPU index is 0 or more"),
+            ({"backend": "cuda"}, "backend: Input should be"),
+            ({"preprocess": {"crop": -1}}, "crop must not be negative"),
+        ],
+    )
+    def test_bad_values(self, small_phase_onnx, settings, message):
+        with pytest.raises(ArgsError) as raised:
+            parse_args({"model": str(small_phase_onnx), **settings})
+        assert message in str(raised.value)
+
+    def test_engine_device(self, small_phase_onnx):
+        assert parse_args({"model": small_phase_onnx, "gpu": 1}).engine_device(3) == "cuda:1"
+        cpu = parse_args({"model": small_phase_onnx, "backend": "onnxruntime", "gpu": 1})
+        assert cpu.engine_device(3) == "cpu"
+
+    def test_runtime_update(self, small_phase_onnx):
+        assert parse_update({"onnx_mdl": str(small_phase_onnx)}).model == small_phase_onnx
+        assert parse_update({"batch_timeout": 0.1, "objectIdOffset": 3}).batch_timeout == 0.1
+        with pytest.raises(ArgsError, match="unknown key 'batch_size'"):
+            parse_update({"batch_size": 4})
+
+
+class TestFrames:
+    def test_view_of_the_image(self):
+        frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+        image, compressed = decode_frame(ntnda(frame, 1))
+        assert not compressed and image.dtype == np.uint16
+        np.testing.assert_array_equal(image, frame)
+
+    @pytest.mark.parametrize(
+        ("array", "reason"),
+        [
+            (empty_frame(1), "empty"),
+            (boolean_frame(1), "dtype"),
+            (unknown_codec_frame(1), "codec"),
+            (ntnda(np.zeros((0, 0), np.int16), 1), "empty"),
+        ],
+    )
+    def test_rejections(self, array, reason):
+        with pytest.raises(FrameRejected) as raised:
+            decode_frame(array)
+        assert raised.value.reason == reason
+
+    def test_dimensions_must_match_the_data(self):
+        array = ntnda(np.zeros((4, 4), np.int16), 1)
+        array["dimension"] = [
+            pva.PvDimension(3, 0, 3, 1, False),
+            pva.PvDimension(4, 0, 4, 1, False),
+        ]
+        with pytest.raises(FrameRejected, match="do not match") as raised:
+            decode_frame(array)
+        assert raised.value.reason == "shape"
+
+
+class TestBatchQueue:
+    def test_full_batches_come_at_once(self):
+        q = queue(timeout=10)
+        for i in range(4):
+            assert q.put(np.full((2, 2), i), f"meta{i}", time.perf_counter())
+        buffer, n = q.take()
+        assert n == 4 and q.meta[buffer] == ["meta0", "meta1", "meta2", "meta3"]
+        np.testing.assert_array_equal(q.frames[buffer, :, 0, 0], [0, 1, 2, 3])
+        assert q.depth() == 4
+        q.release(buffer, n)
+        assert q.depth() == 0 and q.meta[buffer] == [None] * 4
+
+    def test_partial_batch_waits_for_its_timeout(self):
+        q = queue(timeout=0.2)
+        start = time.perf_counter()
+        q.put(np.zeros((2, 2)), "a", start)
+        q.put(np.zeros((2, 2)), "b", start)
+        assert q.take()[1] == 2
+        assert 0.15 < time.perf_counter() - start < 1.0
+
+    def test_take_wakes_when_a_first_frame_arrives(self):
+        q = queue(timeout=0.05)
+        taken = []
+        thread = threading.Thread(target=lambda: taken.append(q.take()))
+        thread.start()
+        time.sleep(0.1)
+        q.put(np.zeros((2, 2)), "a", time.perf_counter())
+        thread.join(2)
+        assert taken and taken[0][1] == 1
+
+    def test_refuses_frames_when_full_or_closed(self):
+        q = queue(n_buffers=2, batch=2)
+        assert all(q.put(np.zeros((2, 2)), i, 0.0) for i in range(4))
+        assert not q.put(np.zeros((2, 2)), 4, 0.0)
+        assert q.capacity == 4 and q.depth() == 4
+        q.close()
+        assert {q.take(), q.take()} == {(0, 2), (1, 2)} and q.take() is None
+        assert not q.put(np.zeros((2, 2)), 5, 0.0)
+
+    def test_a_failed_fill_queues_nothing(self):
+        def refuse(frame, slot):
+            raise FrameRejected("shape", "no")
+
+        q = BatchQueue(2, 2, (2, 2), 0.01, refuse)
+        with pytest.raises(FrameRejected):
+            q.put(np.zeros((2, 2)), "x", 0.0)
+        assert q.depth() == 0
+
+    def test_close_flushes_a_partial_batch_at_once(self):
+        q = queue(timeout=60)
+        q.put(np.zeros((2, 2)), "a", time.perf_counter())
+        q.close()
+        assert q.take()[1] == 1 and q.take() is None
+
+    def test_the_buffer_released_last_is_filled_next(self):
+        q = queue(n_buffers=4, batch=1)
+        q.put(np.zeros((2, 2)), "a", 0.0)
+        first, n = q.take()
+        q.release(first, n)
+        q.put(np.zeros((2, 2)), "b", 0.0)
+        assert q.take()[0] == first
+
+    def test_discard(self):
+        q = queue(n_buffers=3, batch=2)
+        for i in range(5):
+            q.put(np.zeros((2, 2)), i, 0.0)
+        assert q.discard() == 5 and q.depth() == 0
+        assert all(q.put(np.zeros((2, 2)), i, 0.0) for i in range(6))
+
+
+class TestFrameCounts:
+    def test_latency_window_wraps(self):
+        counts = FrameCounts(latency_window=4)
+        counts.record_batch(np.array([9.0, 9.0, 9.0]))
+        counts.record_batch(np.array([1.0, 2.0, 3.0]))
+        p50, p99 = counts.latency_percentiles()
+        assert counts.inferred == 6 and counts.batches == 2
+        assert p50 == pytest.approx(2.5) and p99 == pytest.approx(8.82)
+
+    def test_user_stats_fields_are_the_published_ones(self):
+        counts = FrameCounts()
+        counts.received = 7
+        counts.rejected["codec"] = 2
+        counts.dropped["queue_full"] = 1
+        stats = counts.user_stats(queue_depth=4)
+        assert stats["rejected"] == 2 and stats["rejectedCodec"] == 2
+        assert stats["dropped"] == 1 and stats["droppedQueueFull"] == 1
+        assert stats["queueDepth"] == 4 and set(stats) <= set(STATS_PVA_TYPES)
+
+    def test_rate_over_a_window(self):
+        counts = FrameCounts(rate_window=0.05)
+        counts.rate()
+        counts.record_batch(np.zeros(10))
+        time.sleep(0.1)
+        assert 20 < counts.rate() < 200
+
+
+class TestResults:
+    def test_result_keeps_identity_and_adds_attributes(self):
+        frame = ntnda(np.zeros((8, 8), np.int16), 42, {"x": 1.5, "point": 3})
+        frame["timeStamp"] = pva.PvTimeStamp(1000.25)
+        builder = ResultBuilder(consumer_id=2, shape=(4, 4), resized=True)
+        builder.set_model_hash("0123456789ab")
+        image = np.arange(16, dtype=np.float32).reshape(4, 4)
+        result = builder.result(frame.copy(), image, 0.01)
+        unique_id, decoded, nx, ny, *_ = AdImageUtility.reshapeNtNdArray(result)
+        assert (unique_id, nx, ny) == (42, 4, 4)
+        np.testing.assert_array_equal(decoded, image)
+        assert result["timeStamp"]["secondsPastEpoch"] == 1000
+        attributes = {a["name"]: a["value"][0]["value"] for a in result["attribute"]}
+        assert attributes == {
+            "ColorMode": 0,
+            "x": 1.5,
+            "point": 3,
+            "modelHash": "0123456789ab",
+            "consumerId": 2,
+            "latencySeconds": 0.01,
+        }
+        assert result["uncompressedSize"] == 64
+        sibling = builder.sibling(result, image * 2)
+        assert sibling["attribute"] == result["attribute"]
+        assert sibling["uniqueId"] == 42
+
+    def test_sibling_channel(self):
+        assert sibling_channel("inference:3:output", "amplitude") == "inference:3:amplitude"
+        assert sibling_channel("results", "amplitude") == "results:amplitude"
+        assert sibling_channel(None, "amplitude") is None
+
+
+def test_throttle_counts_what_it_holds_back(caplog):
+    throttle = Throttle(logging.getLogger("throttle-test"), period=0.2)
+    with caplog.at_level(logging.WARNING, logger="throttle-test"):
+        for _ in range(5):
+            throttle.warning("k", "bad frame")
+        time.sleep(0.25)
+        throttle.warning("k", "bad frame")
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad frame",
+        "bad frame (4 more like it since the last report)",
+    ]
