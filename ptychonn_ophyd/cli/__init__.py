@@ -9,7 +9,7 @@ import argparse
 import importlib
 import logging
 
-COMMANDS = ["infer", "export", "bench"]
+COMMANDS = ["demo", "infer", "export", "bench", "pool", "sim", "train", "replay"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ class DetectorConfig:
     photons
         Expected total counts of the 128x128 pattern for a fully transparent object
         (the object's absorption lowers it).  Finer pixels keep the per-pixel count,
-        so a binned frame's total is ``photons * bin_factor**2``.
+        so a large frame's total is ``photons * bin_factor**2``.
     dtype
         Detector integer type; counts above its maximum are clipped to it.
     bin_factor
@@ -127,6 +127,11 @@ class PtychoSimulation:
         side = self.detector.frame_size(self.patch_size)
         return side, side
 
+    @property
+    def patch_corners(self) -> np.ndarray:
+        """``(N, 2)`` top-left ``(row, col)`` object pixel of each scan point's patch."""
+        return self._corners
+
     def __len__(self) -> int:
         return len(self.positions_um)
 
@@ -178,8 +183,8 @@ class PtychoSimulation:
 
     def _crop(self, image: np.ndarray, corners: np.ndarray) -> np.ndarray:
         p = self.patch_size
-        return np.stack([image[r : r + p, c : c + p] for r, c in corners]).astype(np.float32)
+        return np.stack([image[r : r + p, c : c + p] for r, c in corners])
 
     def _intensity(self, corners: np.ndarray) -> np.ndarray:
-        exit_waves = self.probe * self._crop(self.obj.transmission, corners).astype(np.complex64)
+        exit_waves = self.probe * self._crop(self.obj.transmission, corners)
         return far_field_intensity(exit_waves) * self.detector.photons

@@ -37,6 +37,13 @@ HELD_OUT_PHASE = "camera"
 HELD_OUT_AMPLITUDE = "moon"
 """The demo object's images; neither is in :data:`TRAINING_IMAGES`."""
 
+HELD_OUT_SIZE = 384
+HELD_OUT_MAGNIFICATION = 3.0
+"""The demo object is the central 128x128 image pixels of each, shown 3x larger."""
+
+TRAINING_MAGNIFICATION_RANGE = (2.0, 4.0)
+"""Object pixels per image pixel of training views: features a few to tens of pixels."""
+
 DEFAULT_PHASE_RANGE = (-np.pi / 2, np.pi / 2)
 """Phase span in radians: strong enough to scatter well, well inside ``pi * tanh``."""
 
@@ -49,7 +56,7 @@ DEFAULT_PIXEL_SIZE_M = 10e-9
 
 @dataclass(frozen=True)
 class ComplexObject:
-    """A sample: phase and amplitude maps on a square grid of known pixel size.
+    """A sample: phase and amplitude maps on a 2-D grid of known pixel size.
 
     Attributes
     ----------
@@ -113,23 +120,24 @@ def load_image(name: str) -> np.ndarray:
 def square_view(
     image: np.ndarray,
     size: int,
+    magnification: float | None = None,
     rng: np.random.Generator | None = None,
-    zoom_range: tuple[float, float] = (0.6, 1.0),
 ) -> np.ndarray:
     """A square ``size`` x ``size`` view of an image, resampled with anti-aliasing.
 
-    Without ``rng`` the largest centred square is used.  With ``rng`` a random square
-    of side ``zoom * min(image.shape)`` is taken (zoom drawn from ``zoom_range``), then
-    randomly flipped and rotated by a multiple of 90 degrees: cheap augmentation that
-    keeps the statistics of a natural image.
+    ``magnification`` is object pixels per image pixel, so the view covers
+    ``size / magnification`` image pixels (at most the image's short side; ``None``
+    takes the whole short side).  Without ``rng`` the view is centred; with it, the
+    view sits at a random place and is randomly flipped and turned by a multiple of
+    90 degrees: cheap augmentation that keeps the statistics of a natural image.
     """
     from skimage.transform import resize
 
     short = min(image.shape)
+    side = short if magnification is None else min(short, max(4, round(size / magnification)))
     if rng is None:
-        side, top, left = short, (image.shape[0] - short) // 2, (image.shape[1] - short) // 2
+        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     else:
-        side = max(8, int(short * rng.uniform(*zoom_range)))
         top = int(rng.integers(0, image.shape[0] - side + 1))
         left = int(rng.integers(0, image.shape[1] - side + 1))
     view = image[top : top + side, left : left + side]
@@ -185,27 +193,43 @@ def make_object(
 
 
 def named_object(
-    phase_name: str, amplitude_name: str, size: int = 256, style: ObjectStyle = ObjectStyle()
+    phase_name: str,
+    amplitude_name: str,
+    size: int = HELD_OUT_SIZE,
+    magnification: float | None = HELD_OUT_MAGNIFICATION,
+    style: ObjectStyle = ObjectStyle(),
 ) -> ComplexObject:
-    """An object from two named bundled images (their centred square views)."""
-    phase = square_view(_cached_image(phase_name), size)
-    amplitude = square_view(_cached_image(amplitude_name), size)
+    """An object from two named bundled images (centred views, see :func:`square_view`)."""
+    phase = square_view(_cached_image(phase_name), size, magnification)
+    amplitude = square_view(_cached_image(amplitude_name), size, magnification)
     return make_object(phase, amplitude, style, f"{phase_name}/{amplitude_name}")
 
 
-def held_out_object(size: int = 256, style: ObjectStyle = ObjectStyle()) -> ComplexObject:
+def held_out_object(
+    size: int = HELD_OUT_SIZE,
+    magnification: float | None = HELD_OUT_MAGNIFICATION,
+    style: ObjectStyle = ObjectStyle(),
+) -> ComplexObject:
     """The demo object (camera phase, moon amplitude) that no training set contains."""
-    return named_object(HELD_OUT_PHASE, HELD_OUT_AMPLITUDE, size, style)
+    return named_object(HELD_OUT_PHASE, HELD_OUT_AMPLITUDE, size, magnification, style)
 
 
 def random_training_object(
-    rng: np.random.Generator, size: int = 256, style: ObjectStyle = ObjectStyle()
+    rng: np.random.Generator,
+    size: int = 256,
+    style: ObjectStyle = ObjectStyle(),
+    magnification_range: tuple[float, float] = TRAINING_MAGNIFICATION_RANGE,
 ) -> ComplexObject:
-    """A training object: two different training images in random views, seeded by ``rng``."""
+    """A training object: two different training images in random views, seeded by ``rng``.
+
+    Each view's magnification is drawn log-uniformly from ``magnification_range``.
+    """
     phase_name, amplitude_name = rng.choice(TRAINING_IMAGES, size=2, replace=False)
-    phase = square_view(_cached_image(phase_name), size, rng)
-    amplitude = square_view(_cached_image(amplitude_name), size, rng)
-    return make_object(phase, amplitude, style, f"{phase_name}/{amplitude_name}")
+    views = []
+    for name in (phase_name, amplitude_name):
+        magnification = float(np.exp(rng.uniform(*np.log(magnification_range))))
+        views.append(square_view(_cached_image(name), size, magnification, rng))
+    return make_object(*views, style, f"{phase_name}/{amplitude_name}")
 
 
 _IMAGE_CACHE: dict[str, np.ndarray] = {}

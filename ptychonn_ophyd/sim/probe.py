@@ -37,7 +37,7 @@ class ProbeConfig:
 
     size: int = PATCH_SIZE
     pupil_radius: float = 20.0
-    defocus: float = 12.0
+    defocus: float = 8.0
     edge_width: float = 1.5
 
     def __post_init__(self) -> None:

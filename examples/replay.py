@@ -1,0 +1,34 @@
+"""Stitch the latest run (or a given one) of the default catalog into a PNG.
+
+    python examples/replay.py [UID] [--pixel-size UM]
+
+What ``ptychonn-ophyd replay UID`` does, step by step: read the run's ``inference``
+stream, place its phase patches at their scan positions (averaged where they overlap)
+with the object pixel size of the start document, and draw the result.
+"""
+
+import argparse
+
+from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.replay import load_inference, save_png, stitch_run
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("uid", nargs="?", default="-1", help="run uid or -1 (latest)")
+parser.add_argument("--pixel-size", type=float, help="object pixel size in micrometres")
+args = parser.parse_args()
+
+catalog = open_catalog()
+run = catalog[int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid]
+data = load_inference(run)
+phase, amplitude = stitch_run(data, args.pixel_size)
+print(f"{len(data.phase)} frames -> {phase.image.shape[1]}x{phase.image.shape[0]} pixels")
+
+start = run.metadata["start"]
+path = save_png(
+    f"replay-{start['uid'][:8]}.png",
+    phase,
+    amplitude,
+    positions_um=data.positions_um,
+    title=f"scan {start.get('scan_id')}: {len(data.phase)} frames",
+)
+print(f"wrote {path}")

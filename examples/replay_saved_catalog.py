@@ -1,0 +1,33 @@
+"""Replay every run of a saved catalog folder (e.g. one brought home from the beamline).
+
+    python examples/replay_saved_catalog.py FOLDER [--output-dir DIR]
+
+Opens the embedded catalog in FOLDER read-through (no server), lists its runs and writes
+one PNG per run that has an ``inference`` stream. The HDF5 files of the runs must still
+be where they were written (the catalog refers to them by absolute path).
+"""
+
+import argparse
+from pathlib import Path
+
+from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.replay import replay
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("folder", type=Path, help="folder of an embedded catalog")
+parser.add_argument("--output-dir", type=Path, default=Path("."))
+args = parser.parse_args()
+
+catalog = open_catalog(args.folder)
+args.output_dir.mkdir(parents=True, exist_ok=True)
+for uid, run in catalog.items():
+    start, stop = run.metadata["start"], run.metadata["stop"] or {}
+    summary = stop.get("inference", {})
+    print(
+        f"scan {start.get('scan_id')} {uid[:8]} {start.get('plan_name')} "
+        f"{stop.get('exit_status')}: {summary.get('stored', 0)} of "
+        f"{summary.get('produced', 0)} frames inferred"
+    )
+    if "inference" in run:
+        png = args.output_dir / f"scan-{start.get('scan_id')}-{uid[:8]}.png"
+        print("  ->", replay(uid, catalog, png))

@@ -1,0 +1,75 @@
+"""Scan the simulated sample with live PtychoNN inference and store it in a catalog.
+
+    python examples/scan.py [--catalog FOLDER_OR_URI] [--model MODEL.onnx] [--fly]
+
+Runs a 7x7 step scan (or, with --fly, a 15x15 fly scan at 200 frames/s) over the
+simulated held-out object. The run, with its ``inference`` stream, goes into the
+catalog (default: the embedded one in ~/.local/share/ptychonn-ophyd/catalog); replay it
+with ``python examples/replay.py``.
+"""
+
+import argparse
+import os
+
+for key, value in {
+    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+}.items():
+    os.environ.setdefault(key, value)
+
+from bluesky import RunEngine  # noqa: E402
+from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402
+from ophyd.sim import SynAxis  # noqa: E402
+
+from ptychonn_ophyd.callbacks import InferenceCallback  # noqa: E402
+from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog  # noqa: E402
+from ptychonn_ophyd.device import PtychoNNDetector  # noqa: E402
+from ptychonn_ophyd.models.bundled import demo_model_path  # noqa: E402
+from ptychonn_ophyd.plans import scan_with_inference  # noqa: E402
+from ptychonn_ophyd.sim.detector import SimPtychoDetector  # noqa: E402
+from ptychonn_ophyd.sim.diffraction import PtychoSimulation  # noqa: E402
+from ptychonn_ophyd.sim.objects import held_out_object  # noqa: E402
+from ptychonn_ophyd.sim.probe import make_probe  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--catalog", help="catalog folder or Tiled URI")
+    parser.add_argument("--model", help="PtychoNN ONNX model (default: the bundled demo model)")
+    parser.add_argument("--fly", action="store_true", help="fly scan instead of step scan")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--channel", default="example:image", help="detector PV name")
+    args = parser.parse_args()
+
+    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")  # micrometres
+    det = SimPtychoDetector(
+        PtychoSimulation(held_out_object(), make_probe()), sx, sy, args.channel, name="det"
+    )
+    inference = PtychoNNDetector(
+        name="inference",
+        model=args.model or str(demo_model_path()),
+        n_workers=args.workers,
+        input_channel=args.channel,
+        output_prefix=f"{args.channel}:inference",
+        source=det,
+    )
+
+    catalog = open_catalog(args.catalog)
+    callback = InferenceCallback(inference, assets_directory(args.catalog))
+    callback.subscribe(catalog_writer(catalog))
+    RE = RunEngine()
+    RE.subscribe(callback)
+    RE.subscribe(BestEffortCallback())
+
+    if args.fly:
+        det.fly_rate_hz = 200
+        plan = scan_with_inference(det, inference, sy, -1, 1, 15, sx, -1, 1, 15, mode="fly")
+    else:
+        plan = scan_with_inference(det, inference, sy, -1, 1, 7, sx, -1, 1, 7)
+    (uid,) = RE(plan)
+    print(f"run {uid}: {catalog[uid].metadata['stop']['inference']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Where runs are kept: an embedded Tiled catalog by default, a Tiled server when asked.
+
+The embedded catalog is a folder holding ``catalog.db`` (SQLite, the run metadata),
+``tables.db`` (SQLite, the table store for event columns), ``data/`` (arrays Tiled
+writes itself) and ``assets/`` (the HDF5 files of the inference stream, which Tiled
+reads in place). It is opened in-process: no server, no port. A ``http(s)://`` URI, or
+``TILED_URI`` with ``TILED_API_KEY`` in the environment, points at a Tiled server
+instead; the same :class:`~bluesky_tiled_plugins.TiledWriter` writes to both.
+
+databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bluesky_tiled_plugins import TiledWriter
+from tiled.client.container import Container
+
+DEFAULT_CATALOG = Path("~/.local/share/ptychonn-ophyd/catalog")
+"""The embedded catalog used when neither an argument nor the environment names one."""
+
+CATALOG_ENV = "PTYCHONN_CATALOG"
+"""Environment variable naming the catalog (a folder or a Tiled URI)."""
+
+ASSETS_ENV = "PTYCHONN_ASSETS"
+"""Environment variable naming the folder for inference HDF5 files when writing to a
+server; the server must list it in its ``readable_storage``."""
+
+RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
+
+
+def is_uri(path_or_uri: str | Path) -> bool:
+    """Whether ``path_or_uri`` names a Tiled server rather than a folder."""
+    return str(path_or_uri).startswith(("http://", "https://"))
+
+
+def resolve_location(path_or_uri: str | Path | None = None) -> str | Path:
+    """The catalog to use: the argument, else ``TILED_URI``, ``PTYCHONN_CATALOG``, the default."""
+    if path_or_uri is not None:
+        return path_or_uri if is_uri(path_or_uri) else Path(path_or_uri).expanduser()
+    location = os.environ.get("TILED_URI") or os.environ.get(CATALOG_ENV)
+    if location:
+        return resolve_location(location)
+    return DEFAULT_CATALOG.expanduser()
+
+
+def open_catalog(path_or_uri: str | Path | None = None, *, api_key: str | None = None) -> Container:
+    """Open the catalog of runs: an embedded folder (made if missing) or a Tiled server.
+
+    Parameters
+    ----------
+    path_or_uri
+        A folder for the embedded catalog, or a Tiled server URI; ``None`` reads
+        ``TILED_URI`` (with ``TILED_API_KEY``), then ``PTYCHONN_CATALOG``, then falls back
+        to :data:`DEFAULT_CATALOG`.
+    api_key
+        Key for a server (default ``TILED_API_KEY``).
+
+    Returns
+    -------
+    The Tiled client node whose children are the runs, keyed by start uid (databroker 2).
+    """
+    location = resolve_location(path_or_uri)
+    if isinstance(location, str):
+        from tiled.client import from_uri
+
+        return from_uri(location, api_key=api_key or os.environ.get("TILED_API_KEY"))
+    return _open_embedded(location)
+
+
+def _open_embedded(folder: Path) -> Container:
+    from tiled.catalog import from_uri
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    folder = folder.resolve()
+    for sub in ("data", "assets"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    database = folder / "catalog.db"
+    adapter = from_uri(
+        f"sqlite:///{database}",
+        writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
+        readable_storage=[folder / "assets"],
+        init_if_not_exists=not database.exists(),
+        specs=[RUNS_SPEC],
+    )
+    return from_context(Context.from_app(build_app(adapter)))
+
+
+def assets_directory(path_or_uri: str | Path | None = None) -> Path:
+    """Folder for the inference stream's HDF5 files, readable by the catalog.
+
+    For an embedded catalog it is its ``assets/`` folder; for a server it is
+    ``PTYCHONN_ASSETS``, which the server must list in its ``readable_storage``.
+    """
+    location = resolve_location(path_or_uri)
+    if isinstance(location, Path):
+        return location.resolve() / "assets"
+    assets = os.environ.get(ASSETS_ENV)
+    if not assets:
+        raise ValueError(
+            f"writing to the Tiled server {location} needs {ASSETS_ENV} set to a folder "
+            "that the server lists in its readable_storage"
+        )
+    return Path(assets).expanduser().resolve()
+
+
+def catalog_writer(client: Container) -> TiledWriter:
+    """A :class:`TiledWriter` that writes every document as it comes (live readers see rows).
+
+    Subscribe it downstream of :class:`~ptychonn_ophyd.callbacks.InferenceCallback`,
+    not to the RunEngine directly, so that it also receives the inference stream.
+    """
+    return TiledWriter(client, batch_size=1)

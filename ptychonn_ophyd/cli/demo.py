@@ -1,0 +1,27 @@
+"""``ptychonn-ophyd demo``: scan a simulated sample with live inference, end to end."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..demo import SIZES, DemoConfig, run_demo
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "demo", help="simulated beamline, pool, scan, catalog, replay", description=__doc__
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("ptychonn-demo"))
+    parser.add_argument("--catalog", help="catalog folder or Tiled URI (default: in output dir)")
+    parser.add_argument("--size", choices=list(SIZES), default="default")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--workers", type=int, default=1)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    config = DemoConfig(args.output_dir, args.catalog, args.size, args.backend, args.workers)
+    for line in run_demo(config).lines():
+        print(line)
+    return 0

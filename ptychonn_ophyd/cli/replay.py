@@ -1,0 +1,37 @@
+"""``ptychonn-ophyd replay``: stitch a run's inference stream from the catalog into a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "replay", help="stitch a run from the catalog into a PNG", description=__doc__
+    )
+    parser.add_argument("uid", help="run uid, its first characters, a scan id, or -1 (latest)")
+    parser.add_argument(
+        "--catalog",
+        help="catalog folder or Tiled URI (default: TILED_URI, PTYCHONN_CATALOG, or "
+        "~/.local/share/ptychonn-ophyd/catalog)",
+    )
+    parser.add_argument("-o", "--output", type=Path, help="PNG to write")
+    parser.add_argument(
+        "--pixel-size", type=float, help="object pixel size in µm (default: from the run)"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..replay import replay
+
+    run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
+    try:
+        path = replay(run_id, args.catalog, args.output, args.pixel_size)
+    except (KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,112 @@
+"""``ptychonn-ophyd sim``: serve simulated ptychography frames as a PVA areaDetector.
+
+Simulates one scan of a sample (by default the held-out demo object) and free-runs the
+frames at a fixed rate on an NTNDArray channel, cycling over the scan, with the scan
+position in the ``x``/``y`` (micrometres) and ``point`` attributes.  Runs until Ctrl-C or
+until ``--frames`` frames have been sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from ..sim.diffraction import DETECTOR_DTYPES, DetectorConfig, PtychoSimulation
+from ..sim.objects import (
+    HELD_OUT_MAGNIFICATION,
+    HELD_OUT_SIZE,
+    available_images,
+    held_out_object,
+    named_object,
+)
+from ..sim.probe import PATCH_SIZE, make_probe
+from ..sim.scan import fermat_spiral, raster_scan
+
+LARGE_FRAME = 4 * PATCH_SIZE + 4
+"""516: a frame that a 2-pixel crop and 4x4 binning turn into the model's 128x128 input."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sim", help="serve simulated detector frames over PVA", description=__doc__
+    )
+    parser.add_argument("--channel", default="sim:det:image", help="NTNDArray PV name")
+    parser.add_argument("--rate", type=float, default=100.0, help="frames/s (0: flat out)")
+    parser.add_argument("--frames", type=int, default=0, help="stop after N frames (0: never)")
+    parser.add_argument(
+        "--object",
+        default="held-out",
+        metavar="NAME",
+        help="'held-out' (camera/moon) or PHASE/AMPLITUDE from: " + ", ".join(available_images()),
+    )
+    parser.add_argument("--size", type=int, default=HELD_OUT_SIZE, help="object side in pixels")
+    parser.add_argument(
+        "--magnification",
+        type=float,
+        default=HELD_OUT_MAGNIFICATION,
+        help="object pixels per image pixel",
+    )
+    parser.add_argument("--scan", choices=["fermat", "raster"], default="fermat")
+    parser.add_argument("--radius", type=float, default=1.2, help="scan half-width in um")
+    parser.add_argument("--step", type=float, default=0.1, help="scan step in um")
+    parser.add_argument("--photons", type=float, default=1e6, help="counts per 128x128 frame")
+    parser.add_argument("--dtype", choices=DETECTOR_DTYPES, default="int16")
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        choices=[PATCH_SIZE, LARGE_FRAME],
+        default=PATCH_SIZE,
+        help=f"{LARGE_FRAME}: crop 2 px a side and bin 4x4 to get the model input",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the counting noise")
+    return parser
+
+
+def build_simulation(args: argparse.Namespace) -> PtychoSimulation:
+    """The scan the command serves, from its arguments."""
+    if args.object == "held-out":
+        obj = held_out_object(args.size, args.magnification)
+    else:
+        phase, _, amplitude = args.object.partition("/")
+        obj = named_object(phase, amplitude or phase, args.size, args.magnification)
+    if args.scan == "fermat":
+        positions = fermat_spiral(args.radius, args.step)
+    else:
+        n = int(2 * args.radius / args.step) + 1
+        positions = raster_scan(n, n, args.step)
+    large = args.frame_size == LARGE_FRAME
+    detector = DetectorConfig(
+        photons=args.photons, dtype=args.dtype, bin_factor=4 if large else 1, border=2 * large
+    )
+    return PtychoSimulation(obj, make_probe(), positions, detector, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sim.server import SimDetectorServer
+
+    try:
+        sim = build_simulation(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    frames = sim.frames()
+    print(
+        f"{sim.obj.name}: {len(sim)} scan points, frames {frames.shape[1]}x{frames.shape[2]} "
+        f"{frames.dtype}, pixel {sim.obj.pixel_size_um * 1e3:g} nm; serving {args.channel} "
+        f"at {args.rate:g} Hz (Ctrl-C stops)"
+    )
+    n_frames = args.frames or None
+    with SimDetectorServer(args.channel) as server:
+        server.start_free_run(frames, sim.positions_um, args.rate, n_frames)
+        start = time.monotonic()
+        try:
+            while not server.wait_free_run(timeout=1.0):
+                pass
+        except KeyboardInterrupt:
+            server.stop_free_run()
+        elapsed = time.monotonic() - start
+    rate = server.frames_sent / elapsed if elapsed > 0 else math.nan
+    print(f"sent {server.frames_sent} frames in {elapsed:.1f} s ({rate:.0f} frames/s)")
+    return 0

@@ -1,0 +1,156 @@
+"""Bluesky plans that scan with live PtychoNN inference.
+
+>>> RE(scan_with_inference(det, inference, sy, -1, 1, 5, sx, -1, 1, 5))       # 5x5 grid
+>>> RE(scan_with_inference(det, inference, sx, -1, 1, sy, 0, 0, num=20))      # a line
+>>> RE(scan_with_inference(det, inference, sy, -1, 1, 5, sx, -1, 1, 5, mode="fly"))
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Generator
+from typing import Any, Literal
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.plan_patterns import inner_product, outer_product
+from bluesky.utils import Msg
+
+from .callbacks import METADATA_KEY
+
+Plan = Generator[Msg, Any, Any]
+
+PIXEL_SIZE_KEY = "object_pixel_size_um"
+"""Start-document key for the object pixel size (micrometres), which replay stitches with."""
+
+
+def scan_with_inference(
+    detector: Any,
+    inference: Any,
+    *args: Any,
+    mode: Literal["step", "fly"] = "step",
+    num: int | None = None,
+    snake: bool = True,
+    md: dict | None = None,
+) -> Plan:
+    """Scan the sample with the detector while ``inference`` reconstructs every frame.
+
+    Parameters
+    ----------
+    detector
+        The detector whose frames are inferred (e.g. ``SimPtychoDetector``).
+    inference
+        A :class:`~ptychonn_ophyd.device.PtychoNNDetector` reading ``detector``'s stream.
+    *args
+        ``motor, start, stop`` groups moved together over ``num`` points (as
+        ``bp.scan``), or, with ``num=None``, ``motor, start, stop, n`` groups making a
+        grid, the first motor slowest (as ``bp.grid_scan``, snaking the faster axes).
+    mode
+        ``"step"``: at each point, trigger the detector and wait for its frames to be
+        inferred. ``"fly"``: the detector free-runs at its frame rate while the motors
+        go from point to point; positions travel with the frames as attributes.
+    md
+        Extra start-document metadata.
+
+    The start document gets the model and pool facts under ``"ptychonn"`` (read after
+    the pool has started) and the object pixel size when the detector knows it; the
+    inference device is staged for the whole plan and unstaged on failure or abort.
+    """
+    if mode not in ("step", "fly"):
+        raise ValueError(f"mode must be 'step' or 'fly', not {mode!r}")
+    pattern = (
+        inner_product(num, args) if num is not None else outer_product(_grid_args(args, snake))
+    )
+    motors = list(pattern.keys)
+    points = list(pattern)
+    body = _run(detector, inference, motors, points, mode, args, num, md or {})
+    return (yield from bpp.stage_wrapper(body, [detector, inference, *motors]))
+
+
+def _grid_args(args: tuple, snake: bool) -> list:
+    """``bp.grid_scan`` arguments with ``snake`` applied to every axis but the first."""
+    if len(args) % 4:
+        raise ValueError("without num, give motor, start, stop, n for each motor")
+    groups = [list(args[i : i + 4]) for i in range(0, len(args), 4)]
+    return [v for i, g in enumerate(groups) for v in (g if i == 0 else [*g, snake])]
+
+
+def _run(
+    detector: Any,
+    inference: Any,
+    motors: list,
+    points: list[dict],
+    mode: str,
+    args: tuple,
+    num: int | None,
+    md: dict,
+) -> Plan:
+    """Open the run (the devices are staged by now, so the pool facts are known)."""
+    start = {
+        "plan_name": "scan_with_inference",
+        "plan_args": {"args": [repr(a) if hasattr(a, "name") else a for a in args], "num": num},
+        "mode": mode,
+        "detectors": [detector.name, inference.name],
+        "motors": [m.name for m in motors],
+        "num_points": len(points),
+        METADATA_KEY: inference.facts(),
+        "hints": {"dimensions": [(m.hints["fields"], "primary") for m in motors]},
+    }
+    pixel_size = _object_pixel_size(detector)
+    if pixel_size:
+        start[PIXEL_SIZE_KEY] = pixel_size
+    if mode == "fly":
+        steps = _fly(detector, inference, motors, points)
+    else:
+        steps = _step(detector, inference, motors, points)
+    return (yield from bpp.run_wrapper(steps, md={**start, **md}))
+
+
+def _object_pixel_size(detector: Any) -> float | None:
+    """The detector's ``object_pixel_size_um``, or its simulation's object pixel size."""
+    size = getattr(detector, PIXEL_SIZE_KEY, None)
+    if size is None and hasattr(detector, "simulation"):
+        size = detector.simulation.obj.pixel_size_um
+    return float(size) if size else None
+
+
+def _step(detector: Any, inference: Any, motors: list, points: list[dict]) -> Plan:
+    """At each point: move, trigger the detector, wait for inference, read everything."""
+    cache: dict = defaultdict(lambda: None)
+    for point in points:
+        yield from bps.move_per_step(point, cache)
+        yield from bps.trigger(detector, wait=True)
+        yield from bps.trigger(inference, wait=True)
+        yield from _read_event([*motors, detector, inference])
+
+
+def _fly(detector: Any, inference: Any, motors: list, points: list[dict]) -> Plan:
+    """Free-run the detector along the path while the motors follow it at the frame rate,
+    then wait until every frame is inferred.
+
+    The detector takes the path as ``fly_positions_um`` (``(x, y)`` in micrometres, its
+    ``x_motor`` and ``y_motor`` values) and its rate as ``fly_rate_hz``.
+    """
+    detector.fly_positions_um = _path(detector, points)
+    pace = 1.0 / detector.fly_rate_hz if detector.fly_rate_hz else 0.0
+    yield from bps.kickoff(detector, wait=True)
+    cache: dict = defaultdict(lambda: None)
+    for point in points:
+        yield from bps.move_per_step(point, cache)
+        yield from bps.sleep(pace)
+    yield from bps.complete(detector, wait=True)
+    yield from bps.trigger(inference, wait=True)
+    yield from _read_event([*motors, detector, inference])
+
+
+def _path(detector: Any, points: list[dict]) -> list[tuple[float, float]]:
+    """``(x, y)`` of every point; a motor the scan does not move stays where it is."""
+    axes = (detector.x_motor, detector.y_motor)
+    return [tuple(float(p.get(m, m.position)) for m in axes) for p in points]
+
+
+def _read_event(devices: list) -> Plan:
+    yield from bps.create("primary")
+    for device in devices:
+        yield from bps.read(device)
+    yield from bps.save()

@@ -1,0 +1,144 @@
+"""Replaying a run from the catalog: its inference stream stitched into one object image.
+
+>>> from ptychonn_ophyd.replay import replay
+>>> replay(-1, "~/.local/share/ptychonn-ophyd/catalog")   # the latest run
+PosixPath('scan-1-4e2fcc80.png')
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .callbacks import STREAM
+from .catalog import open_catalog
+from .plans import PIXEL_SIZE_KEY
+from .stitch import StitchedImage, stitch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceData:
+    """A run's inference stream as arrays, one row per frame, with its run documents."""
+
+    start: dict[str, Any]
+    stop: dict[str, Any]
+    unique_id: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    phase: np.ndarray
+    amplitude: np.ndarray | None
+
+    @property
+    def positions_um(self) -> np.ndarray:
+        """``(N, 2)`` scan positions ``(x, y)`` in micrometres."""
+        return np.stack([self.x, self.y], axis=1)
+
+
+def load_inference(run: Any) -> InferenceData:
+    """Read the ``inference`` stream of a run (a Tiled ``BlueskyRun`` client node)."""
+    if STREAM not in run:
+        raise KeyError(f"run {run.metadata['start']['uid']} has no {STREAM!r} stream")
+    stream = run[STREAM]
+    return InferenceData(
+        start=dict(run.metadata["start"]),
+        stop=dict(run.metadata.get("stop") or {}),
+        unique_id=stream["unique_id"].read(),
+        x=stream["x"].read(),
+        y=stream["y"].read(),
+        phase=stream["phase"].read(),
+        amplitude=stream["amplitude"].read() if "amplitude" in stream else None,
+    )
+
+
+def stitch_run(
+    data: InferenceData, pixel_size_um: float | None = None, window: np.ndarray | None = None
+) -> tuple[StitchedImage, StitchedImage | None]:
+    """Phase (and amplitude) patches averaged at their positions.
+
+    ``pixel_size_um`` defaults to the start document's ``object_pixel_size_um``; frames
+    without a position are left out (and logged). ``window`` weighs each patch's pixels,
+    e.g. ``ptychonn_ophyd.sim.probe.probe_weight(probe)`` to trust where the beam was.
+    """
+    pixel_size_um = pixel_size_um or data.start.get(PIXEL_SIZE_KEY)
+    if not pixel_size_um:
+        raise ValueError(
+            f"run {data.start['uid']} has no {PIXEL_SIZE_KEY} in its start document; "
+            "give the object pixel size"
+        )
+    placed = np.isfinite(data.x) & np.isfinite(data.y)
+    if not placed.all():
+        log.warning(
+            "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
+        )
+    positions = data.positions_um[placed]
+    phase = stitch(data.phase[placed], positions, pixel_size_um, window=window)
+    amplitude = None
+    if data.amplitude is not None:
+        amplitude = stitch(data.amplitude[placed], positions, pixel_size_um, window=window)
+    return phase, amplitude
+
+
+def save_png(
+    path: str | Path,
+    phase: StitchedImage,
+    amplitude: StitchedImage | None = None,
+    positions_um: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Draw the stitched phase (and amplitude) with the scan positions; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    panels = [("phase (rad)", phase)] + ([("amplitude", amplitude)] if amplitude else [])
+    figure = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
+    for ax, (label, image) in zip(
+        figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
+    ):
+        shown = ax.imshow(image.image, extent=image.extent_um, cmap="gray")
+        if positions_um is not None:
+            ax.plot(positions_um[:, 0], positions_um[:, 1], ".", color="tab:orange", ms=2)
+        ax.set(xlabel="x (µm)", ylabel="y (µm)", title=label)
+        figure.colorbar(shown, ax=ax, shrink=0.8)
+    figure.suptitle(title)
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def replay(
+    run_id: str | int,
+    catalog: Any = None,
+    output: str | Path | None = None,
+    pixel_size_um: float | None = None,
+    window: np.ndarray | None = None,
+) -> Path:
+    """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), stitch its
+    phase patches, and save a PNG.
+
+    Parameters
+    ----------
+    catalog
+        A catalog client node, or a folder / Tiled URI for
+        :func:`~ptychonn_ophyd.catalog.open_catalog` (``None``: the default catalog).
+    output
+        PNG path (default ``scan-<scan_id>-<uid8>.png`` in the current folder).
+    pixel_size_um, window
+        As for :func:`stitch_run`.
+    """
+    if catalog is None or isinstance(catalog, str | Path):
+        catalog = open_catalog(catalog)
+    data = load_inference(catalog[run_id])
+    phase, amplitude = stitch_run(data, pixel_size_um, window)
+    start = data.start
+    name = f"scan-{start.get('scan_id', 0)}-{start['uid'][:8]}"
+    model = start.get("ptychonn", {}).get("model_hash", "")
+    title = f"{name}: {len(data.phase)} frames" + (f", model {model}" if model else "")
+    return save_png(output or f"{name}.png", phase, amplitude, data.positions_um, title)

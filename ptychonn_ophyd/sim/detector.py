@@ -1,0 +1,177 @@
+"""An ophyd detector that simulates ptychography frames and serves them over PVA.
+
+``SimPtychoDetector`` stands in for an areaDetector with a PVA plugin.  Staging starts
+its :class:`~ptychonn_ophyd.sim.server.SimDetectorServer`; each ``trigger()`` reads the
+two motors it was given, simulates ``frames_per_point`` diffraction frames at that
+position and publishes them with the position as NTNDArray attributes.  For fly scans,
+``start_free_run`` (or ``kickoff``/``complete``) streams a whole path at a fixed frame
+rate.  Unstaging stops the server: nothing keeps running.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.signal import SignalRO
+from ophyd.status import StatusBase
+
+from ptychonn_ophyd.sim.diffraction import PtychoSimulation
+from ptychonn_ophyd.sim.server import SimDetectorServer
+
+DEFAULT_CHANNEL = "sim:det:image"
+
+
+class _ServerCounter(SignalRO):
+    """A read-only signal that reports one counter of the parent's running server."""
+
+    def __init__(self, *args, counter: str, **kwargs) -> None:
+        super().__init__(*args, value=0, **kwargs)
+        self._counter = counter
+
+    def get(self, **kwargs) -> int:
+        server = self.parent.server
+        if server is not None:
+            self._readback = getattr(server, self._counter)
+        return self._readback
+
+
+class SimPtychoDetector(Device):
+    """Simulated ptychography detector publishing NTNDArrays on ``channel``.
+
+    Parameters
+    ----------
+    simulation
+        Source of frames; its object, probe and detector settings are used and its
+        own scan positions are ignored (frames come at the motors' positions).
+    x_motor, y_motor
+        Positioners in micrometres (e.g. ``ophyd.sim.SynAxis``).
+    channel
+        PV name of the image channel.
+    frames_per_point
+        Frames published per ``trigger()``.
+
+    Components
+    ----------
+    last_unique_id, frames_sent
+        ``uniqueId`` of the last frame (it keeps counting across stagings, as an IOC's
+        array counter does) and frames sent since staging; live during a free run and
+        read by ``read()``, so an inference device can wait for them.
+    channel, frames_per_point
+        Configuration signals.
+    """
+
+    last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="hinted")
+    frames_sent = Cpt(_ServerCounter, counter="frames_sent", kind="normal")
+    channel = Cpt(Signal, value=DEFAULT_CHANNEL, kind="config")
+    frames_per_point = Cpt(Signal, value=1, kind="config")
+
+    def __init__(
+        self,
+        simulation: PtychoSimulation,
+        x_motor,
+        y_motor,
+        channel: str = DEFAULT_CHANNEL,
+        frames_per_point: int = 1,
+        *,
+        name: str,
+        **kwargs,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        if frames_per_point < 1:
+            raise ValueError(f"frames_per_point must be at least 1, got {frames_per_point}")
+        self.simulation = simulation
+        self.x_motor = x_motor
+        self.y_motor = y_motor
+        self.channel.put(channel)
+        self.frames_per_point.put(frames_per_point)
+        self.server: SimDetectorServer | None = None
+        self.fly_positions_um: np.ndarray | None = None
+        self.fly_rate_hz = 100.0
+        self._point = 0
+
+    def stage(self) -> list[object]:
+        """Start the PVA server; ``uniqueId`` runs on, the scan point index restarts at 0."""
+        staged = super().stage()
+        first_id = int(self.last_unique_id.get()) + 1
+        self.server = SimDetectorServer(self.channel.get(), first_id).start()
+        self._point = 0
+        return staged
+
+    def unstage(self) -> list[object]:
+        """Stop any free run and the PVA server."""
+        if self.server is not None:
+            self.server.stop()
+            self.last_unique_id.get(), self.frames_sent.get()  # keep the final counts
+            self.server = None
+        return super().unstage()
+
+    def destroy(self) -> None:
+        self.unstage()
+        super().destroy()
+
+    def trigger(self) -> StatusBase:
+        """Publish ``frames_per_point`` frames at the motors' position; returns done."""
+        server = self._require_server()
+        position = [[float(self.x_motor.position), float(self.y_motor.position)]]
+        n = int(self.frames_per_point.get())
+        frames = self.simulation.frames_at(position * n)
+        server.publish(frames, position, [self._point] * n)
+        self._point += 1
+        return _finished()
+
+    def start_free_run(
+        self,
+        positions_um: np.ndarray | Sequence[Sequence[float]],
+        rate_hz: float,
+        repeats: int = 1,
+    ) -> int:
+        """Stream one frame per position at ``rate_hz``, ``repeats`` times over the path.
+
+        Frames are simulated first (point ``k`` is position ``k``), then sent by a
+        background thread.  Returns the number of frames the run will send.
+        """
+        server = self._require_server()
+        positions = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
+        frames = self.simulation.frames_at(positions)
+        n_frames = len(frames) * repeats
+        server.start_free_run(frames, positions, rate_hz, n_frames)
+        return n_frames
+
+    def stop_free_run(self) -> None:
+        """End a free run early."""
+        if self.server is not None:
+            self.server.stop_free_run()
+
+    def kickoff(self) -> StatusBase:
+        """Start a free run along ``fly_positions_um`` at ``fly_rate_hz``."""
+        if self.fly_positions_um is None:
+            raise RuntimeError("set fly_positions_um (and fly_rate_hz) before kickoff")
+        self.start_free_run(self.fly_positions_um, self.fly_rate_hz)
+        return _finished()
+
+    def complete(self) -> StatusBase:
+        """A status that finishes when the free run has sent all its frames."""
+        server = self._require_server()
+        status = StatusBase()
+
+        def wait() -> None:
+            server.wait_free_run()
+            status.set_finished()
+
+        threading.Thread(target=wait, name=f"{self.name}-complete", daemon=True).start()
+        return status
+
+    def _require_server(self) -> SimDetectorServer:
+        if self.server is None:
+            raise RuntimeError(f"{self.name} is not staged")
+        return self.server
+
+
+def _finished() -> StatusBase:
+    status = StatusBase()
+    status.set_finished()
+    return status

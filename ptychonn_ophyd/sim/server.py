@@ -1,0 +1,278 @@
+"""A simulated areaDetector: detector frames served as PV Access NTNDArrays.
+
+Frames go out on one channel exactly as an areaDetector IOC's PVA plugin sends them:
+``uniqueId`` rises by one per frame, ``timeStamp`` and ``dataTimeStamp`` carry the send
+time, ``ColorMode`` is 0 (mono) and the scan position travels in NTNDArray attributes:
+
+=========  =======  ==============================================
+attribute  type     meaning
+=========  =======  ==============================================
+``x``      float64  horizontal position in micrometres
+``y``      float64  vertical position in micrometres
+``point``  int32    index of the scan point the frame belongs to
+=========  =======  ==============================================
+
+Two ways to send: :meth:`SimDetectorServer.publish` sends given frames now (step scans),
+and :meth:`SimDetectorServer.start_free_run` sends pre-built frames from a background
+thread at a set rate, cycling through them (fly scans, rate tests).  As in pvapy's
+``pvapy-ad-sim-server``, every NTNDArray is built once and only its ``uniqueId`` and time
+stamps change per send, so Python keeps up with high rates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pvaccess as pva
+
+log = logging.getLogger(__name__)
+
+VALUE_FIELDS = {
+    np.dtype("uint8"): "ubyteValue",
+    np.dtype("int8"): "byteValue",
+    np.dtype("uint16"): "ushortValue",
+    np.dtype("int16"): "shortValue",
+    np.dtype("uint32"): "uintValue",
+    np.dtype("int32"): "intValue",
+    np.dtype("float32"): "floatValue",
+    np.dtype("float64"): "doubleValue",
+}
+"""NTNDArray ``value`` union member for each frame dtype."""
+
+POSITION_ATTRIBUTES = ("x", "y", "point")
+"""Names of the attributes that carry the scan position (see the module docstring)."""
+
+
+def make_ntndarray(
+    frame: np.ndarray, unique_id: int, x_um: float, y_um: float, point: int
+) -> pva.NtNdArray:
+    """One mono NTNDArray with the position attributes, as an areaDetector sends it."""
+    if frame.ndim != 2 or frame.dtype not in VALUE_FIELDS:
+        raise ValueError(f"need a 2-D frame of {list(map(str, VALUE_FIELDS))}, got {frame.dtype}")
+    ny, nx = frame.shape
+    array = pva.NtNdArray()
+    array["value"] = {VALUE_FIELDS[frame.dtype]: np.ascontiguousarray(frame).ravel()}
+    array["dimension"] = [
+        pva.PvDimension(nx, 0, nx, 1, False),
+        pva.PvDimension(ny, 0, ny, 1, False),
+    ]
+    array["compressedSize"] = frame.nbytes
+    array["uncompressedSize"] = frame.nbytes
+    array["descriptor"] = "ptychonn_ophyd simulated ptychography frame"
+    array["attribute"] = [
+        pva.NtAttribute("ColorMode", pva.PvInt(0)),
+        pva.NtAttribute("x", pva.PvDouble(float(x_um))),
+        pva.NtAttribute("y", pva.PvDouble(float(y_um))),
+        pva.NtAttribute("point", pva.PvInt(int(point))),
+    ]
+    stamp(array, unique_id)
+    return array
+
+
+def stamp(array: pva.NtNdArray, unique_id: int, when: float | None = None) -> None:
+    """Set an NTNDArray's ``uniqueId``, ``timeStamp`` and ``dataTimeStamp``."""
+    array["uniqueId"] = int(unique_id)
+    ts = pva.PvTimeStamp(time.time() if when is None else when)
+    array["timeStamp"] = ts
+    array["dataTimeStamp"] = ts
+
+
+def read_attributes(array: pva.PvObject) -> dict[str, float | int]:
+    """The NTNDArray attributes as ``{name: value}`` (what a monitor callback receives).
+
+    Handy for consumers: ``read_attributes(pv)["x"]``.
+    """
+    values = {}
+    for attribute in array["attribute"]:
+        value = attribute["value"]
+        # A variant union arrives as a (value dict, type dict) pair.
+        if isinstance(value, tuple):
+            value = value[0]
+        values[attribute["name"]] = value["value"] if isinstance(value, dict) else value
+    return values
+
+
+class SimDetectorServer:
+    """A PVA server with one NTNDArray channel fed with simulated frames.
+
+    Parameters
+    ----------
+    channel
+        PV name, e.g. ``"sim:det:image"``.
+    first_unique_id
+        ``uniqueId`` of the first frame; an IOC's counter runs on across acquisitions,
+        so a detector restarting its server passes its last ``uniqueId`` plus one.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, channel: str, first_unique_id: int = 1) -> None:
+        self.channel = channel
+        self._server: pva.PvaServer | None = None
+        self._lock = threading.Lock()
+        self._last_unique_id = first_unique_id - 1
+        self._frames_sent = 0
+        self._thread: threading.Thread | None = None
+        self._stop_run = threading.Event()
+        self.free_run_rate = 0.0
+        """Frames per second the last free run actually sent (0 before one ends)."""
+
+    @property
+    def last_unique_id(self) -> int:
+        """``uniqueId`` of the most recent frame sent (0 before the first)."""
+        return self._last_unique_id
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames sent by this server."""
+        return self._frames_sent
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def free_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> SimDetectorServer:
+        """Start serving the channel (an empty NTNDArray until the first frame)."""
+        if self._server is None:
+            server = pva.PvaServer()
+            server.addRecord(self.channel, pva.NtNdArray(), None)
+            server.start()
+            self._server = server
+            log.info("serving %s", self.channel)
+        return self
+
+    def stop(self) -> None:
+        """Stop any free run and the server; the channel disappears."""
+        self.stop_free_run()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+            log.info("stopped %s after %d frames", self.channel, self._frames_sent)
+
+    def __enter__(self) -> SimDetectorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def publish(
+        self,
+        frames: np.ndarray,
+        positions_um: np.ndarray | Sequence[Sequence[float]],
+        points: Sequence[int] | np.ndarray,
+    ) -> int:
+        """Send frames now, one NTNDArray each, with consecutive ``uniqueId``.
+
+        Parameters
+        ----------
+        frames
+            ``(n, H, W)`` detector frames.
+        positions_um
+            ``(n, 2)`` positions ``(x, y)`` in micrometres (or one row for all frames).
+        points
+            Scan point index of each frame.
+
+        Returns
+        -------
+        int
+            ``uniqueId`` of the last frame sent.
+        """
+        self._require_server()
+        if self.free_running:
+            raise RuntimeError("stop the free run before publishing step frames")
+        n = len(frames)
+        positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
+        points = np.broadcast_to(np.asarray(points, int), (n,))
+        for frame, (x, y), point in zip(frames, positions, points, strict=True):
+            self._send(make_ntndarray(frame, 0, x, y, point))
+        return self._last_unique_id
+
+    def start_free_run(
+        self,
+        frames: np.ndarray,
+        positions_um: np.ndarray | Sequence[Sequence[float]],
+        rate_hz: float,
+        n_frames: int | None = None,
+    ) -> None:
+        """Send ``frames`` over and over at ``rate_hz`` from a background thread.
+
+        Frame ``k`` of the run is ``frames[k % len(frames)]`` with position
+        ``positions_um[k % len(frames)]`` and ``point = k % len(frames)``.  The run ends
+        after ``n_frames`` frames (``None``: at :meth:`stop_free_run`).  A rate of 0 sends
+        as fast as possible.  Frames due while the thread was busy are sent at once, so
+        the average rate holds as long as the machine keeps up.
+        """
+        self._require_server()
+        if self.free_running:
+            raise RuntimeError("a free run is already going")
+        if rate_hz < 0 or len(frames) == 0 or (n_frames is not None and n_frames < 0):
+            raise ValueError("need rate >= 0, at least one frame and n_frames >= 0")
+        positions = np.asarray(positions_um, float).reshape(-1, 2)
+        if len(positions) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(positions)} positions")
+        cache = [
+            make_ntndarray(frame, 0, x, y, point)
+            for point, (frame, (x, y)) in enumerate(zip(frames, positions, strict=True))
+        ]
+        self._stop_run.clear()
+        self._thread = threading.Thread(
+            target=self._free_run, args=(cache, rate_hz, n_frames), name="sim-free-run", daemon=True
+        )
+        self._thread.start()
+
+    def wait_free_run(self, timeout: float | None = None) -> bool:
+        """Wait for a free run with ``n_frames`` to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.free_running
+
+    def stop_free_run(self) -> None:
+        """End the free run (if any) and wait for its thread."""
+        self._stop_run.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _free_run(self, cache: list[pva.NtNdArray], rate_hz: float, n_frames: int | None) -> None:
+        """Send every frame that is due, then sleep until the next one is."""
+        period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        limit = math.inf if n_frames is None else n_frames
+        sent = 0
+        start = time.perf_counter()
+        while sent < limit and not self._stop_run.is_set():
+            if period:
+                due = min(limit, int((time.perf_counter() - start) / period) + 1)
+            else:
+                due = min(limit, sent + len(cache))
+            while sent < due:
+                self._send(cache[sent % len(cache)])
+                sent += 1
+            if period and sent < limit:
+                self._stop_run.wait(max(0.0, start + sent * period - time.perf_counter()))
+        elapsed = time.perf_counter() - start
+        self.free_run_rate = sent / elapsed if elapsed > 0 else 0.0
+        log.info("free run sent %d frames at %.0f Hz", sent, self.free_run_rate)
+
+    def _send(self, array: pva.NtNdArray) -> None:
+        """Stamp the next ``uniqueId`` and the time on ``array`` and publish it."""
+        server = self._require_server()
+        with self._lock:
+            unique_id = self._last_unique_id + 1
+            stamp(array, unique_id)
+            server.updateUnchecked(self.channel, array)
+            self._last_unique_id = unique_id
+            self._frames_sent += 1
+
+    def _require_server(self) -> pva.PvaServer:
+        if self._server is None:
+            raise RuntimeError(f"server for {self.channel} is not started")
+        return self._server

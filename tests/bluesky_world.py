@@ -1,0 +1,126 @@
+"""A simulated beamline for the Bluesky tests: RunEngine, motors, detector, pool, catalog.
+
+Everything is real: the simulated detector serves PVA on loopback, the inference device
+starts ``pvapy-hpc-consumer`` workers (ONNX Runtime on the CPU), and the documents go
+through :class:`~ptychonn_ophyd.callbacks.InferenceCallback` into an embedded Tiled
+catalog. :func:`beamline` cleans up even when the test fails: the pool is stopped, the
+detector unstaged, and every worker process checked to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bluesky import RunEngine
+from event_model import DocumentNames, schema_validators
+from ophyd.sim import SynAxis
+
+from ptychonn_ophyd.callbacks import InferenceCallback
+from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog
+from ptychonn_ophyd.device import PtychoNNDetector
+from ptychonn_ophyd.sim.detector import SimPtychoDetector
+from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
+from ptychonn_ophyd.sim.objects import held_out_object
+from ptychonn_ophyd.sim.probe import make_probe
+
+OBJECT_SIZE = 256
+"""Object side in pixels: positions within +-0.6 um keep a 128-pixel patch inside."""
+
+
+@dataclass
+class Beamline:
+    RE: RunEngine
+    sx: SynAxis
+    sy: SynAxis
+    det: SimPtychoDetector
+    inference: PtychoNNDetector
+    callback: InferenceCallback
+    catalog: Any
+    catalog_folder: Path
+    documents: list[tuple[str, dict]] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+
+    def remember_workers(self) -> None:
+        """Note the current worker PIDs, to check later that none survived."""
+        if self.inference.pool is not None:
+            self.pids.update(self.inference.pool.pids)
+
+
+def make_simulation() -> PtychoSimulation:
+    return PtychoSimulation(held_out_object(OBJECT_SIZE), make_probe(), detector=DetectorConfig())
+
+
+@contextlib.contextmanager
+def beamline(
+    tmp_path: Path,
+    prefix: str,
+    model: Path,
+    *,
+    n_workers: int = 1,
+    grace: float = 5.0,
+    flush_period: float = 0.5,
+    frames_per_point: int = 1,
+    **kw: Any,
+):
+    """Yield a :class:`Beamline`; afterwards no worker process of it is left running."""
+    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
+    det = SimPtychoDetector(
+        make_simulation(), sx, sy, f"{prefix}:image", frames_per_point, name="det"
+    )
+    inference = PtychoNNDetector(
+        name="inference",
+        model=str(model),
+        backend="onnxruntime",
+        n_workers=n_workers,
+        input_channel=f"{prefix}:image",
+        output_prefix=f"{prefix}:inference",
+        source=det,
+        pool_options={"threads": 1, "log_dir": tmp_path / "logs"},
+        **kw,
+    )
+    catalog = open_catalog(tmp_path / "catalog")
+    callback = InferenceCallback(
+        inference, assets_directory(tmp_path / "catalog"), grace=grace, flush_period=flush_period
+    )
+    world = Beamline(RunEngine(), sx, sy, det, inference, callback, catalog, tmp_path / "catalog")
+    callback.subscribe(catalog_writer(catalog))
+    callback.subscribe(lambda name, doc: world.documents.append((name, doc)))
+    world.RE.subscribe(callback)
+    world.RE.subscribe(lambda name, doc: world.remember_workers())
+    try:
+        yield world
+    finally:
+        world.remember_workers()
+        for device in (inference, det):
+            with contextlib.suppress(Exception):
+                device.unstage()
+        catalog.context.close()
+        assert_gone(world.pids)
+
+
+def assert_gone(pids: set[int], timeout: float = 15.0) -> None:
+    """Fail unless every process in ``pids`` has ended (zombies count as ended)."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.1)
+    assert not alive, f"worker processes still running: {sorted(alive)}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def validate_all(documents: list[tuple[str, dict]]) -> None:
+    """Check every document against event-model's schema for its kind."""
+    for name, doc in documents:
+        schema_validators[DocumentNames[name]].validate(doc)

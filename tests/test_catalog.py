@@ -1,0 +1,114 @@
+"""The catalog: embedded by default (SQLite, SQL tables, data folder), a Tiled server by URI."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from event_model import ComposeStreamResource, compose_run
+
+from ptychonn_ophyd.callbacks import InferenceFile
+from ptychonn_ophyd.catalog import (
+    assets_directory,
+    catalog_writer,
+    open_catalog,
+    resolve_location,
+)
+from ptychonn_ophyd.device import make_result
+
+
+def write_run(catalog, assets, n=5):
+    """A run with one primary event and an HDF5-backed inference stream of ``n`` rows."""
+    writer = catalog_writer(catalog)
+    bundle = compose_run(metadata={"purpose": "test"})
+    writer("start", bundle.start_doc)
+    primary = bundle.compose_descriptor(
+        name="primary", data_keys={"m": {"source": "sim", "dtype": "number", "shape": []}}
+    )
+    writer("descriptor", primary.descriptor_doc)
+    writer("event", primary.compose_event(data={"m": 1.0}, timestamps={"m": time.time()}))
+    results = [
+        make_result(i + 1, np.full((8, 8), i, np.float32), {"x": 0.1 * i, "y": 0.0}, time.time())
+        for i in range(n)
+    ]
+    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", (8, 8), amplitude=False)
+    keys = file.data_keys("test")
+    inference = bundle.compose_descriptor(name="inference", data_keys=keys)
+    writer("descriptor", inference.descriptor_doc)
+    datums = {}
+    for key in keys:
+        resource = ComposeStreamResource(start=bundle.start_doc)(
+            "application/x-hdf5",
+            file.path.as_uri(),
+            key,
+            {"dataset": f"/{key}", "swmr": True, "chunk_shape": file.chunk_shape(key)},
+        )
+        writer("stream_resource", resource.stream_resource_doc)
+        datums[key] = resource.compose_stream_datum
+    start, stop = file.append(results)
+    for compose in datums.values():
+        writer(
+            "stream_datum",
+            compose(
+                indices={"start": start, "stop": stop},
+                seq_nums={"start": start + 1, "stop": stop + 1},
+                descriptor=inference.descriptor_doc,
+            ),
+        )
+    file.close()
+    writer("stop", bundle.compose_stop())
+    return bundle.start_doc["uid"]
+
+
+def test_embedded_catalog_is_made_in_a_folder_and_read_from_another_process(tmp_path):
+    folder = tmp_path / "catalog"
+    catalog = open_catalog(folder)
+    assert {p.name for p in folder.iterdir()} >= {"catalog.db", "data", "assets"}
+    uid = write_run(catalog, assets_directory(folder))
+    assert (folder / "tables.db").exists()
+
+    run = catalog[uid]
+    assert run.metadata["start"]["purpose"] == "test"
+    assert list(run["inference"]["unique_id"].read()) == [1, 2, 3, 4, 5]
+
+    script = textwrap.dedent(f"""
+        from ptychonn_ophyd.catalog import open_catalog
+        run = open_catalog({str(folder)!r})[-1]
+        print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape,
+              run["primary"].read()["m"].values.tolist())
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split("\n")[-2] == f"{uid} (5, 8, 8) [1.0]"
+
+
+def test_location_comes_from_argument_then_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("TILED_URI", raising=False)
+    monkeypatch.setenv("PTYCHONN_CATALOG", str(tmp_path / "env"))
+    assert resolve_location() == tmp_path / "env"
+    assert resolve_location(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.setenv("TILED_URI", "http://tiled.example:8000/api")
+    assert resolve_location() == "http://tiled.example:8000/api"
+    with pytest.raises(ValueError, match="PTYCHONN_ASSETS"):
+        monkeypatch.delenv("PTYCHONN_ASSETS", raising=False)
+        assets_directory()
+    monkeypatch.setenv("PTYCHONN_ASSETS", str(tmp_path / "assets"))
+    assert assets_directory() == tmp_path / "assets"
+
+
+def test_a_tiled_server_is_written_through_the_same_writer(tmp_path, monkeypatch):
+    from tiled.server import SimpleTiledServer
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    with SimpleTiledServer(directory=tmp_path / "server", readable_storage=[assets]) as server:
+        monkeypatch.setenv("TILED_URI", server.uri.split("?")[0])
+        monkeypatch.setenv("TILED_API_KEY", server.api_key)
+        catalog = open_catalog()
+        uid = write_run(catalog, assets, n=3)
+        run = open_catalog()[uid]
+        np.testing.assert_array_equal(run["inference"]["x"].read(), [0.0, 0.1, 0.2])
+        assert run["inference"]["phase"].read()[2].max() == 2

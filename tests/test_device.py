@@ -1,0 +1,114 @@
+"""PtychoNNDetector: staging starts the pool, trigger waits for inference, standard plans."""
+
+from types import SimpleNamespace
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import pytest
+from bluesky_world import assert_gone, beamline
+from ophyd.device import Staged
+
+from ptychonn_ophyd.device import InferenceTimeoutError
+from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.pool import PoolStartError
+
+
+@pytest.fixture
+def world(tmp_path, channel_prefix, small_phase_onnx):
+    """A one-worker simulated beamline (see :func:`bluesky_world.beamline`)."""
+    with beamline(tmp_path, channel_prefix, small_phase_onnx) as built:
+        yield built
+
+
+def explicit_staging(det, inference):
+    yield from bps.stage(det)
+    yield from bps.stage(inference)
+    yield from bps.open_run(md={"detectors": [det.name, inference.name]})
+    for _ in range(2):
+        yield from bps.trigger_and_read([det, inference])
+    yield from bps.close_run()
+    yield from bps.unstage(inference)
+    yield from bps.unstage(det)
+
+
+@pytest.mark.parametrize(
+    ("plan", "frames"),
+    [
+        (lambda w: bp.count([w.det, w.inference], num=3), 3),
+        (lambda w: bp.scan([w.det, w.inference], w.sx, -0.1, 0.1, 3), 3),
+        (lambda w: bp.grid_scan([w.det, w.inference], w.sy, -0.1, 0.1, 2, w.sx, -0.1, 0.1, 2), 4),
+        (lambda w: explicit_staging(w.det, w.inference), 2),
+    ],
+    ids=["count", "scan", "grid_scan", "explicit_stage"],
+)
+def test_works_in_standard_plans(world, plan, frames):
+    (uid,) = world.RE(plan(world))
+
+    run = world.catalog[uid]
+    primary = run["primary"].read()
+    assert primary["inference_inferred"].values[-1] == frames
+    assert list(primary["inference_inferred"].values) == list(range(1, frames + 1))
+    assert sorted(run["inference"]["unique_id"].read()) == list(range(1, frames + 1))
+    assert world.inference.pool is None  # unstaged at the end of the plan
+    assert_gone(world.pids)
+
+
+def test_configuration_and_readings(world, small_phase_onnx):
+    world.det.stage()
+    world.inference.stage()
+    world.remember_workers()
+    try:
+        config = world.inference.read_configuration()
+        assert config["inference_model_hash"]["value"] == open_model(small_phase_onnx).model_hash
+        assert "onnxruntime" in config["inference_engine"]["value"]
+        gpus = world.inference.pool.facts()["gpu_names"]  # none on a CPU machine
+        assert config["inference_gpu_names"]["value"] == ", ".join(gpus)
+        assert config["inference_n_workers"]["value"] == 1
+        assert config["inference_backend"]["value"] == "onnxruntime"
+        assert set(world.inference.describe_configuration()) == set(config)
+
+        world.det.trigger()
+        world.inference.trigger().wait(10)
+        reading = world.inference.read()
+        assert reading["inference_inferred"]["value"] == 1
+        assert {k.removeprefix("inference_") for k in reading} == {
+            "inferred",
+            "dropped",
+            "rejected",
+            "rate",
+            "latency_p50",
+            "latency_p99",
+        }
+        assert world.inference.hints == {"fields": ["inference_inferred"]}
+    finally:
+        world.inference.unstage()
+        world.det.unstage()
+    assert world.inference.pool is None
+    assert_gone(world.pids)
+
+
+def test_trigger_fails_naming_the_frames_not_inferred(world):
+    world.det.stage()
+    world.inference.source = SimpleNamespace(last_unique_id=0)
+    world.inference.trigger_timeout = 1.0
+    world.inference.stage()
+    try:
+        world.inference.source.last_unique_id = 3  # three frames claimed, none sent
+        status = world.inference.trigger()
+        with pytest.raises(InferenceTimeoutError, match=r"3 frame\(s\).*uniqueId 1, 2, 3"):
+            status.wait(10)
+        assert status.exception().missing == [1, 2, 3]
+    finally:
+        world.inference.unstage()
+        world.det.unstage()
+
+
+def test_a_worker_that_cannot_start_fails_stage_clearly(world, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    world.inference.model.put(str(broken))
+    world.inference.start_timeout = 30
+    with pytest.raises(PoolStartError, match="worker 1"):
+        world.RE(bp.count([world.det, world.inference]))
+    assert world.inference._staged == Staged.no
+    assert world.inference.pool is None

@@ -1,0 +1,146 @@
+"""scan_with_inference end to end: sim detector, pvapy workers, callback, Tiled catalog."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from bluesky.utils import RunEngineInterrupted
+from bluesky_world import assert_gone, beamline, validate_all
+
+from ptychonn_ophyd.plans import scan_with_inference
+from ptychonn_ophyd.pool import WorkerDiedError
+
+
+@pytest.fixture
+def world(tmp_path, channel_prefix, small_phase_onnx):
+    """A one-worker simulated beamline (see :func:`bluesky_world.beamline`)."""
+    with beamline(tmp_path, channel_prefix, small_phase_onnx) as built:
+        yield built
+
+
+def primary_positions(run):
+    primary = run["primary"].read()
+    return np.stack([primary["sx"].values, primary["sy"].values], axis=1)
+
+
+def test_step_scan_writes_one_row_per_frame_into_the_run(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    seen_during_scan = []
+    with beamline(
+        tmp_path,
+        channel_prefix,
+        small_phase_onnx,
+        n_workers=2,
+        frames_per_point=2,
+        flush_period=0.1,
+    ) as w:
+
+        def look(name, doc):
+            if name == "event" and doc["seq_num"] == 6 and "sx" in doc["data"]:
+                run = w.catalog.values().last()
+                stream = run.get("inference")
+                seen_during_scan.append(0 if stream is None else len(stream["unique_id"].read()))
+
+        w.callback.subscribe(look)
+        (uid,) = w.RE(
+            scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 3, w.sx, -0.2, 0.2, 3)
+        )
+
+        run = w.catalog[uid]
+        inference = run["inference"].read()
+        assert sorted(inference["unique_id"].values) == list(range(1, 19))
+        assert set(inference["consumer_id"].values) == {1, 2}
+        assert (inference["latency"].values > 0).all()
+        assert inference["phase"].shape == (18, 128, 128)
+        positions = primary_positions(run)
+        rows = np.stack([inference["x"].values, inference["y"].values], axis=1)
+        np.testing.assert_allclose(rows, positions[inference["point"].values])
+
+        start, stop = run.metadata["start"], run.metadata["stop"]
+        config = run["inference"].metadata["configuration"]["inference"]["data"]
+        assert config["inference_model_hash"] == start["ptychonn"]["model_hash"]
+        assert start["ptychonn"]["n_workers"] == 2
+        assert start["ptychonn"]["model_hash"]
+        assert start["object_pixel_size_um"] == pytest.approx(0.01)
+        assert stop["num_events"] == {"primary": 9, "inference": 18}
+        assert stop["inference"]["produced"] == stop["inference"]["stored"] == 18
+        assert stop["inference"]["not_in_time"] == 0
+        validate_all(w.documents)
+        assert 0 < max(seen_during_scan) < 18  # rows were readable while the scan ran
+
+
+def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_phase_onnx):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, n_workers=2) as w:
+        w.det.fly_rate_hz = 200
+        (uid,) = w.RE(
+            scan_with_inference(
+                w.det, w.inference, w.sy, -0.3, 0.3, 5, w.sx, -0.3, 0.3, 5, mode="fly"
+            )
+        )
+
+        run = w.catalog[uid]
+        inference = run["inference"].read()
+        path = np.array(w.det.fly_positions_um)
+        assert len(path) == 25
+        assert sorted(inference["unique_id"].values) == list(range(1, 26))
+        assert sorted(inference["point"].values) == list(range(25))
+        rows = np.stack([inference["x"].values, inference["y"].values], axis=1)
+        np.testing.assert_allclose(rows, path[inference["point"].values])
+        assert run.metadata["start"]["mode"] == "fly"
+        assert run.metadata["stop"]["inference"]["stored"] == 25
+        validate_all(w.documents)
+
+
+def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):
+    def interrupt(name, doc):  # Ctrl-C twice, as a user would: pause now
+        if name == "event" and doc["seq_num"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    world.RE.subscribe(interrupt)
+    with pytest.raises(RunEngineInterrupted):
+        world.RE(
+            scan_with_inference(
+                world.det, world.inference, world.sx, -0.5, 0.5, world.sy, 0, 0, num=100
+            )
+        )
+    pids = set(world.inference.pool.pids)
+    world.RE.abort()
+
+    assert world.inference.pool is None
+    assert_gone(pids)
+    run = world.catalog.values().last()
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "abort"
+    summary = stop["inference"]
+    assert summary["stored"] >= 3
+    assert summary["stored"] + summary["not_in_time"] + summary["dropped"] == summary["produced"]
+    assert len(run["inference"]["phase"].read()) == summary["stored"]
+
+
+def test_a_worker_that_dies_fails_the_plan_with_a_clear_error(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, n_workers=2) as w:
+
+        def kill_worker(name, doc):
+            if name == "event" and doc["seq_num"] == 2:
+                os.kill(w.inference.pool.pids[0], signal.SIGKILL)
+
+        w.RE.subscribe(kill_worker)
+        with pytest.raises(Exception) as failure:
+            w.RE(scan_with_inference(w.det, w.inference, w.sx, -0.5, 0.5, w.sy, 0, 0, num=40))
+
+        causes = []
+        error = failure.value
+        while error is not None:
+            causes.append(error)
+            error = error.__cause__ or error.__context__
+        died = [e for e in causes if isinstance(e, WorkerDiedError)]
+        assert died, f"no WorkerDiedError in {causes!r}"
+        assert "worker 1" in str(died[0])
+        stop = w.catalog.values().last().metadata["stop"]
+        assert stop["exit_status"] == "fail"

@@ -1,0 +1,86 @@
+"""The IPython profile and the examples, run as a new user runs them (fresh HOME)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "profile_ptychonn"
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture
+def user_env(tmp_path, small_phase_onnx):
+    """Environment of a user with an empty home and the test model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TILED_", "PTYCHONN_"))}
+    env.update(HOME=str(tmp_path / "home"), PTYCHONN_MODEL=str(small_phase_onnx))
+    (tmp_path / "home").mkdir()
+    return env
+
+
+def run(command: list[str], env: dict, cwd: Path, timeout: float = 240) -> str:
+    done = subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
+    profile = tmp_path / "profile_ptychonn"  # a copy: IPython writes its history there
+    shutil.copytree(PROFILE, profile)
+    user_env["PTYCHONN_SIM_CHANNEL"] = f"{channel_prefix}:image"
+    code = (
+        "print(type(RE).__name__, type(catalog).__name__, type(bec).__name__, "
+        "type(RE.waiting_hook).__name__, det.name, inference.name, sep=',');"
+        "uid, = RE(scan_with_inference(det, inference, sy, -0.2, 0.2, 2, sx, -0.2, 0.2, 2));"
+        "print('stored', catalog[uid].metadata['stop']['inference']['stored']);"
+        "print('png', replay(-1, catalog))"
+    )
+    ipython = [sys.executable, "-m", "IPython", "--no-banner", f"--profile-dir={profile}"]
+
+    out = run([*ipython, "-c", code], user_env, tmp_path)
+
+    assert (
+        "RunEngine,CatalogOfBlueskyRuns,BestEffortCallback,ProgressBarManager,det,inference" in out
+    )
+    assert "stored 4" in out
+    assert len(list(tmp_path.glob("scan-1-*.png"))) == 1
+    state = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd"
+    assert (state / "catalog" / "catalog.db").exists()
+
+    again = run([*ipython, "-c", "print('scan_id', RE.md['scan_id'])"], user_env, tmp_path)
+    assert "scan_id 1" in again  # the RunEngine metadata persisted
+
+
+def test_examples_scan_then_replay(tmp_path, user_env, channel_prefix, small_phase_onnx):
+    python = [sys.executable]
+    channel = ["--channel", f"{channel_prefix}:image"]
+
+    out = run(
+        [*python, str(EXAMPLES / "scan.py"), "--model", str(small_phase_onnx), *channel],
+        user_env,
+        tmp_path,
+    )
+    assert "'stored': 49" in out
+    out = run([*python, str(EXAMPLES / "replay.py")], user_env, tmp_path)
+    assert "49 frames" in out and "wrote replay-" in out
+
+    saved = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd" / "catalog"
+    out = run(
+        [
+            *python,
+            str(EXAMPLES / "replay_saved_catalog.py"),
+            str(saved),
+            "--output-dir",
+            str(tmp_path / "pngs"),
+        ],
+        user_env,
+        tmp_path,
+    )
+    assert "49 of 49 frames inferred" in out
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 1

@@ -1,0 +1,72 @@
+"""Replay: a run's inference stream read back from the catalog, stitched, drawn."""
+
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+from bluesky_world import beamline
+from matplotlib.image import imread
+
+from ptychonn_ophyd.plans import scan_with_inference
+from ptychonn_ophyd.replay import load_inference, replay, stitch_run
+from ptychonn_ophyd.sim.diffraction import PtychoSimulation
+from ptychonn_ophyd.stitch import stitch
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, small_phase_onnx):
+    """A beamline and the uid of a 3x3 step scan it made (shared by this module's tests)."""
+    folder = tmp_path_factory.mktemp("replay")
+    with beamline(folder, f"replay{uuid.uuid4().hex[:8]}", small_phase_onnx) as world:
+        plan = scan_with_inference(
+            world.det, world.inference, world.sy, -0.3, 0.3, 3, world.sx, -0.3, 0.3, 3
+        )
+        (uid,) = world.RE(plan)
+        yield world, uid
+
+
+def test_replay_reads_the_run_back(scanned, tmp_path):
+    world, uid = scanned
+    data = load_inference(world.catalog[uid])
+
+    assert sorted(data.unique_id) == list(range(1, 10))
+    assert data.phase.shape == (9, 128, 128)
+    phase, amplitude = stitch_run(data)
+    assert amplitude is None
+    assert phase.image.shape == (60 + 128, 60 + 128)  # 0.6 um of scan at 0.01 um a pixel
+    assert np.isfinite(phase.image).all()
+
+    image = imread(replay(uid, world.catalog, tmp_path / "replay.png"))
+    assert image.ndim == 3 and image.shape[0] > 300
+
+
+def test_positions_and_stitching_agree_with_the_simulation(scanned):
+    world, uid = scanned
+    data = load_inference(world.catalog[uid])
+    obj = world.det.simulation.obj
+    truth = PtychoSimulation(obj, world.det.simulation.probe, data.positions_um).ground_truth()[0]
+
+    stitched = stitch(truth, data.positions_um, obj.pixel_size_um, shape=obj.shape)
+
+    lit = stitched.weight > 0
+    np.testing.assert_allclose(stitched.image[lit], obj.phase[lit], atol=1e-6)
+
+
+def test_command_line_replays_a_saved_catalog_in_a_new_process(scanned, tmp_path):
+    world, uid = scanned
+    png = tmp_path / "cli.png"
+    command = [sys.executable, "-m", "ptychonn_ophyd", "replay", uid[:8], "-o", str(png)]
+    catalog = ["--catalog", str(world.catalog_folder)]
+
+    done = subprocess.run(command + catalog, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"wrote {png}")
+    assert imread(png).ndim == 3
+    missing = subprocess.run(
+        [*command[:4], "no-such-run", *catalog], capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode == 2
+    assert "no-such-run" in missing.stderr

@@ -1,0 +1,185 @@
+"""The simulated areaDetector on loopback PV Access, heard by a real pvaccess monitor."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import numpy as np
+import pvaccess as pva
+import pytest
+from ophyd.sim import SynAxis
+
+from ptychonn_ophyd.cli import sim as sim_command
+from ptychonn_ophyd.sim.detector import SimPtychoDetector
+from ptychonn_ophyd.sim.diffraction import PtychoSimulation
+from ptychonn_ophyd.sim.objects import held_out_object
+from ptychonn_ophyd.sim.probe import make_probe
+from ptychonn_ophyd.sim.scan import fermat_spiral
+from ptychonn_ophyd.sim.server import SimDetectorServer, read_attributes
+
+
+class Recorder:
+    """Monitor on a channel keeping uniqueId, attributes and pixel data of every update."""
+
+    def __init__(self, channel: str) -> None:
+        self.updates: list[tuple[int, dict, np.ndarray]] = []
+        self.stamps: list[float] = []
+        self._lock = threading.Lock()
+        self.channel = pva.Channel(channel)
+        request = "record[queueSize=1000]field(uniqueId,attribute,value,dimension,dataTimeStamp)"
+        self.channel.monitor(self._on_update, request)
+
+    def _on_update(self, pv: pva.PvObject) -> None:
+        if pv["uniqueId"] == 0:  # the empty NTNDArray a server starts with
+            return
+        value = next(iter(pv["value"][0].values()))
+        stamp = pv["dataTimeStamp"]
+        with self._lock:
+            self.updates.append((pv["uniqueId"], read_attributes(pv), np.array(value)))
+            self.stamps.append(stamp["secondsPastEpoch"] + 1e-9 * stamp["nanoseconds"])
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.updates) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.updates)
+
+    def close(self) -> None:
+        self.channel.stopMonitor()
+
+
+@pytest.fixture
+def server(channel_prefix):
+    with SimDetectorServer(f"{channel_prefix}:image") as srv:
+        yield srv
+    assert not srv.running
+
+
+@pytest.fixture
+def recorder(server):
+    rec = Recorder(server.channel)
+    time.sleep(0.3)  # let the monitor connect before frames go out
+    yield rec
+    rec.close()
+
+
+def test_published_frames_arrive_with_consecutive_ids_positions_and_pixels(server, recorder):
+    frames = np.arange(4 * 8 * 6, dtype=np.int16).reshape(4, 8, 6)
+    positions = [[0.5, -1.0], [0.6, -1.0], [0.7, -1.1], [0.8, -1.2]]
+    last = server.publish(frames, positions, points=[0, 1, 2, 3])
+    updates = recorder.wait_for(4)
+    assert last == 4 and server.frames_sent == 4
+    assert [u[0] for u in updates] == [1, 2, 3, 4]
+    assert abs(recorder.stamps[0] - time.time()) < 60 and np.all(np.diff(recorder.stamps) >= 0)
+    for (_, attributes, pixels), frame, (x, y), point in zip(
+        updates, frames, positions, range(4), strict=True
+    ):
+        assert attributes["x"] == pytest.approx(x) and attributes["y"] == pytest.approx(y)
+        assert attributes["point"] == point and attributes["ColorMode"] == 0
+        np.testing.assert_array_equal(pixels.reshape(frame.shape), frame)
+
+
+def test_free_run_reaches_its_rate_without_gaps_and_cycles_the_path(server, recorder):
+    frames = np.random.default_rng(0).poisson(50, (10, 128, 128)).astype(np.int16)
+    positions = np.column_stack([np.arange(10) * 0.1, np.zeros(10)])
+    server.start_free_run(frames, positions, rate_hz=500, n_frames=250)
+    assert server.wait_free_run(timeout=10)
+    updates = recorder.wait_for(250)
+    ids = [u[0] for u in updates]
+    assert ids == list(range(1, 251))
+    assert server.free_run_rate == pytest.approx(500, rel=0.1)
+    assert [u[1]["point"] for u in updates[:12]] == [*range(10), 0, 1]
+    assert updates[13][1]["x"] == pytest.approx(0.3)
+
+
+def test_stop_free_run_ends_an_endless_run(server):
+    server.start_free_run(np.zeros((2, 16, 16), np.uint16), [[0, 0], [1, 1]], rate_hz=200)
+    time.sleep(0.2)
+    server.stop_free_run()
+    sent = server.frames_sent
+    time.sleep(0.1)
+    assert not server.free_running and server.frames_sent == sent > 10
+
+
+def test_detector_trigger_publishes_frames_at_the_motor_position(channel_prefix):
+    obj = held_out_object(size=192)
+    sim = PtychoSimulation(obj, make_probe(), seed=0)
+    x, y = SynAxis(name="x"), SynAxis(name="y")
+    det = SimPtychoDetector(
+        sim, x, y, channel=f"{channel_prefix}:det", frames_per_point=3, name="det"
+    )
+    det.stage()
+    try:
+        recorder = Recorder(f"{channel_prefix}:det")
+        time.sleep(0.3)
+        x.set(0.2).wait()
+        y.set(-0.1).wait()
+        assert det.trigger().done
+        reading = det.read()
+        updates = recorder.wait_for(3)
+        recorder.close()
+    finally:
+        det.unstage()
+    assert det.server is None
+    assert reading["det_last_unique_id"]["value"] == 3
+    assert reading["det_frames_sent"]["value"] == 3
+    assert [u[0] for u in updates] == [1, 2, 3]
+    assert all(
+        u[1]["x"] == pytest.approx(0.2) and u[1]["y"] == pytest.approx(-0.1) for u in updates
+    )
+    assert all(u[1]["point"] == 0 for u in updates)
+    assert updates[0][2].size == 128 * 128
+
+
+def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix):
+    sim = PtychoSimulation(held_out_object(size=192), make_probe(), seed=0)
+    det = SimPtychoDetector(
+        sim, SynAxis(name="x"), SynAxis(name="y"), f"{channel_prefix}:fly", name="det"
+    )
+    det.fly_positions_um = fermat_spiral(0.3, 0.05)
+    det.fly_rate_hz = 400
+    det.stage()
+    try:
+        det.kickoff().wait(5)
+        det.complete().wait(10)
+        assert det.frames_sent.get() == len(det.fly_positions_um)
+    finally:
+        det.unstage()
+    assert det.last_unique_id.get() == len(det.fly_positions_um)
+    det.stage()  # a second acquisition continues the uniqueId sequence, as an IOC does
+    try:
+        det.trigger()
+        assert det.last_unique_id.get() == len(det.fly_positions_um) + 1
+        assert det.frames_sent.get() == 1
+    finally:
+        det.unstage()
+
+
+def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_prefix, capsys):
+    parser = argparse.ArgumentParser()
+    sim_command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "sim",
+            "--channel",
+            f"{channel_prefix}:cli",
+            "--rate",
+            "400",
+            "--frames",
+            "40",
+            "--frame-size",
+            "516",
+            "--scan",
+            "raster",
+            "--radius",
+            "0.5",
+            "--step",
+            "0.25",
+        ]
+    )
+    sim = sim_command.build_simulation(args)
+    assert len(sim) == 25 and sim.frame_shape == (516, 516)
+    assert sim_command.run(args) == 0
+    assert "sent 40 frames" in capsys.readouterr().out
