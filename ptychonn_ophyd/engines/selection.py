@@ -27,11 +27,12 @@ def unavailable_reason(backend: str) -> str | None:
     if backend == "tensorrt":
         if not importlib.util.find_spec("tensorrt"):
             return "TensorRT is not installed"
-        return None if _cuda_gpu_count() else "no CUDA GPU"
+        return None if cuda_gpu_count() else "no CUDA GPU"
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)} or auto")
 
 
-def _cuda_gpu_count() -> int:
+def cuda_gpu_count() -> int:
+    """Number of CUDA GPUs this process can see (0 without PyTorch or cuda-python)."""
     if importlib.util.find_spec("torch"):
         import torch
 
@@ -54,7 +55,7 @@ def choose_backend(config: EngineConfig) -> tuple[str, str]:
     skipped = []
     for backend in BACKENDS:
         reason = unavailable_reason(backend)
-        if backend == "torch" and reason is None and not _cuda_gpu_count():
+        if backend == "torch" and reason is None and not cuda_gpu_count():
             reason = "no CUDA GPU for PyTorch"
         if reason is None:
             because = "; ".join(skipped) or "first choice"

@@ -98,9 +98,9 @@ class ProcessorArgs(BaseModel):
             return "cpu"
         if isinstance(self.gpu, int):
             return f"cuda:{self.gpu}"
-        from ..engines.selection import _cuda_gpu_count
+        from ..engines.selection import cuda_gpu_count
 
-        count = _cuda_gpu_count()
+        count = cuda_gpu_count()
         return f"cuda:{(consumer_id - 1) % count}" if count else "auto"
 
 
