@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import time
 import uuid
 
-LOOPBACK = {
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}
+from ptychonn_ophyd.loopback import use_loopback
 
 
 def monitor(channel: str, queue_size: int, after_id: int, ready, stop, results) -> None:
@@ -94,7 +89,7 @@ def main() -> None:
         "--queue-size", type=int, default=100, help="server-side monitor queue (record[queueSize])"
     )
     args = parser.parse_args()
-    os.environ.update(LOOPBACK)
+    use_loopback()
 
     from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
     from ptychonn_ophyd.sim.objects import held_out_object

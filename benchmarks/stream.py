@@ -26,7 +26,6 @@ import contextlib
 import functools
 import json
 import multiprocessing
-import os
 import sys
 import tempfile
 import threading
@@ -38,11 +37,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-LOOPBACK = {
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}
+from ptychonn_ophyd.loopback import use_loopback
 
 
 @dataclass
@@ -95,7 +90,7 @@ def serve(channel: str, shape: tuple[int, int], dtype: str, commands) -> None:
     Each command is ``(rate_hz, n_frames)``; the answer is ``(sent, seconds)``.  ``None``
     ends the process.
     """
-    os.environ.update(LOOPBACK)
+    use_loopback()
     import pvaccess as pva
     from pvapy.utility.adImageUtility import AdImageUtility
 
@@ -347,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.update(LOOPBACK)
+    use_loopback()
     from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
     from ptychonn_ophyd.preprocess import PreprocessConfig
 

@@ -9,14 +9,10 @@ with ``python examples/replay.py``.
 """
 
 import argparse
-import os
 
-for key, value in {
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}.items():
-    os.environ.setdefault(key, value)
+from ptychonn_ophyd.loopback import use_loopback
+
+use_loopback(force=False)
 
 from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402

@@ -8,7 +8,6 @@ catalog, stitched, and judged against the simulation's ground truth.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-LOOPBACK = {
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}
+from .loopback import use_loopback
 
 SIZES = {"small": (0.5, 11), "default": (1.2, 25), "large": (1.2, 49)}
 """Scan half-width (µm) and points per axis: 121, 625 or 2401 frames, 100 or 50 nm apart."""
@@ -80,8 +75,7 @@ class DemoSummary:
 
 def run_demo(config: DemoConfig) -> DemoSummary:
     """Scan the held-out object with live inference, store it, replay it, and judge it."""
-    for key, value in LOOPBACK.items():
-        os.environ.setdefault(key, value)
+    use_loopback()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     catalog_location = config.catalog or str(config.output_dir / "catalog")
     uid, sent, simulation = _scan(config, catalog_location)

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 from frames import poisson_frames
 
-LOOPBACK = {
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}
-os.environ.update(LOOPBACK)
+from ptychonn_ophyd.loopback import use_loopback
+
+use_loopback()
 
 __all__ = ["poisson_frames"]
 
