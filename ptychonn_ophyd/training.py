@@ -10,8 +10,9 @@ by ``scale``, while the saved weights still take raw counts.  The loss is weight
 probe intensity: where the beam is dark no frame says anything about the object.
 
 No frame reveals its patch's constant phase offset either, so the loss counts it little,
-and :func:`align_offsets` makes overlapping predictions agree before they are compared
-with the truth: without it, per-patch offset guesses dominate the stitched error.
+and :func:`~ptychonn_ophyd.reconstruction.align_offsets` makes overlapping predictions
+agree before they are compared with the truth: without it, per-patch offset guesses
+dominate the stitched error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptychonn_ophyd.reconstruction import align_offsets, compare_phase
 from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.sim.objects import (
     HELD_OUT_MAGNIFICATION,
@@ -85,6 +87,12 @@ class DemoScan:
 class TrainingConfig:
     """A training recipe: everything needed to reproduce a model.
 
+    The defaults are a CPU-sized recipe (about 20 minutes on two cores).  This network
+    has no normalisation layers and sits on a plateau (constant output) for its first few
+    hundred optimiser steps; recipes much shorter than about 1000 steps, or with a peak
+    learning rate of 1e-3 at batch 32, may never leave it.  The shipped demo model used
+    50000 frames, 30 epochs, batch 64 and learning rate 1e-3 on a GPU.
+
     Attributes
     ----------
     preset
@@ -115,12 +123,12 @@ class TrainingConfig:
     """
 
     preset: str = "small_phase"
-    n_frames: int = 4000
+    n_frames: int = 6000
     n_validation_frames: int = 400
     frames_per_object: int = 5
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     seed: int = 0
     object_size: int = 160
     photons_range: tuple[float, float] = (8e5, 1.25e6)
@@ -215,12 +223,13 @@ def simulate_set(
 def _pool(workers: int) -> Executor:
     """Worker processes, or the caller's thread for one.
 
-    Forked, so that scripts need no ``__main__`` guard; the children only run NumPy and
-    scikit-image, never CUDA, so forking after CUDA is up is harmless.
+    Spawned, not forked: a fork taken after PyTorch or OpenBLAS started their thread
+    pools can deadlock in the child (seen in the test suite), and CUDA must not be
+    inherited. Scripts calling :func:`train` with workers need a ``__main__`` guard.
     """
     if workers <= 1:
         return _InlineExecutor()
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 class _InlineExecutor(Executor):
@@ -441,8 +450,9 @@ def held_out_check(model, config: TrainingConfig, device) -> dict[str, float]:
 
     Predicted phase patches are stitched (:func:`ptychonn_ophyd.stitch.stitch`) with
     probe-intensity weights, both as they are (``plain``) and after
-    :func:`align_offsets` (``aligned``).  The comparison covers pixels whose summed
-    weight reaches 20% of its maximum, after removing one constant phase offset.
+    :func:`~ptychonn_ophyd.reconstruction.align_offsets` (``aligned``).  The comparison
+    covers pixels whose summed weight reaches 20% of its maximum, after removing one
+    constant phase offset.
     """
     from ptychonn_ophyd.stitch import stitch
 
@@ -458,52 +468,3 @@ def held_out_check(model, config: TrainingConfig, device) -> dict[str, float]:
         metrics[f"held_out_ssim_{name}"] = ssim
         metrics[f"held_out_phase_rms_{name}"] = rms
     return metrics
-
-
-def compare_phase(
-    reconstruction: np.ndarray, truth: np.ndarray, region: np.ndarray
-) -> tuple[float, float]:
-    """SSIM and RMS error (radians) of a phase image over ``region``, one offset removed.
-
-    SSIM is taken of both images mapped by the truth's range in ``region`` onto [0, 1]
-    (SSIM expects non-negative images) and averaged over ``region``.
-    """
-    from skimage.metrics import structural_similarity
-
-    reconstruction = reconstruction - np.mean((reconstruction - truth)[region])
-    reconstruction = np.where(np.isfinite(reconstruction), reconstruction, truth)
-    low, span = float(truth[region].min()), float(np.ptp(truth[region]))
-    _, ssim_map = structural_similarity(
-        (truth - low) / span, (reconstruction - low) / span, data_range=1.0, full=True
-    )
-    rms = np.sqrt(np.mean((reconstruction - truth)[region] ** 2))
-    return float(ssim_map[region].mean()), float(rms)
-
-
-def align_offsets(patches: np.ndarray, corners: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Constant phase to add to each patch so that overlapping patches agree best.
-
-    No frame reveals its patch's absolute phase, so each prediction carries its own
-    offset guess; left alone, those guesses blotch a stitched image.  This solves the
-    least-squares problem ``min sum_ij sum_px w_i w_j (p_i + c_i - p_j - c_j)**2`` over
-    overlapping pairs (a graph Laplacian system) and returns ``c`` with zero mean.
-    """
-    n, p = len(patches), weight.shape[0]
-    laplacian = np.zeros((n, n))
-    rhs = np.zeros(n)
-    for i in range(n):
-        shifts = corners[i + 1 :] - corners[i]
-        for k in np.flatnonzero(np.all(np.abs(shifts) < p, axis=1)):
-            j = i + 1 + k
-            (dr, dc) = shifts[k]
-            in_i = (slice(max(0, dr), p + min(0, dr)), slice(max(0, dc), p + min(0, dc)))
-            in_j = (slice(max(0, -dr), p + min(0, -dr)), slice(max(0, -dc), p + min(0, -dc)))
-            both = weight[in_i] * weight[in_j]
-            a = both.sum()
-            d = np.sum(both * (patches[i][in_i] - patches[j][in_j]))
-            laplacian[[i, j], [i, j]] += a
-            laplacian[[i, j], [j, i]] -= a
-            rhs[i] -= d
-            rhs[j] += d
-    offsets = np.linalg.lstsq(laplacian, rhs, rcond=None)[0]
-    return offsets - offsets.mean()

@@ -18,17 +18,20 @@ from ..training import PRESETS_TRAINED, TrainingConfig, train
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    defaults = TrainingConfig()
     parser = subparsers.add_parser(
         "train", help="train PtychoNN on simulated frames", description=__doc__
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the model files")
-    parser.add_argument("--frames", type=int, default=4000, help="training frames")
-    parser.add_argument("--validation-frames", type=int, default=400)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", choices=PRESETS_TRAINED, default="small_phase")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")
+    parser.add_argument("--frames", type=int, default=defaults.n_frames, help="training frames")
+    parser.add_argument("--validation-frames", type=int, default=defaults.n_validation_frames)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--model", choices=PRESETS_TRAINED, default=defaults.preset)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help="peak Adam learning rate"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
         "--workers", type=int, default=None, help="simulation processes (default: one per CPU)"
