@@ -52,12 +52,16 @@ def stitch_aligned(
     patches: np.ndarray,
     positions_um: np.ndarray,
     pixel_size_um: float,
-    shape: tuple[int, int],
-    weight: np.ndarray,
+    shape: tuple[int, int] | None = None,
+    weight: np.ndarray | None = None,
 ) -> StitchedImage:
-    """Stitch ``patches`` after :func:`align_offsets`, weighting pixels by ``weight``."""
+    """Stitch ``patches`` after :func:`align_offsets`, weighting pixels by ``weight``.
+
+    ``shape`` and ``weight`` are as for :func:`~ptychonn_ophyd.stitch.stitch`.
+    """
     corners = patch_corners(positions_um, pixel_size_um, patches.shape[1:])
-    offsets = align_offsets(patches, corners, weight)
+    trust = np.ones(patches.shape[1:], np.float32) if weight is None else weight
+    offsets = align_offsets(patches, corners, trust)
     aligned = patches + offsets[:, None, None].astype(patches.dtype)
     return stitch(aligned, positions_um, pixel_size_um, shape, weight)
 

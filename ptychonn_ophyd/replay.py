@@ -17,6 +17,7 @@ import numpy as np
 from .callbacks import STREAM
 from .catalog import open_catalog
 from .plans import PIXEL_SIZE_KEY
+from .reconstruction import stitch_aligned
 from .stitch import StitchedImage, stitch
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ def stitch_run(
 ) -> tuple[StitchedImage, StitchedImage | None]:
     """Phase (and amplitude) patches averaged at their positions.
 
+    Each phase patch first gets the constant offset that makes it agree with its
+    neighbours (:func:`~ptychonn_ophyd.reconstruction.align_offsets`): no frame tells its
+    patch's absolute phase, and unaligned guesses blotch the image.
+
     ``pixel_size_um`` defaults to the start document's ``object_pixel_size_um``; frames
     without a position are left out (and logged). ``window`` weighs each patch's pixels,
     e.g. ``ptychonn_ophyd.sim.probe.probe_weight(probe)`` to trust where the beam was.
@@ -77,7 +82,7 @@ def stitch_run(
             "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
         )
     positions = data.positions_um[placed]
-    phase = stitch(data.phase[placed], positions, pixel_size_um, window=window)
+    phase = stitch_aligned(data.phase[placed], positions, pixel_size_um, weight=window)
     amplitude = None
     if data.amplitude is not None:
         amplitude = stitch(data.amplitude[placed], positions, pixel_size_um, window=window)
