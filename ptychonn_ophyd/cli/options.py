@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
 
-from ..engines import EngineConfig
+from ..engines import BACKENDS, EngineConfig, Precision
 from ..preprocess import PreprocessConfig
+
+BACKEND_CHOICES = ["auto", *BACKENDS]
+PRECISION_CHOICES = list(get_args(Precision))
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--precision``."""
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
 
 
 def add_engine_options(parser: argparse.ArgumentParser, max_batch: int = 8) -> None:
     """``--backend``, ``--precision``, ``--batch``, ``--device``, ``--threads``."""
-    parser.add_argument(
-        "--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"]
-    )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
+    add_backend_options(parser)
     parser.add_argument("--batch", type=int, default=max_batch, help="maximum batch size")
     parser.add_argument("--device", default="auto", help="cuda:N, cpu or auto")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")

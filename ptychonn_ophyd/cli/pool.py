@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..pool import ConsumerPool, PoolConfig, PoolStartError, PoolStats, WorkerDiedError
-from .options import add_preprocess_options, preprocess_config
+from .options import add_backend_options, add_preprocess_options, preprocess_config
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,10 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--input-channel", default="ad:image", help="detector NTNDArray channel")
     parser.add_argument("--output-prefix", default="inference", help="<prefix>:<k>:output")
     parser.add_argument("--workers", type=int, default=1, help="consumer processes")
-    parser.add_argument(
-        "--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"]
-    )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
+    add_backend_options(parser)
     parser.add_argument(
         "--gpus", default="auto", help='"auto" or comma-separated GPU indices, dealt round-robin'
     )
