@@ -23,6 +23,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Kind, Signal
 from ophyd.status import DeviceStatus
 
+from .pool import ConsumerPool, PoolConfig
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,6 @@ class ResultMonitor:
         self._on_result(make_result(uid, phase[0], phase[1], phase[2], image))
 
 
-def _pool_api() -> Any:
-    from . import pool
-
-    return pool
-
-
 class PtychoNNDetector(Device):
     """PtychoNN inference on the frames of a PV Access detector, as an ophyd device.
 
@@ -329,7 +324,7 @@ class PtychoNNDetector(Device):
 
     def pool_config(self) -> Any:
         """The :class:`~ptychonn_ophyd.pool.PoolConfig` the settings describe."""
-        return _pool_api().PoolConfig(
+        return PoolConfig(
             model=str(self.model.get()),
             input_channel=self.input_channel.get(),
             output_prefix=self.output_prefix.get(),
@@ -361,7 +356,7 @@ class PtychoNNDetector(Device):
         return staged
 
     def _start(self) -> None:
-        self.pool = _pool_api().ConsumerPool(self.pool_config())
+        self.pool = ConsumerPool(self.pool_config())
         self.pool.start(timeout=self.start_timeout)
         facts = self.pool.facts()
         self.model_hash.put(str(facts.get("model_hash", "")))
