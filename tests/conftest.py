@@ -8,13 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frames import poisson_frames
 
 from ptychonn_ophyd.loopback import use_loopback
 
 use_loopback()
-
-__all__ = ["poisson_frames"]
 
 SHARED_MODELS = Path(
     os.environ.get(

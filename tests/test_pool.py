@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import tifffile
-from conftest import poisson_frames
+from frames import poisson_frames
 from pva_collector import Collector
 from pva_consumers import Consumer, connected, consumer_args, process_gone, wait_until
 from pva_source import FrameSource

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import poisson_frames
+from frames import poisson_frames
 from pva_collector import Collector
 from pva_consumers import (
     Consumer,
