@@ -292,6 +292,8 @@ class ConsumerPool:
             A worker refused the model (the message says why); it keeps the old one.
         TimeoutError
             Not every worker answered within ``timeout`` s.
+        ptychonn_ophyd.streaming.control.ControlError
+            A worker's control channel did not take the command.
         """
         new = open_model(model)
         asked = {w: self._user_stats(w).get("configured", 0) for w in self._workers}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import pvaccess as pva
 
+from .control import ControlError, send_command
+
 PROCESSOR_CLASS = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 CONSUMER_MODULE = "pvapy.cli.hpcConsumer"
 """pvapy's own ``pvapy-hpc-consumer``, run with this interpreter so the venv is the same."""
 
 STATUS_REQUEST = "field(userStats,processorStats,receiverStats)"
-PUT_TIMEOUT = 5.0
-"""Seconds a control-channel put may take before it is given up."""
 
 
 class ChannelWatch:
@@ -117,27 +116,13 @@ class Worker:
 
         Raises
         ------
-        TimeoutError
-            The put did not complete within :data:`PUT_TIMEOUT` seconds.
+        ControlError
+            The worker refused the command or did not answer in time.
         """
-        request = pva.PvObject(
-            {"command": pva.STRING, "args": pva.STRING},
-            {"command": command, "args": json.dumps(args or {})},
-        )
-        errors: list[Exception] = []
-
-        def put() -> None:
-            try:
-                pva.Channel(self.channels.control).put(request, "field(command,args)")
-            except pva.PvaException as err:
-                errors.append(err)
-
-        thread = threading.Thread(target=put, name=f"put-{self.channels.control}", daemon=True)
-        thread.start()
-        thread.join(PUT_TIMEOUT)
-        if thread.is_alive() or errors:
-            reason = errors[0] if errors else f"no answer in {PUT_TIMEOUT} s"
-            raise TimeoutError(f"{self.name}: cannot send {command!r}: {reason}")
+        try:
+            send_command(self.channels.control, command, args)
+        except ControlError as err:
+            raise ControlError(f"{self.name}: {err}") from None
 
     def close(self) -> None:
         """Stop watching the worker's status."""
