@@ -381,13 +381,17 @@ class PtychoNNDetector(Device):
     def _stop(self) -> None:
         monitor, pool = self._monitor, self.pool
         self._monitor = self.pool = None
-        if monitor is not None:
-            monitor.stop()
-        if pool is not None:
-            try:
-                self._final_stats = pool.stats()
-            finally:
-                pool.stop()
+        try:
+            if pool is not None:
+                try:
+                    self._final_stats = pool.stats()
+                finally:
+                    pool.stop()
+        finally:
+            # After the pool: pvapy's stopMonitor holds the GIL, so a result arriving
+            # meanwhile could wait for it for good.
+            if monitor is not None:
+                monitor.stop()
 
     def pool_stats(self) -> Any:
         """The pool's ``PoolStats``: live while staged, as at the last unstage after, or None."""
