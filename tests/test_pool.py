@@ -100,12 +100,13 @@ def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
     old_hash = pool.facts()["model_hash"]
     collector = Collector(pool.output_channels)
     sender = threading.Thread(
-        target=source.publish_frames, args=(poisson_frames(240, seed=2),), kwargs={"rate_hz": 80}
+        target=source.publish_frames, args=(poisson_frames(160, seed=2),), kwargs={"rate_hz": 80}
     )
     sender.start()
     wait_until(lambda: len(collector.results) > 40, 10)
     new_hash = pool.swap_model(make_checkpoint("small_phase", seed=2)[1], timeout=30)
     sender.join()
+    source.publish_frames(poisson_frames(80, seed=3), rate_hz=80, first_point=160)
 
     assert collector.wait_for(240, timeout=30)
     counts = collector.ids()
