@@ -1,0 +1,117 @@
+"""Where a worker's CPU time per frame goes, stage by stage, outside the GPU.
+
+Times the processor's own per-frame steps on a received-style NTNDArray (int16
+128x128 counts with ``ColorMode``, ``x``, ``y`` and ``point`` attributes and
+timestamps), each in a loop of its own:
+
+- ``decode``: :func:`~ptychonn_ophyd.streaming.frames.decode_frame`;
+- ``copy``: the PV copy kept at receipt, which becomes the result;
+- ``preprocess``: :meth:`~ptychonn_ophyd.preprocess.Preprocessor.into` the batch buffer;
+- ``result``: :meth:`~ptychonn_ophyd.streaming.output.ResultBuilder.result`, and apart
+  from it the part it cannot avoid, the round trip of the frame's attribute list
+  through pvapy (``getStructureArray`` then ``setStructureArray``);
+- ``publish``: ``PvaServer.updateUnchecked`` of the result on a record nobody monitors.
+
+    python benchmarks/processor_stages.py --frames 2000 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+import uuid
+
+import numpy as np
+
+
+def received_frame(unique_id: int):
+    """An NTNDArray as a consumer receives it from an areaDetector-like source."""
+    import pvaccess as pva
+    from pvapy.utility.adImageUtility import AdImageUtility
+
+    counts = np.random.default_rng(0).poisson(20, (128, 128)).astype(np.int16)
+    frame = AdImageUtility.generateNtNdArray2D(unique_id, counts)
+    frame["attribute"] = [
+        pva.NtAttribute("ColorMode", pva.PvInt(0)),
+        pva.NtAttribute("x", pva.PvDouble(1.5)),
+        pva.NtAttribute("y", pva.PvDouble(-0.5)),
+        pva.NtAttribute("point", pva.PvInt(unique_id)),
+    ]
+    stamp = pva.PvTimeStamp(time.time())
+    frame["timeStamp"] = stamp
+    frame["dataTimeStamp"] = stamp
+    return frame
+
+
+def round_trip(frame) -> None:
+    """Read a frame's attribute list out of pvapy and write it back, as a result does."""
+    frame.setStructureArray("attribute", frame.getStructureArray("attribute"))
+
+
+def per_frame_us(step, n: int, repeats: int) -> float:
+    """Microseconds per call of ``step(k)``: the best of ``repeats`` runs of ``n`` calls.
+
+    ``k`` counts on across runs, so a step may use a fresh object per call.
+    """
+    best = float("inf")
+    for run in range(repeats):
+        begin = time.perf_counter()
+        for k in range(run * n, (run + 1) * n):
+            step(k)
+        best = min(best, (time.perf_counter() - begin) / n)
+    return best * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=2000, help="calls per run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs; the best counts")
+    args = parser.parse_args()
+
+    from ptychonn_ophyd.loopback import use_loopback
+
+    use_loopback()
+    import pvaccess as pva
+
+    from ptychonn_ophyd.preprocess import PreprocessConfig, Preprocessor
+    from ptychonn_ophyd.streaming.frames import decode_frame
+    from ptychonn_ophyd.streaming.output import ResultBuilder
+
+    n = args.frames
+    timed = functools.partial(per_frame_us, n=n, repeats=args.repeats)
+    frame = received_frame(1)
+    image, _ = decode_frame(frame)
+    batch = np.zeros((8, 128, 128), np.float32)
+    fill = Preprocessor(PreprocessConfig(), (128, 128)).into
+    builder = ResultBuilder(1, (128, 128), resized=False)
+    builder.set_model_hash("0123456789ab")
+    phase = np.zeros((128, 128), np.float32)
+    copies = [frame.copy() for _ in range(n * args.repeats)]
+    results = [builder.result(frame.copy(), phase, 1e-3) for _ in range(n)]
+    channel = f"stages{uuid.uuid4().hex[:8]}:output"
+    server = pva.PvaServer()
+    server.addRecord(channel, results[0].copy(), None)
+    server.start()
+    try:
+        stages = {
+            "decode": timed(lambda i: decode_frame(frame)),
+            "copy": timed(lambda i: frame.copy()),
+            "preprocess": timed(lambda i: fill(image, batch[i % 8])),
+            "result": timed(lambda i: builder.result(copies[i], phase, 1e-3)),
+            "attributes": timed(lambda i: round_trip(frame)),
+            "publish": timed(lambda i: server.updateUnchecked(channel, results[i % n])),
+        }
+    finally:
+        server.stop()
+    attributes = stages.pop("attributes")
+    for name, us in stages.items():
+        print(f"{name:>10}: {us:7.1f} µs per frame")
+        if name == "result":
+            print(f"{'':>10}  ({attributes:.1f} µs of it the attribute list round trip)")
+    total = sum(stages.values())
+    print(f"{'total':>10}: {total:7.1f} µs per frame -> {1e6 / total:,.0f} frames/s on one core")
+
+
+if __name__ == "__main__":
+    main()
