@@ -2,10 +2,12 @@
 
 A source process publishes NTNDArray frames (Poisson counts, ``x``/``y``/``point``
 attributes) at a set rate; a :class:`~ptychonn_ophyd.pool.ConsumerPool` infers them;
-a collector in this process monitors every output channel.  Each trial prints the
-offered rate, the sustained rate (results received over the time from first frame
-sent to last result received), frames lost (sent minus distinct results) and the
-end-to-end latency p50/p99 (source timestamp to result received).
+a collector in this process monitors every output channel.  With ``--streams K`` the
+rate is split over K sources on K channels, each with a pool of its own, as the seed
+split its input for 12 kHz.  Each trial prints the offered rate, the sustained rate
+(results received over the time from first frame sent to last result received),
+frames lost (sent minus distinct results) and the end-to-end latency p50/p99 (source
+timestamp to result received).
 
 Examples
 --------
@@ -17,6 +19,10 @@ One trial at 200 Hz, then the highest rate without loss, on the CPU::
 The bare engine's throughput on the same settings, for comparison::
 
     python benchmarks/stream.py --bare --backend onnxruntime --threads 2
+
+Two input streams of two workers each, 40 kHz in all, on a GPU host::
+
+    python benchmarks/stream.py --streams 2 --workers 2 --rate 40000 --backend torch
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class Trial:
     missed: int
     worker_cpu_ms: float
     source_cpu_ms: float
+    collector_cpu_ms: float
 
     @property
     def kept_up(self) -> bool:
@@ -70,7 +77,7 @@ class Trial:
             f"latency p50 {self.latency_p50_ms:7.2f} ms  p99 {self.latency_p99_ms:7.2f} ms  "
             f"(worker p99 {self.worker_latency_p99_ms:.2f} ms, dropped {self.dropped}, "
             f"missed {self.missed}; CPU per frame: workers {self.worker_cpu_ms:.2f} ms, "
-            f"source {self.source_cpu_ms:.2f} ms)"
+            f"sources {self.source_cpu_ms:.2f} ms, collector {self.collector_cpu_ms:.2f} ms)"
         )
 
 
@@ -142,9 +149,12 @@ class Source:
         if not self._pipe.poll(60) or self._pipe.recv() != "ready":
             raise RuntimeError("the source process did not start")
 
-    def burst(self, rate: float, n: int) -> tuple[int, float]:
-        """Publish ``n`` frames at ``rate``; (frames sent, seconds it took)."""
+    def start_burst(self, rate: float, n: int) -> None:
+        """Start publishing ``n`` frames at ``rate``."""
         self._pipe.send((rate, n))
+
+    def end_burst(self) -> tuple[int, float]:
+        """Wait for the burst to end; (frames sent, seconds it took)."""
         return self._pipe.recv()
 
     @property
@@ -159,30 +169,35 @@ class Source:
 
 
 class Collector:
-    """Monitors output channels; records each result's uniqueId and end-to-end latency."""
+    """Monitors output channels; records each result's stream, uniqueId and latency.
 
-    def __init__(self, channels: list[str], capacity: int) -> None:
+    ``channels[k]`` lists the output channels of stream ``k``.
+    """
+
+    def __init__(self, channels: list[list[str]], capacity: int) -> None:
         import pvaccess as pva
 
+        self.stream = np.zeros(capacity, np.int64)
         self.ids = np.zeros(capacity, np.int64)
         self.latency = np.zeros(capacity)
         self.arrived = np.zeros(capacity)
         self.n = 0
         self._lock = threading.Lock()
-        self._initial = set(channels)
+        self._initial = {name for names in channels for name in names}
         self._channels = []
-        for name in channels:
-            channel = pva.Channel(name)
-            channel.monitor(
-                lambda pv, name=name: self._receive(name, pv),
-                "record[queueSize=100000]field(uniqueId,timeStamp)",
-            )
-            self._channels.append(channel)
+        for k, names in enumerate(channels):
+            for name in names:
+                channel = pva.Channel(name)
+                channel.monitor(
+                    lambda pv, name=name, k=k: self._receive(k, name, pv),
+                    "record[queueSize=100000]field(uniqueId,timeStamp)",
+                )
+                self._channels.append(channel)
         deadline = time.monotonic() + 10
         while self._initial and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _receive(self, name: str, pv) -> None:
+    def _receive(self, stream: int, name: str, pv) -> None:
         now = time.time()
         if name in self._initial:
             self._initial.discard(name)
@@ -191,10 +206,16 @@ class Collector:
         with self._lock:
             i = self.n
             if i < len(self.ids):
+                self.stream[i] = stream
                 self.ids[i] = pv["uniqueId"]
                 self.latency[i] = now - stamp["secondsPastEpoch"] - stamp["nanoseconds"] * 1e-9
                 self.arrived[i] = time.perf_counter()
                 self.n = i + 1
+
+    def distinct(self) -> int:
+        """How many different (stream, uniqueId) results arrived."""
+        n = self.n
+        return len(np.unique(self.stream[:n] << 40 | self.ids[:n]))
 
     def reset(self) -> None:
         with self._lock:
@@ -216,23 +237,30 @@ class Collector:
             channel.stopMonitor()
 
 
-def run_trial(source: Source, collector: Collector, pool, rate: float, seconds: float) -> Trial:
-    """Send a burst of ``rate * seconds`` frames and account for every one."""
-    before = pool.stats()
+def run_trial(
+    sources: list[Source], collector: Collector, pools: list, rate: float, seconds: float
+) -> Trial:
+    """Send a burst of ``rate * seconds`` frames, split over the sources; account for all."""
+    before = pool_totals(pools)
     collector.reset()
-    n = max(int(rate * seconds), 1)
-    cpu_before = cpu_seconds(pool.pids), cpu_seconds([source.pid])
+    n = max(int(rate * seconds / len(sources)), 1)
+    workers = [pid for pool in pools for pid in pool.pids]
+    senders = [source.pid for source in sources]
+    cpu_before = cpu_seconds(workers), cpu_seconds(senders), time.process_time()
     started = time.perf_counter()
-    sent, elapsed = source.burst(rate, n)
+    for source in sources:
+        source.start_burst(rate / len(sources), n)
+    bursts = [source.end_burst() for source in sources]
+    sent, elapsed = sum(b[0] for b in bursts), max(b[1] for b in bursts)
     collector.wait(sent)
-    cpu_after = cpu_seconds(pool.pids), cpu_seconds([source.pid])
+    cpu_after = cpu_seconds(workers), cpu_seconds(senders), time.process_time()
     time.sleep(0.5)
     got = collector.n
-    ids = collector.ids[:got]
-    distinct = len(np.unique(ids))
+    distinct = collector.distinct()
     span = (collector.arrived[:got].max() - started) if got else float("inf")
     p50, p99 = np.percentile(collector.latency[:got], (50, 99)) if got else (0.0, 0.0)
-    after = pool.stats()
+    after = pool_totals(pools)
+    cpu_ms = [(a - b) / sent * 1e3 for a, b in zip(cpu_after, cpu_before, strict=True)]
     return Trial(
         offered_hz=sent / elapsed if elapsed > 0 else rate,
         sent=sent,
@@ -242,12 +270,23 @@ def run_trial(source: Source, collector: Collector, pool, rate: float, seconds: 
         sustained_hz=got / span,
         latency_p50_ms=float(p50) * 1e3,
         latency_p99_ms=float(p99) * 1e3,
-        worker_latency_p99_ms=after.latency_p99_s * 1e3,
-        dropped=after.dropped - before.dropped,
-        missed=after.missed - before.missed,
-        worker_cpu_ms=(cpu_after[0] - cpu_before[0]) / sent * 1e3,
-        source_cpu_ms=(cpu_after[1] - cpu_before[1]) / sent * 1e3,
+        worker_latency_p99_ms=after["latency_p99_s"] * 1e3,
+        dropped=after["dropped"] - before["dropped"],
+        missed=after["missed"] - before["missed"],
+        worker_cpu_ms=cpu_ms[0],
+        source_cpu_ms=cpu_ms[1],
+        collector_cpu_ms=cpu_ms[2],
     )
+
+
+def pool_totals(pools: list) -> dict[str, float]:
+    """Dropped and missed frames over all pools, and the worst worker p99 latency."""
+    stats = [pool.stats() for pool in pools]
+    return {
+        "dropped": sum(s.dropped for s in stats),
+        "missed": sum(s.missed for s in stats),
+        "latency_p99_s": max(s.latency_p99_s for s in stats),
+    }
 
 
 def sweep(run, start: float, refine: int, limit: float) -> tuple[float, list[Trial]]:
@@ -322,7 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels")
     parser.add_argument("--dtype", default="int16", help="frame data type")
     parser.add_argument("--bin", type=int, default=1, help="preprocessing bin (size/bin = 128)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="workers per stream")
+    parser.add_argument("--streams", type=int, default=1, help="input streams sharing --rate")
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"]
     )
@@ -354,41 +394,50 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"bare_frames_per_s": rate}, indent=2))
         return 0
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    channel = f"{prefix}:image"
-    source = Source(channel, (args.size, args.size), args.dtype)
-    config = PoolConfig(
-        model=model,
-        input_channel=channel,
-        output_prefix=prefix,
-        n_workers=args.workers,
-        backend=args.backend,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        batch_timeout=args.batch_timeout,
-        preprocess=PreprocessConfig(bin=args.bin),
-        distributor_updates=args.distributor_updates,
-        server_queue_size=args.server_queue_size,
-        threads=args.threads,
-        log_dir=workdir / "logs",
-    )
-    try:
-        with ConsumerPool(config) as pool:
+    with contextlib.ExitStack() as stack:
+        sources, pools = [], []
+        for k in range(1, args.streams + 1):
+            channel = f"{prefix}s{k}:image"
+            source = Source(channel, (args.size, args.size), args.dtype)
+            stack.callback(source.close)
+            sources.append(source)
+            config = PoolConfig(
+                model=model,
+                input_channel=channel,
+                output_prefix=f"{prefix}s{k}",
+                n_workers=args.workers,
+                backend=args.backend,
+                precision=args.precision,
+                batch_size=args.batch_size,
+                batch_timeout=args.batch_timeout,
+                preprocess=PreprocessConfig(bin=args.bin),
+                distributor_updates=args.distributor_updates,
+                server_queue_size=args.server_queue_size,
+                threads=args.threads,
+                log_dir=workdir / f"logs-{k}",
+            )
+            pools.append(stack.enter_context(ConsumerPool(config)))
+        for pool in pools:
             pool.start(timeout=600)
-            facts = pool.facts()
-            print(f"{args.workers} workers: {facts['engine']} {' '.join(facts['gpu_names'])}")
-            top = args.max_rate if args.sweep else args.rate
-            collector = Collector(pool.output_channels, min(int(top * args.seconds), 2**21) + 1)
-            run = functools.partial(run_trial, source, collector, pool, seconds=args.seconds)
-            if args.sweep:
-                best, trials = sweep(run, args.rate, args.refine, args.max_rate)
-                print(f"highest rate with no loss: {best:.1f} Hz")
-            else:
-                trials = [run(args.rate)]
-                print(trials[0].line())
-                best = trials[0].offered_hz if trials[0].kept_up else 0.0
-            collector.close()
-    finally:
-        source.close()
+        facts = pools[0].facts()
+        print(
+            f"{args.streams} stream(s) x {args.workers} worker(s): "
+            f"{facts['engine']} {' '.join(facts['gpu_names'])}"
+        )
+        top = args.max_rate if args.sweep else args.rate
+        capacity = min(int(top * args.seconds), 2**21) + args.streams
+        collector = Collector([pool.output_channels for pool in pools], capacity)
+        run = functools.partial(run_trial, sources, collector, pools, seconds=args.seconds)
+        if args.sweep:
+            best, trials = sweep(run, args.rate, args.refine, args.max_rate)
+            print(f"highest rate with no loss: {best:.1f} Hz")
+        else:
+            trials = [run(args.rate)]
+            print(trials[0].line())
+            best = trials[0].offered_hz if trials[0].kept_up else 0.0
+        for pool in pools:
+            pool.stop()
+        collector.close()
     if args.json:
         result = {"settings": vars(args) | {"model": str(model)}, "facts": facts}
         result |= {"best_lossless_hz": best, "trials": [asdict(t) for t in trials]}
