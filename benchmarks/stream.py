@@ -39,11 +39,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
 from ptychonn_ophyd.loopback import use_loopback
+
+if TYPE_CHECKING:
+    from ptychonn_ophyd.pool import ConsumerPool
 
 
 @dataclass
@@ -380,12 +384,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    use_loopback()
+def start_stream(
+    args: argparse.Namespace, model: Path, prefix: str, log_dir: Path, stack: contextlib.ExitStack
+) -> tuple[Source, ConsumerPool]:
+    """A source on ``<prefix>:image`` and a pool on ``<prefix>``, both closed by ``stack``."""
     from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
     from ptychonn_ophyd.preprocess import PreprocessConfig
 
+    channel = f"{prefix}:image"
+    source = Source(channel, (args.size, args.size), args.dtype)
+    stack.callback(source.close)
+    config = PoolConfig(
+        model=model,
+        input_channel=channel,
+        output_prefix=prefix,
+        n_workers=args.workers,
+        backend=args.backend,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        batch_timeout=args.batch_timeout,
+        preprocess=PreprocessConfig(bin=args.bin),
+        distributor_updates=args.distributor_updates,
+        server_queue_size=args.server_queue_size,
+        threads=args.threads,
+        log_dir=log_dir,
+    )
+    return source, stack.enter_context(ConsumerPool(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    use_loopback()
     workdir = Path(tempfile.mkdtemp(prefix="ptychonn-stream-"))
     model = args.model or random_model(workdir)
     if args.bare:
@@ -395,28 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as stack:
-        sources, pools = [], []
-        for k in range(1, args.streams + 1):
-            channel = f"{prefix}s{k}:image"
-            source = Source(channel, (args.size, args.size), args.dtype)
-            stack.callback(source.close)
-            sources.append(source)
-            config = PoolConfig(
-                model=model,
-                input_channel=channel,
-                output_prefix=f"{prefix}s{k}",
-                n_workers=args.workers,
-                backend=args.backend,
-                precision=args.precision,
-                batch_size=args.batch_size,
-                batch_timeout=args.batch_timeout,
-                preprocess=PreprocessConfig(bin=args.bin),
-                distributor_updates=args.distributor_updates,
-                server_queue_size=args.server_queue_size,
-                threads=args.threads,
-                log_dir=workdir / f"logs-{k}",
-            )
-            pools.append(stack.enter_context(ConsumerPool(config)))
+        streams = [
+            start_stream(args, model, f"{prefix}s{k}", workdir / f"logs-{k}", stack)
+            for k in range(1, args.streams + 1)
+        ]
+        sources, pools = [s for s, _ in streams], [p for _, p in streams]
         for pool in pools:
             pool.start(timeout=600)
         facts = pools[0].facts()
@@ -436,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             print(trials[0].line())
             best = trials[0].offered_hz if trials[0].kept_up else 0.0
         for pool in pools:
-            pool.stop()
+            pool.stop()  # before the collector: stopMonitor holds the GIL
         collector.close()
     if args.json:
         result = {"settings": vars(args) | {"model": str(model)}, "facts": facts}
