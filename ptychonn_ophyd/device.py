@@ -10,6 +10,7 @@ how :class:`~ptychonn_ophyd.callbacks.InferenceCallback` receives them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -381,17 +382,14 @@ class PtychoNNDetector(Device):
     def _stop(self) -> None:
         monitor, pool = self._monitor, self.pool
         self._monitor = self.pool = None
-        try:
-            if pool is not None:
-                try:
-                    self._final_stats = pool.stats()
-                finally:
-                    pool.stop()
-        finally:
-            # After the pool: pvapy's stopMonitor holds the GIL, so a result arriving
-            # meanwhile could wait for it for good.
+        with contextlib.ExitStack() as stopping:
+            # Last in, first out: the monitor stops after the pool, because pvapy's
+            # stopMonitor holds the GIL and a result arriving meanwhile could wait for good.
             if monitor is not None:
-                monitor.stop()
+                stopping.callback(monitor.stop)
+            if pool is not None:
+                stopping.callback(pool.stop)
+                self._final_stats = pool.stats()
 
     def pool_stats(self) -> Any:
         """The pool's ``PoolStats``: live while staged, as at the last unstage after, or None."""
