@@ -1,6 +1,6 @@
 """Where a worker's CPU time per frame goes, stage by stage, outside the GPU.
 
-Times the processor's own per-frame steps on a received-style NTNDArray (int16
+Times the processor's own per-frame steps on the simulated detector's NTNDArray (int16
 128x128 counts with ``ColorMode``, ``x``, ``y`` and ``point`` attributes and
 timestamps), each in a loop of its own:
 
@@ -26,22 +26,11 @@ import numpy as np
 
 
 def received_frame(unique_id: int):
-    """An NTNDArray as a consumer receives it from an areaDetector-like source."""
-    import pvaccess as pva
-    from pvapy.utility.adImageUtility import AdImageUtility
+    """An NTNDArray as a consumer receives it from the simulated detector."""
+    from ptychonn_ophyd.sim.server import make_ntndarray
 
     counts = np.random.default_rng(0).poisson(20, (128, 128)).astype(np.int16)
-    frame = AdImageUtility.generateNtNdArray2D(unique_id, counts)
-    frame["attribute"] = [
-        pva.NtAttribute("ColorMode", pva.PvInt(0)),
-        pva.NtAttribute("x", pva.PvDouble(1.5)),
-        pva.NtAttribute("y", pva.PvDouble(-0.5)),
-        pva.NtAttribute("point", pva.PvInt(unique_id)),
-    ]
-    stamp = pva.PvTimeStamp(time.time())
-    frame["timeStamp"] = stamp
-    frame["dataTimeStamp"] = stamp
-    return frame
+    return make_ntndarray(counts, unique_id, x_um=1.5, y_um=-0.5, point=unique_id)
 
 
 def round_trip(frame) -> None:
