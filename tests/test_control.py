@@ -83,4 +83,4 @@ def test_commands_do_not_freeze_a_process_monitoring_the_same_server(busy_server
 def test_command_to_a_missing_channel_fails_naming_the_channel(channel_prefix):
     channel = f"{channel_prefix}:1:control"
     with pytest.raises(ControlError, match=rf"{channel}: cannot send 'configure': .*"):
-        send_command(channel, "configure", {"model": "m.onnx"})
+        send_command(channel, "configure", {"model": "m.onnx"}, connect_timeout=1.0)

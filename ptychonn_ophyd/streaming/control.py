@@ -6,7 +6,7 @@ server (a worker's status or results), the two wait for each other for good and 
 whole process freezes. A child process has no monitors, and if its put hangs all
 the same, it is killed.
 
-Run as ``python -m ptychonn_ophyd.streaming.control CHANNEL COMMAND ARGS_JSON``.
+Run as ``python -m ptychonn_ophyd.streaming.control CHANNEL COMMAND ARGS_JSON TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -15,43 +15,56 @@ import json
 import subprocess
 import sys
 
-PUT_TIMEOUT = 10.0
-"""Seconds a command may take, the child's start included, before it is given up."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds the child waits for the control channel to connect (pvapy's default is 3 s,
+which a new process talking to a busy worker on a loaded host can exceed)."""
+START_ALLOWANCE = 5.0
+"""Seconds allowed beyond the connection for the child to start and the put to finish."""
 
 
 class ControlError(RuntimeError):
     """The control channel refused the command or did not answer."""
 
 
-def send_command(channel: str, command: str, args: dict | None = None) -> None:
+def send_command(
+    channel: str,
+    command: str,
+    args: dict | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> None:
     """Put ``command`` with JSON ``args`` on the control ``channel`` of a consumer.
 
     Raises
     ------
     ControlError
-        The put failed, or did not complete within :data:`PUT_TIMEOUT` seconds.
+        The channel did not connect within ``connect_timeout`` s, the put failed, or the
+        child did not finish :data:`START_ALLOWANCE` s after that.
     """
     argv = [sys.executable, "-m", __name__, channel, command, json.dumps(args or {})]
+    argv.append(str(connect_timeout))
+    limit = connect_timeout + START_ALLOWANCE
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PUT_TIMEOUT)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        raise ControlError(f"{channel}: no answer to {command!r} in {PUT_TIMEOUT} s") from None
+        raise ControlError(f"{channel}: no answer to {command!r} in {limit} s") from None
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise ControlError(f"{channel}: cannot send {command!r}: {reason[0]}")
 
 
-def _put(channel: str, command: str, args_json: str) -> None:
+def _put(channel: str, command: str, args_json: str, connect_timeout: str) -> None:
     import pvaccess as pva
 
     request = pva.PvObject(
         {"command": pva.STRING, "args": pva.STRING}, {"command": command, "args": args_json}
     )
-    pva.Channel(channel).put(request, "field(command,args)")
+    control = pva.Channel(channel)
+    control.setTimeout(float(connect_timeout))
+    control.put(request, "field(command,args)")
 
 
 if __name__ == "__main__":
     try:
-        _put(*sys.argv[1:4])
+        _put(*sys.argv[1:5])
     except Exception as err:  # one line for the parent, whatever pvapy raised
         sys.exit(f"{type(err).__name__}: {err}")
