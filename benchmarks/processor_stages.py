@@ -4,10 +4,10 @@ Times the processor's own per-frame steps on the simulated detector's NTNDArray 
 128x128 counts with ``ColorMode``, ``x``, ``y`` and ``point`` attributes and
 timestamps), each in a loop of its own:
 
-- ``decode``: :func:`~ptychonn_ophyd.streaming.frames.decode_frame`;
+- ``decode``: :func:`~ptychonn_ophyd.worker.frames.decode_frame`;
 - ``copy``: the PV copy kept at receipt, which becomes the result;
 - ``preprocess``: :meth:`~ptychonn_ophyd.preprocess.Preprocessor.into` the batch buffer;
-- ``result``: :meth:`~ptychonn_ophyd.streaming.output.ResultBuilder.result`, and apart
+- ``result``: :meth:`~ptychonn_ophyd.worker.output.ResultBuilder.result`, and apart
   from it the part it cannot avoid, the round trip of the frame's attribute list
   through pvapy (``getStructureArray`` then ``setStructureArray``);
 - ``publish``: ``PvaServer.updateUnchecked`` of the result on a record nobody monitors.
@@ -27,10 +27,12 @@ import numpy as np
 
 def received_frame(unique_id: int):
     """An NTNDArray as a consumer receives it from the simulated detector."""
-    from ptychonn_ophyd.sim.server import make_ntndarray
+    from ptychonn_ophyd.sim.server import make_frame
 
     counts = np.random.default_rng(0).poisson(20, (128, 128)).astype(np.int16)
-    return make_ntndarray(counts, unique_id, x_um=1.5, y_um=-0.5, point=unique_id)
+    frame = make_frame(counts, x_um=1.5, y_um=-0.5, point=unique_id)
+    frame["uniqueId"] = unique_id
+    return frame
 
 
 def round_trip(frame) -> None:
@@ -64,8 +66,8 @@ def main() -> None:
     import pvaccess as pva
 
     from ptychonn_ophyd.preprocess import PreprocessConfig, Preprocessor
-    from ptychonn_ophyd.streaming.frames import decode_frame
-    from ptychonn_ophyd.streaming.output import ResultBuilder
+    from ptychonn_ophyd.worker.frames import decode_frame
+    from ptychonn_ophyd.worker.output import ResultBuilder
 
     n = args.frames
     timed = functools.partial(per_frame_us, n=n, repeats=args.repeats)

@@ -91,10 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     use_loopback()
 
-    from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
-    from ptychonn_ophyd.sim.objects import held_out_object
-    from ptychonn_ophyd.sim.probe import make_probe
-    from ptychonn_ophyd.sim.scan import fermat_spiral
+    from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
+    from ptychonn_ophyd.physics.objects import held_out_object
+    from ptychonn_ophyd.physics.probe import make_probe
+    from ptychonn_ophyd.physics.scan import fermat_spiral
     from ptychonn_ophyd.sim.server import SimDetectorServer
 
     large = args.frame_size == 516

@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     args = parser.parse_args()
     use_loopback()
-    from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
+    from ptychonn_ophyd.pool import ConsumerPool
+    from ptychonn_ophyd.settings import PoolConfig
 
     for attempt in range(args.starts):
         config = PoolConfig(

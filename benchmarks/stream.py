@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psutil
 
+from ptychonn_ophyd.cli.options import add_settings_options, settings_from_args
 from ptychonn_ophyd.loopback import use_loopback
 
 if TYPE_CHECKING:
@@ -103,20 +104,13 @@ def serve(channel: str, shape: tuple[int, int], dtype: str, commands) -> None:
     """
     use_loopback()
     import pvaccess as pva
-    from pvapy.utility.adImageUtility import AdImageUtility
+
+    from ptychonn_ophyd.sim.server import make_frame
+    from ptychonn_ophyd.wire import stamp
 
     rng = np.random.default_rng(0)
-    cache = []
-    for point in range(64):
-        frame = rng.poisson(50, shape).astype(dtype)
-        array = AdImageUtility.generateNtNdArray2D(0, frame)
-        array["attribute"] = [
-            pva.NtAttribute("ColorMode", pva.PvInt(0)),
-            pva.NtAttribute("x", pva.PvDouble(0.5 * point)),
-            pva.NtAttribute("y", pva.PvDouble(-0.5 * point)),
-            pva.NtAttribute("point", pva.PvInt(point)),
-        ]
-        cache.append(array)
+    frames = (rng.poisson(50, shape).astype(dtype) for _ in range(64))
+    cache = [make_frame(f, 0.5 * point, -0.5 * point, point) for point, f in enumerate(frames)]
     server = pva.PvaServer()
     server.addRecord(channel, pva.NtNdArray(), None)
     server.start()
@@ -131,10 +125,7 @@ def serve(channel: str, shape: tuple[int, int], dtype: str, commands) -> None:
                 time.sleep(min(ahead, 0.001))
             unique_id += 1
             array = cache[unique_id % len(cache)]
-            array["uniqueId"] = unique_id
-            stamp = pva.PvTimeStamp(time.time())
-            array["timeStamp"] = stamp
-            array["dataTimeStamp"] = stamp
+            stamp(array, unique_id)
             server.updateUnchecked(channel, array)
         commands.send((n, time.perf_counter() - start))
     server.stop()
@@ -359,28 +350,18 @@ def random_model(folder: Path) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="model file (default: random small phase)")
     parser.add_argument("--rate", type=float, default=100.0, help="frames/s (sweep: start)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each trial")
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels")
     parser.add_argument("--dtype", default="int16", help="frame data type")
-    parser.add_argument("--bin", type=int, default=1, help="preprocessing bin (size/bin = 128)")
-    parser.add_argument("--workers", type=int, default=1, help="workers per stream")
     parser.add_argument("--streams", type=int, default=1, help="input streams sharing --rate")
-    parser.add_argument(
-        "--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"]
-    )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batch-timeout", type=float, default=0.005)
-    parser.add_argument("--distributor-updates", type=int, default=8)
-    parser.add_argument("--server-queue-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
     parser.add_argument("--sweep", action="store_true", help="find the highest lossless rate")
     parser.add_argument("--refine", type=int, default=3, help="sweep bisection steps")
     parser.add_argument("--max-rate", type=float, default=200_000.0, help="sweep ceiling")
     parser.add_argument("--bare", action="store_true", help="time the engine alone")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    # The pool's settings (--model defaults to a random small phase model; per stream).
+    add_settings_options(parser, defaults={"model": None, "input_channel": ""})
     return parser.parse_args(argv)
 
 
@@ -388,27 +369,15 @@ def start_stream(
     args: argparse.Namespace, model: Path, prefix: str, log_dir: Path, stack: contextlib.ExitStack
 ) -> tuple[Source, ConsumerPool]:
     """A source on ``<prefix>:image`` and a pool on ``<prefix>``, both closed by ``stack``."""
-    from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
-    from ptychonn_ophyd.preprocess import PreprocessConfig
+    from ptychonn_ophyd.pool import ConsumerPool
+    from ptychonn_ophyd.settings import PoolConfig
 
     channel = f"{prefix}:image"
     source = Source(channel, (args.size, args.size), args.dtype)
     stack.callback(source.close)
-    config = PoolConfig(
-        model=model,
-        input_channel=channel,
-        output_prefix=prefix,
-        n_workers=args.workers,
-        backend=args.backend,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        batch_timeout=args.batch_timeout,
-        preprocess=PreprocessConfig(bin=args.bin),
-        distributor_updates=args.distributor_updates,
-        server_queue_size=args.server_queue_size,
-        threads=args.threads,
-        log_dir=log_dir,
-    )
+    settings = settings_from_args(args)
+    settings.update(model=model, input_channel=channel, output_prefix=prefix, log_dir=log_dir)
+    config = PoolConfig(**settings)
     return source, stack.enter_context(ConsumerPool(config))
 
 
@@ -433,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.start(timeout=600)
         facts = pools[0].facts()
         print(
-            f"{args.streams} stream(s) x {args.workers} worker(s): "
+            f"{args.streams} stream(s) x {args.n_workers} worker(s): "
             f"{facts['engine']} {' '.join(facts['gpu_names'])}"
         )
         top = args.max_rate if args.sweep else args.rate

@@ -10,8 +10,9 @@ be where they were written (the catalog refers to them by absolute path).
 import argparse
 from pathlib import Path
 
-from ptychonn_ophyd.catalog import open_catalog
-from ptychonn_ophyd.replay import replay
+from ptychonn_ophyd.analysis.replay import replay
+from ptychonn_ophyd.session.catalog import open_catalog
+from ptychonn_ophyd.session.stream import frame_accounting
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("folder", type=Path, help="folder of an embedded catalog")
@@ -22,7 +23,7 @@ catalog = open_catalog(args.folder)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 for uid, run in catalog.items():
     start, stop = run.metadata["start"], run.metadata["stop"] or {}
-    summary = stop.get("inference", {})
+    summary = frame_accounting(run)
     print(
         f"scan {start.get('scan_id')} {uid[:8]} {start.get('plan_name')} "
         f"{stop.get('exit_status')}: {summary.get('stored', 0)} of "

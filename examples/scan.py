@@ -18,15 +18,15 @@ from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402
 from ophyd.sim import SynAxis  # noqa: E402
 
-from ptychonn_ophyd.callbacks import InferenceCallback  # noqa: E402
-from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog  # noqa: E402
-from ptychonn_ophyd.device import PtychoNNDetector  # noqa: E402
 from ptychonn_ophyd.models.bundled import demo_model_path  # noqa: E402
-from ptychonn_ophyd.plans import scan_with_inference  # noqa: E402
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation  # noqa: E402
+from ptychonn_ophyd.physics.objects import held_out_object  # noqa: E402
+from ptychonn_ophyd.physics.probe import make_probe  # noqa: E402
+from ptychonn_ophyd.session.device import PtychoNNDetector  # noqa: E402
+from ptychonn_ophyd.session.plans import scan_with_inference  # noqa: E402
+from ptychonn_ophyd.session.stream import frame_accounting  # noqa: E402
+from ptychonn_ophyd.session.wiring import connect  # noqa: E402
 from ptychonn_ophyd.sim.detector import SimPtychoDetector  # noqa: E402
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation  # noqa: E402
-from ptychonn_ophyd.sim.objects import held_out_object  # noqa: E402
-from ptychonn_ophyd.sim.probe import make_probe  # noqa: E402
 
 
 def main() -> None:
@@ -51,11 +51,8 @@ def main() -> None:
         source=det,
     )
 
-    catalog = open_catalog(args.catalog)
-    callback = InferenceCallback(inference, assets_directory(args.catalog))
-    callback.subscribe(catalog_writer(catalog))
     RE = RunEngine()
-    RE.subscribe(callback)
+    catalog = connect(RE, inference, args.catalog)
     RE.subscribe(BestEffortCallback())
 
     if args.fly:
@@ -64,7 +61,7 @@ def main() -> None:
     else:
         plan = scan_with_inference(det, inference, sy, -1, 1, 7, sx, -1, 1, 7)
     (uid,) = RE(plan)
-    print(f"run {uid}: {catalog[uid].metadata['stop']['inference']}")
+    print(f"run {uid}: {frame_accounting(catalog[uid])}")
 
 
 if __name__ == "__main__":

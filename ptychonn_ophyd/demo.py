@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from .loopback import use_loopback
+from ptychonn_ophyd.loopback import use_loopback
 
 SIZES = {"small": (0.5, 11), "default": (1.2, 25), "large": (1.2, 49)}
 """Scan half-width (µm) and points per axis: 121, 625 or 2401 frames, 100 or 50 nm apart."""
@@ -86,15 +86,14 @@ def _scan(config: DemoConfig, catalog_location: str):
     from bluesky import RunEngine
     from ophyd.sim import SynAxis
 
-    from .callbacks import InferenceCallback
-    from .catalog import assets_directory, catalog_writer, open_catalog
-    from .device import PtychoNNDetector
-    from .models.bundled import demo_model_path
-    from .plans import scan_with_inference
-    from .sim.detector import SimPtychoDetector
-    from .sim.diffraction import DetectorConfig, PtychoSimulation
-    from .sim.objects import held_out_object
-    from .sim.probe import make_probe
+    from ptychonn_ophyd.models.bundled import demo_model_path
+    from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
+    from ptychonn_ophyd.physics.objects import held_out_object
+    from ptychonn_ophyd.physics.probe import make_probe
+    from ptychonn_ophyd.session.device import PtychoNNDetector
+    from ptychonn_ophyd.session.plans import scan_with_inference
+    from ptychonn_ophyd.session.wiring import connect
+    from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
     channel = f"demo{uuid.uuid4().hex[:8]}"
     simulation = PtychoSimulation(held_out_object(), make_probe(), detector=DetectorConfig())
@@ -108,13 +107,10 @@ def _scan(config: DemoConfig, catalog_location: str):
         input_channel=f"{channel}:image",
         output_prefix=f"{channel}:inference",
         source=det,
-        pool_options={"log_dir": config.output_dir / "logs"},
+        log_dir=config.output_dir / "logs",
     )
-    catalog = open_catalog(catalog_location)
-    callback = InferenceCallback(inference, assets_directory(catalog_location))
-    callback.subscribe(catalog_writer(catalog))
     RE = RunEngine()
-    RE.subscribe(callback)
+    catalog = connect(RE, inference, catalog_location)
     half, n = SIZES[config.size]
     with _progress_bar(RE, n * n):
         (uid,) = RE(
@@ -145,10 +141,10 @@ def _progress_bar(RE, total: int):
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    from .catalog import open_catalog
-    from .reconstruction import compare_phase, stitch_aligned
-    from .replay import load_inference
-    from .sim.probe import probe_weight
+    from ptychonn_ophyd.analysis.reconstruction import compare_phase, stitch_aligned
+    from ptychonn_ophyd.analysis.replay import load_inference
+    from ptychonn_ophyd.physics.probe import probe_weight
+    from ptychonn_ophyd.session.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
     data = load_inference(catalog[uid])

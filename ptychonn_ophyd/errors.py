@@ -27,3 +27,35 @@ class FrameRejected(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """An inference backend cannot run here (library missing, no GPU, ...)."""
+
+
+class ArgsError(ValueError):
+    """Settings that cannot be used; the message is one line naming each bad key."""
+
+
+class ControlError(RuntimeError):
+    """A worker's control channel refused a command or did not answer."""
+
+
+class PoolStartError(RuntimeError):
+    """A worker did not get ready; the message names it and quotes its last log lines."""
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process ended while the pool ran; the message quotes its last log lines."""
+
+
+class InferenceTimeoutError(TimeoutError):
+    """Frames the source produced were not inferred in time; ``missing`` holds their ids."""
+
+    def __init__(self, name: str, missing: list[int], waited: float, lost: int) -> None:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        super().__init__(
+            f"{name}: {len(missing)} frame(s) not inferred, and no result for {waited:.1f} s "
+            f"(pool counts {lost} dropped or rejected): uniqueId {shown}"
+        )
+        self.missing = missing
+
+
+class StreamWiringError(RuntimeError):
+    """The inference stream would be lost or written twice; the message says how to wire it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import FrameRejected
+from ptychonn_ophyd.errors import FrameRejected
 
 
 class PreprocessConfig(BaseModel):

@@ -1,6 +1,6 @@
 """Training PtychoNN on simulated ptychography, and checking it on the held-out object.
 
-The training set comes from :mod:`ptychonn_ophyd.sim`: random views of the training
+The training set comes from :mod:`ptychonn_ophyd.physics`: random views of the training
 images become objects, random positions on them become Poisson-noisy diffraction frames,
 and the object patches are the targets.  The network is the package's own
 :class:`~ptychonn_ophyd.models.network.PtychoNN` and takes raw counts cast to float32, as
@@ -10,7 +10,7 @@ by ``scale``, while the saved weights still take raw counts.  The loss is weight
 probe intensity: where the beam is dark no frame says anything about the object.
 
 No frame reveals its patch's constant phase offset either, so the loss counts it little,
-and :func:`~ptychonn_ophyd.reconstruction.align_offsets` makes overlapping predictions
+and :func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets` makes overlapping predictions
 agree before they are compared with the truth: without it, per-patch offset guesses
 dominate the stitched error.
 """
@@ -29,19 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychonn_ophyd.reconstruction import align_offsets, compare_phase
-from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
-from ptychonn_ophyd.sim.objects import (
-    HELD_OUT_MAGNIFICATION,
-    HELD_OUT_SIZE,
+from ptychonn_ophyd.analysis.reconstruction import align_offsets, compare_phase
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
+from ptychonn_ophyd.physics.held_out import DemoScan
+from ptychonn_ophyd.physics.objects import (
     TRAINING_MAGNIFICATION_RANGE,
     ComplexObject,
     ObjectStyle,
-    held_out_object,
     random_training_object,
 )
-from ptychonn_ophyd.sim.probe import ProbeConfig, make_probe, probe_weight
-from ptychonn_ophyd.sim.scan import fermat_spiral, to_micrometres
+from ptychonn_ophyd.physics.probe import ProbeConfig, make_probe, probe_weight
+from ptychonn_ophyd.physics.scan import to_micrometres
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +54,6 @@ LOSS_FLOOR = 0.01
 
 OFFSET_WEIGHT = 0.1
 """Relative loss weight of a phase patch's constant offset (see ``_loss``)."""
-
-
-@dataclass(frozen=True)
-class DemoScan:
-    """The held-out demo scan: a Fermat spiral over the camera/moon object.
-
-    With the defaults, 452 points 100 nm apart over a 384x384-pixel (3.84 um) object.
-    """
-
-    object_size: int = HELD_OUT_SIZE
-    magnification: float = HELD_OUT_MAGNIFICATION
-    radius_um: float = 1.2
-    step_um: float = 0.1
-    photons: float = 1e6
-    seed: int = 1
-
-    def simulation(self, probe: ProbeConfig, style: ObjectStyle) -> PtychoSimulation:
-        """The scan's simulation with this probe and object style."""
-        return PtychoSimulation(
-            held_out_object(self.object_size, self.magnification, style),
-            make_probe(probe),
-            fermat_spiral(self.radius_um, self.step_um),
-            DetectorConfig(photons=self.photons),
-            self.seed,
-        )
 
 
 @dataclass(frozen=True)
@@ -448,13 +421,13 @@ def _save(model, config: TrainingConfig, out_dir: Path) -> dict[str, str]:
 def held_out_check(model, config: TrainingConfig, device) -> dict[str, float]:
     """Reconstruct the held-out object from the demo scan and compare with the truth.
 
-    Predicted phase patches are stitched (:func:`ptychonn_ophyd.stitch.stitch`) with
+    Predicted phase patches are stitched (:func:`ptychonn_ophyd.analysis.stitch.stitch`) with
     probe-intensity weights, both as they are (``plain``) and after
-    :func:`~ptychonn_ophyd.reconstruction.align_offsets` (``aligned``).  The comparison
+    :func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets` (``aligned``).  The comparison
     covers pixels whose summed weight reaches 20% of its maximum, after removing one
     constant phase offset.
     """
-    from ptychonn_ophyd.stitch import stitch
+    from ptychonn_ophyd.analysis.stitch import stitch
 
     sim = config.demo.simulation(config.probe, config.style)
     predicted = predict(model, sim.frames(), device)["phase"]

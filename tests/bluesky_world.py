@@ -1,9 +1,10 @@
 """A simulated beamline for the Bluesky tests: RunEngine, motors, detector, pool, catalog.
 
 Everything is real: the simulated detector serves PVA on loopback, the inference device
-starts ``pvapy-hpc-consumer`` workers (ONNX Runtime on the CPU), and the documents go
-through :class:`~ptychonn_ophyd.callbacks.InferenceCallback` into an embedded Tiled
-catalog. :func:`beamline` cleans up even when the test fails: the pool is stopped, the
+starts ``pvapy-hpc-consumer`` workers (ONNX Runtime on the CPU), and the RunEngine's
+documents, the inference stream's among them, go into an embedded Tiled catalog, wired
+by :func:`~ptychonn_ophyd.session.wiring.connect` as the profile and the demo wire it.
+:func:`beamline` cleans up even when the test fails: the pool is stopped, the
 detector unstaged, and every worker process checked to be gone.
 """
 
@@ -20,13 +21,13 @@ from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynAxis
 
-from ptychonn_ophyd.callbacks import InferenceCallback
-from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog
-from ptychonn_ophyd.device import PtychoNNDetector
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
+from ptychonn_ophyd.physics.objects import held_out_object
+from ptychonn_ophyd.physics.probe import make_probe
+from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.session.stream import InferenceStream
+from ptychonn_ophyd.session.wiring import connect
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
-from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation
-from ptychonn_ophyd.sim.objects import held_out_object
-from ptychonn_ophyd.sim.probe import make_probe
 
 OBJECT_SIZE = 256
 """Object side in pixels: positions within +-0.6 um keep a 128-pixel patch inside."""
@@ -39,7 +40,7 @@ class Beamline:
     sy: SynAxis
     det: SimPtychoDetector
     inference: PtychoNNDetector
-    callback: InferenceCallback
+    stream: InferenceStream
     catalog: Any
     catalog_folder: Path
     documents: list[tuple[str, dict]] = field(default_factory=list)
@@ -63,7 +64,6 @@ def beamline(
     *,
     n_workers: int = 1,
     grace: float = 5.0,
-    flush_period: float = 0.5,
     frames_per_point: int = 1,
     **kw: Any,
 ):
@@ -80,18 +80,15 @@ def beamline(
         input_channel=f"{prefix}:image",
         output_prefix=f"{prefix}:inference",
         source=det,
-        pool_options={"threads": 1, "log_dir": tmp_path / "logs"},
+        threads=1,
+        log_dir=tmp_path / "logs",
         **kw,
     )
-    catalog = open_catalog(tmp_path / "catalog")
-    callback = InferenceCallback(
-        inference, assets_directory(tmp_path / "catalog"), grace=grace, flush_period=flush_period
-    )
-    world = Beamline(RunEngine(), sx, sy, det, inference, callback, catalog, tmp_path / "catalog")
-    callback.subscribe(catalog_writer(catalog))
-    callback.subscribe(lambda name, doc: world.documents.append((name, doc)))
-    world.RE.subscribe(callback)
-    world.RE.subscribe(lambda name, doc: world.remember_workers())
+    RE = RunEngine()
+    catalog = connect(RE, inference, tmp_path / "catalog", grace=grace)
+    world = Beamline(RE, sx, sy, det, inference, inference.stream, catalog, tmp_path / "catalog")
+    RE.subscribe(lambda name, doc: world.documents.append((name, doc)))
+    RE.subscribe(lambda name, doc: world.remember_workers())
     try:
         yield world
     finally:

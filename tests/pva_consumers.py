@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from ptychonn_ophyd.streaming.worker import STATUS_REQUEST, ChannelWatch
+from ptychonn_ophyd.pool.process import STATUS_REQUEST, ChannelWatch
 
 PROCESSOR = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 
@@ -26,7 +26,11 @@ def consumer_args(
     processor: str = PROCESSOR,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """Arguments of one consumer on ``input_channel`` publishing on ``<prefix>:*:output``."""
+    """Arguments of one consumer on ``input_channel`` publishing on ``<prefix>:*:output``.
+
+    The input's server queues 100 frames per consumer, as in the seed's command line, so
+    a burst of test frames on a busy machine is queued rather than overwritten.
+    """
     return [
         "--input-channel",
         input_channel,
@@ -46,6 +50,8 @@ def consumer_args(
         "user",
         "--log-level",
         "info",
+        "--server-queue-size",
+        "100",
         "--disable-curses",
         *extra,
     ]

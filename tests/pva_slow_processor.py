@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ptychonn_ophyd.processor import InferPtychoNNImageProcessor
+from ptychonn_ophyd.worker.processor import InferPtychoNNImageProcessor
 
 
 class SlowStartProcessor(InferPtychoNNImageProcessor):

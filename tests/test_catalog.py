@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from event_model import ComposeStreamResource, compose_run
 
-from ptychonn_ophyd.callbacks import InferenceFile
-from ptychonn_ophyd.catalog import (
+from ptychonn_ophyd.session.catalog import (
     assets_directory,
     catalog_writer,
     open_catalog,
     resolve_location,
 )
-from ptychonn_ophyd.device import make_result
+from ptychonn_ophyd.session.results import InferenceResult
+from ptychonn_ophyd.session.stream import InferenceFile
+from ptychonn_ophyd.wire import Ntndarray
 
 
 def write_run(catalog, assets, n=5):
@@ -30,11 +31,13 @@ def write_run(catalog, assets, n=5):
     writer("descriptor", primary.descriptor_doc)
     writer("event", primary.compose_event(data={"m": 1.0}, timestamps={"m": time.time()}))
     results = [
-        make_result(i + 1, np.full((8, 8), i, np.float32), {"x": 0.1 * i, "y": 0.0}, time.time())
+        InferenceResult.of(
+            Ntndarray(i + 1, np.full((8, 8), i, np.float32), {"x": 0.1 * i, "y": 0.0}, time.time())
+        )
         for i in range(n)
     ]
     file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", (8, 8), amplitude=False)
-    keys = file.data_keys("test")
+    keys = file.data_keys((8, 8), False, "test")
     inference = bundle.compose_descriptor(name="inference", data_keys=keys)
     writer("descriptor", inference.descriptor_doc)
     datums = {}
@@ -74,7 +77,7 @@ def test_embedded_catalog_is_made_in_a_folder_and_read_from_another_process(tmp_
     assert list(run["inference"]["unique_id"].read()) == [1, 2, 3, 4, 5]
 
     script = textwrap.dedent(f"""
-        from ptychonn_ophyd.catalog import open_catalog
+        from ptychonn_ophyd.session.catalog import open_catalog
         run = open_catalog({str(folder)!r})[-1]
         print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape,
               run["primary"].read()["m"].values.tolist())

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ptychonn_ophyd.streaming.control import ControlError, send_command
+from ptychonn_ophyd.errors import ControlError
+from ptychonn_ophyd.pool.control import send_command
 
 BUSY_SERVER = """
 import os, sys, time
@@ -31,7 +32,7 @@ while os.getppid() == parent:
 MONITORING_CLIENT = """
 import faulthandler, json, os, sys, time
 import pvaccess as pva
-from ptychonn_ophyd.streaming.control import send_command
+from ptychonn_ophyd.pool.control import send_command
 
 faulthandler.dump_traceback_later(30, exit=True)
 counter, control = sys.argv[1:3]

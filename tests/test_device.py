@@ -8,9 +8,8 @@ import pytest
 from bluesky_world import assert_gone, beamline
 from ophyd.device import Staged
 
-from ptychonn_ophyd.device import InferenceTimeoutError
+from ptychonn_ophyd.errors import InferenceTimeoutError, PoolStartError
 from ptychonn_ophyd.models import open_model
-from ptychonn_ophyd.pool import PoolStartError
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import pytest
 from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_gone, beamline, validate_all
 
-from ptychonn_ophyd.plans import scan_with_inference
-from ptychonn_ophyd.pool import WorkerDiedError
+from ptychonn_ophyd.errors import WorkerDiedError
+from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.session.stream import frame_accounting
 
 
 @pytest.fixture
@@ -35,7 +36,6 @@ def test_step_scan_writes_one_row_per_frame_into_the_run(
         small_phase_onnx,
         n_workers=2,
         frames_per_point=2,
-        flush_period=0.1,
     ) as w:
 
         def look(name, doc):
@@ -44,7 +44,7 @@ def test_step_scan_writes_one_row_per_frame_into_the_run(
                 stream = run.get("inference")
                 seen_during_scan.append(0 if stream is None else len(stream["unique_id"].read()))
 
-        w.callback.subscribe(look)
+        w.RE.subscribe(look)
         (uid,) = w.RE(
             scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 3, w.sx, -0.2, 0.2, 3)
         )
@@ -65,9 +65,9 @@ def test_step_scan_writes_one_row_per_frame_into_the_run(
         assert start["ptychonn"]["n_workers"] == 2
         assert start["ptychonn"]["model_hash"]
         assert start["object_pixel_size_um"] == pytest.approx(0.01)
-        assert stop["num_events"] == {"primary": 9, "inference": 18}
-        assert stop["inference"]["produced"] == stop["inference"]["stored"] == 18
-        assert stop["inference"]["not_in_time"] == 0
+        assert stop["num_events"] == {"primary": 9, "inference": 18, "inference_accounting": 1}
+        assert frame_accounting(run)["produced"] == frame_accounting(run)["stored"] == 18
+        assert frame_accounting(run)["not_in_time"] == 0
         validate_all(w.documents)
         assert 0 < max(seen_during_scan) < 18  # rows were readable while the scan ran
 
@@ -90,7 +90,7 @@ def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_
         rows = np.stack([inference["x"].values, inference["y"].values], axis=1)
         np.testing.assert_allclose(rows, path[inference["point"].values])
         assert run.metadata["start"]["mode"] == "fly"
-        assert run.metadata["stop"]["inference"]["stored"] == 25
+        assert frame_accounting(run)["stored"] == 25
         validate_all(w.documents)
 
 
@@ -115,7 +115,7 @@ def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):
     run = world.catalog.values().last()
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "abort"
-    summary = stop["inference"]
+    summary = frame_accounting(run)
     assert summary["stored"] >= 3
     assert summary["stored"] + summary["not_in_time"] + summary["dropped"] == summary["produced"]
     assert len(run["inference"]["phase"].read()) == summary["stored"]

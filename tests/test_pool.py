@@ -18,7 +18,9 @@ from pva_collector import Collector
 from pva_consumers import Consumer, connected, consumer_args, process_gone, wait_until
 from pva_source import FrameSource
 
-from ptychonn_ophyd.pool import ConsumerPool, PoolConfig, PoolStartError, WorkerDiedError
+from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.settings import PoolConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -219,7 +221,8 @@ def test_dead_worker_is_reported(make_pool, source):
 
 POOL_SCRIPT = """
 import time
-from ptychonn_ophyd.pool import ConsumerPool, PoolConfig
+from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.settings import PoolConfig
 config = PoolConfig(model={model!r}, input_channel={channel!r}, output_prefix={prefix!r},
                     n_workers=2, backend="onnxruntime", threads=1, wait_for_input=False)
 pool = ConsumerPool(config)

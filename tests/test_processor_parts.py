@@ -12,14 +12,14 @@ import pytest
 from pva_source import boolean_frame, empty_frame, ntnda, unknown_codec_frame
 from pvapy.utility.adImageUtility import AdImageUtility
 
-from ptychonn_ophyd.errors import FrameRejected
-from ptychonn_ophyd.processor import sibling_channel
-from ptychonn_ophyd.streaming.batching import BatchQueue
-from ptychonn_ophyd.streaming.config import ArgsError, parse_args, parse_update
-from ptychonn_ophyd.streaming.frames import decode_frame
-from ptychonn_ophyd.streaming.output import ResultBuilder
-from ptychonn_ophyd.streaming.stats import STATS_PVA_TYPES, FrameCounts
-from ptychonn_ophyd.streaming.throttle import Throttle
+from ptychonn_ophyd.errors import ArgsError, FrameRejected
+from ptychonn_ophyd.settings import parse_args, parse_update
+from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
+from ptychonn_ophyd.worker.batching import BatchQueue
+from ptychonn_ophyd.worker.frames import decode_frame
+from ptychonn_ophyd.worker.output import ResultBuilder
+from ptychonn_ophyd.worker.stats import FrameCounts
+from ptychonn_ophyd.worker.throttle import Throttle
 
 
 def copy_into(frame: np.ndarray, slot: np.ndarray) -> None:

@@ -9,10 +9,10 @@ import pytest
 from bluesky_world import beamline
 from matplotlib.image import imread
 
-from ptychonn_ophyd.plans import scan_with_inference
-from ptychonn_ophyd.replay import load_inference, replay, stitch_run
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation
-from ptychonn_ophyd.stitch import stitch
+from ptychonn_ophyd.analysis.replay import load_inference, replay, stitch_run
+from ptychonn_ophyd.analysis.stitch import stitch
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.session.plans import scan_with_inference
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychonn_ophyd.sim.diffraction import DetectorConfig, PtychoSimulation, far_field_intensity
-from ptychonn_ophyd.sim.objects import (
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation, far_field_intensity
+from ptychonn_ophyd.physics.objects import (
     HELD_OUT_AMPLITUDE,
     HELD_OUT_PHASE,
     TRAINING_IMAGES,
@@ -15,8 +15,8 @@ from ptychonn_ophyd.sim.objects import (
     held_out_object,
     random_training_object,
 )
-from ptychonn_ophyd.sim.probe import ProbeConfig, make_probe, probe_weight
-from ptychonn_ophyd.sim.scan import fermat_spiral, raster_scan, to_micrometres, to_pixels
+from ptychonn_ophyd.physics.probe import ProbeConfig, make_probe, probe_weight
+from ptychonn_ophyd.physics.scan import fermat_spiral, raster_scan, to_micrometres, to_pixels
 
 PATCH = 128
 

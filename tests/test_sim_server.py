@@ -12,12 +12,13 @@ import pytest
 from ophyd.sim import SynAxis
 
 from ptychonn_ophyd.cli import sim as sim_command
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.objects import held_out_object
+from ptychonn_ophyd.physics.probe import make_probe
+from ptychonn_ophyd.physics.scan import fermat_spiral
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.objects import held_out_object
-from ptychonn_ophyd.sim.probe import make_probe
-from ptychonn_ophyd.sim.scan import fermat_spiral
-from ptychonn_ophyd.sim.server import SimDetectorServer, read_attributes
+from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.wire import read_attributes
 
 
 class Recorder:

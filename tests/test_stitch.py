@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptychonn_ophyd.stitch import patch_corners, remove_phase_offset, stitch
+from ptychonn_ophyd.analysis.stitch import patch_corners, remove_phase_offset, stitch
 
 
 def _object(shape=(96, 96), seed=0):

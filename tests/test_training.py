@@ -12,14 +12,14 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs PyTorch")
 
+from ptychonn_ophyd.analysis.reconstruction import align_offsets
 from ptychonn_ophyd.models import PRESETS, build_torch_model, open_model
-from ptychonn_ophyd.reconstruction import align_offsets
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.objects import held_out_object
-from ptychonn_ophyd.sim.probe import make_probe, probe_weight
-from ptychonn_ophyd.sim.scan import fermat_spiral
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.held_out import DemoScan
+from ptychonn_ophyd.physics.objects import held_out_object
+from ptychonn_ophyd.physics.probe import make_probe, probe_weight
+from ptychonn_ophyd.physics.scan import fermat_spiral
 from ptychonn_ophyd.training import (
-    DemoScan,
     TrainingConfig,
     held_out_check,
     phase_rms_error,

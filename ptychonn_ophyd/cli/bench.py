@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engines import BACKENDS, create_engine, unavailable_reason
-from ..engines.benchmark import DEFAULT_BATCHES, bench_engine, format_table
-from ..errors import BackendUnavailable, ModelError
-from ..models.bundled import demo_model_path
-from .options import add_engine_options, engine_config
+from ptychonn_ophyd.cli.options import add_engine_options, engine_config
+from ptychonn_ophyd.engines import BACKENDS, create_engine, unavailable_reason
+from ptychonn_ophyd.engines.benchmark import DEFAULT_BATCHES, bench_engine, format_table
+from ptychonn_ophyd.errors import BackendUnavailable, ModelError
+from ptychonn_ophyd.models.bundled import demo_model_path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import SIZES, DemoConfig, run_demo
+from ptychonn_ophyd.demo import SIZES, DemoConfig, run_demo
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ModelError
-from ..models import export_onnx
+from ptychonn_ophyd.errors import ModelError
+from ptychonn_ophyd.models import export_onnx
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

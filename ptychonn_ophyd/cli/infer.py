@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import create_engine
-from ..errors import BackendUnavailable, FrameRejected, ModelError
-from ..preprocess import Preprocessor
-from .options import add_engine_options, add_preprocess_options, engine_config, preprocess_config
+from ptychonn_ophyd.cli.options import (
+    add_engine_options,
+    add_preprocess_options,
+    engine_config,
+    preprocess_config,
+)
+from ptychonn_ophyd.engines import create_engine
+from ptychonn_ophyd.errors import BackendUnavailable, FrameRejected, ModelError
+from ptychonn_ophyd.preprocess import Preprocessor
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

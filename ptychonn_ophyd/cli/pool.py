@@ -10,62 +10,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from pydantic import ValidationError
-
-from ..pool import ConsumerPool, PoolConfig, PoolStartError, PoolStats, WorkerDiedError
-from .options import add_backend_options, add_preprocess_options, preprocess_config
+from ptychonn_ophyd.cli.options import add_settings_options, settings_from_args
+from ptychonn_ophyd.errors import ArgsError, PoolStartError, WorkerDiedError
+from ptychonn_ophyd.pool import ConsumerPool, PoolStats
+from ptychonn_ophyd.settings import PoolConfig, validated
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "pool", help="run streaming inference workers on a PVA stream", description=__doc__
     )
-    parser.add_argument("--model", required=True, type=Path, help=".onnx or .pth model")
-    parser.add_argument("--input-channel", default="ad:image", help="detector NTNDArray channel")
-    parser.add_argument("--output-prefix", default="inference", help="<prefix>:<k>:output")
-    parser.add_argument("--workers", type=int, default=1, help="consumer processes")
-    add_backend_options(parser)
-    parser.add_argument(
-        "--gpus", default="auto", help='"auto" or comma-separated GPU indices, dealt round-robin'
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
-    parser.add_argument("--distributor-updates", type=int, default=8)
-    parser.add_argument("--amplitude", action="store_true", help="also publish amplitude")
-    parser.add_argument("--warmup-queue-size", type=int, default=4096, help="frames")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
-    parser.add_argument("--server-queue-size", type=int, default=100)
-    parser.add_argument("--log-dir", type=Path, default=None, help="worker-<k>.log files")
+    add_settings_options(parser, defaults={"input_channel": "ad:image"})
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--report-period", type=float, default=5.0, help="seconds")
     parser.add_argument("--runtime", type=float, default=0.0, help="seconds; 0: until Ctrl-C")
-    add_preprocess_options(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = PoolConfig(
-            model=args.model,
-            input_channel=args.input_channel,
-            output_prefix=args.output_prefix,
-            n_workers=args.workers,
-            backend=args.backend,
-            precision=args.precision,
-            gpus=_gpus(args.gpus),
-            batch_size=args.batch_size,
-            batch_timeout=args.batch_timeout,
-            preprocess=preprocess_config(args),
-            distributor_updates=args.distributor_updates,
-            outputs=("phase", "amplitude") if args.amplitude else ("phase",),
-            warmup_queue_size=args.warmup_queue_size,
-            threads=args.threads,
-            server_queue_size=args.server_queue_size,
-            log_dir=args.log_dir,
-        )
-    except (ValidationError, ValueError) as err:
+        config = validated(PoolConfig, settings_from_args(args))
+    except ArgsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with ConsumerPool(config) as pool:
@@ -80,12 +46,6 @@ def run(args: argparse.Namespace) -> int:
             pass
         print(_summary(pool.stats()), flush=True)
     return 0
-
-
-def _gpus(text: str) -> str | tuple[int, ...]:
-    if text == "auto":
-        return "auto"
-    return tuple(int(part) for part in text.split(","))
 
 
 def _watch(pool: ConsumerPool, period: float, runtime: float) -> None:

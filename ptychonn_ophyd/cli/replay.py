@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..replay import replay
+    from ptychonn_ophyd.analysis.replay import replay
 
     run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
     try:

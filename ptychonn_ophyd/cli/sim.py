@@ -13,16 +13,16 @@ import math
 import sys
 import time
 
-from ..sim.diffraction import DETECTOR_DTYPES, DetectorConfig, PtychoSimulation
-from ..sim.objects import (
+from ptychonn_ophyd.physics.diffraction import DETECTOR_DTYPES, DetectorConfig, PtychoSimulation
+from ptychonn_ophyd.physics.objects import (
     HELD_OUT_MAGNIFICATION,
     HELD_OUT_SIZE,
     available_images,
     held_out_object,
     named_object,
 )
-from ..sim.probe import PATCH_SIZE, make_probe
-from ..sim.scan import fermat_spiral, raster_scan
+from ptychonn_ophyd.physics.probe import PATCH_SIZE, make_probe
+from ptychonn_ophyd.physics.scan import fermat_spiral, raster_scan
 
 LARGE_FRAME = 4 * PATCH_SIZE + 4
 """516: a frame that a 2-pixel crop and 4x4 binning turn into the model's 128x128 input."""
@@ -84,7 +84,7 @@ def build_simulation(args: argparse.Namespace) -> PtychoSimulation:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sim.server import SimDetectorServer
+    from ptychonn_ophyd.sim.server import SimDetectorServer
 
     try:
         sim = build_simulation(args)

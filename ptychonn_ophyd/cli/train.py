@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..training import PRESETS_TRAINED, TrainingConfig, train
+from ptychonn_ophyd.training import PRESETS_TRAINED, TrainingConfig, train
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -9,9 +9,11 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..models import ModelFile
+from ptychonn_ophyd.models import ModelFile
 
 Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+Backend = Literal["auto", "tensorrt", "torch", "onnxruntime"]
+"""``auto`` picks the first of the others that can run here (see ``engines.selection``)."""
 
 
 class EngineConfig(BaseModel):
@@ -35,7 +37,7 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto"
+    backend: Backend = "auto"
     precision: Precision = "fp32"
     max_batch: int = Field(8, ge=1, le=65536)
     device: str = "auto"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import InferenceEngine
+from ptychonn_ophyd.engines.base import InferenceEngine
 
 DEFAULT_BATCHES = (1, 8, 64, 256, 1024)
 

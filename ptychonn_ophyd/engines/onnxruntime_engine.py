@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable
-from ..models import ModelFile
-from ..models.onnx_graph import read_onnx
-from .base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.engines.base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.errors import BackendUnavailable
+from ptychonn_ophyd.models import ModelFile
+from ptychonn_ophyd.models.onnx_graph import read_onnx
 
 
 class OnnxRuntimeEngine(InferenceEngine):

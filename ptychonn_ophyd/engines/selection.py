@@ -5,14 +5,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import get_args
 
-from ..errors import BackendUnavailable
-from ..models import ModelFile, open_model
-from .base import EngineConfig, InferenceEngine
+from ptychonn_ophyd.engines.base import Backend, EngineConfig, InferenceEngine
+from ptychonn_ophyd.errors import BackendUnavailable
+from ptychonn_ophyd.models import ModelFile, open_model
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "torch", "onnxruntime")
+BACKENDS = tuple(b for b in get_args(Backend) if b != "auto")
 """In the order ``auto`` tries them."""
 
 
@@ -81,11 +82,11 @@ def create_engine(
     backend, reason = choose_backend(config)
     log.info("%s for %s", reason, model.path)
     if backend == "tensorrt":
-        from .tensorrt_engine import TensorRTEngine as engine_class
+        from ptychonn_ophyd.engines.tensorrt_engine import TensorRTEngine as engine_class
     elif backend == "torch":
-        from .torch_engine import TorchEngine as engine_class
+        from ptychonn_ophyd.engines.torch_engine import TorchEngine as engine_class
     else:
-        from .onnxruntime_engine import OnnxRuntimeEngine as engine_class
+        from ptychonn_ophyd.engines.onnxruntime_engine import OnnxRuntimeEngine as engine_class
     engine = engine_class(model, config)
     engine.selection_reason = reason
     return engine

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailable
-from ..models import ModelFile
-from ..models.onnx_graph import read_onnx, with_dynamic_batch
-from .base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.engines.base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.errors import BackendUnavailable
+from ptychonn_ophyd.models import ModelFile
+from ptychonn_ophyd.models.onnx_graph import read_onnx, with_dynamic_batch
 
 
 def import_tensorrt():

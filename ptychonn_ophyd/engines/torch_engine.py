@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ModelError
-from ..models import ModelFile, build_torch_model
-from .base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.engines.base import EngineConfig, InferenceEngine, Prediction
+from ptychonn_ophyd.errors import BackendUnavailable, ModelError
+from ptychonn_ophyd.models import ModelFile, build_torch_model
 
 PIPELINE_CHUNK = 128
 """Frames per graph launch: large stacks run as chunks, so copying chunk ``i + 1`` into

@@ -1,8 +1,8 @@
 """PtychoNN architectures and model files (``.pth`` and ONNX)."""
 
-from .architecture import PRESETS, ArchitectureSpec, spec_from_shapes
-from .checkpoint import ModelFile, open_model
-from .export import build_torch_model, export_onnx, export_onnx_bytes
+from ptychonn_ophyd.models.architecture import PRESETS, ArchitectureSpec, spec_from_shapes
+from ptychonn_ophyd.models.checkpoint import ModelFile, export_onnx, open_model
+from ptychonn_ophyd.models.export import build_torch_model, export_onnx_bytes
 
 __all__ = [
     "PRESETS",

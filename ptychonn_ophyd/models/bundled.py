@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from ..errors import ModelError
+from ptychonn_ophyd.errors import ModelError
 
 DEMO_MODEL = "ptychonn_demo_small_phase.onnx"
 

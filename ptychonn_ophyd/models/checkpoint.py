@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
-from .architecture import ArchitectureSpec, spec_from_shapes
-from .onnx_graph import OnnxGraph, read_onnx
+from ptychonn_ophyd.errors import ModelError
+from ptychonn_ophyd.models.architecture import ArchitectureSpec, spec_from_shapes
+from ptychonn_ophyd.models.onnx_graph import OnnxGraph, read_onnx
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,19 @@ class ModelFile:
         """The model as ONNX: the file itself, or a dynamic-batch export of a ``.pth``."""
         if self.format == "onnx":
             return self.path.read_bytes()
-        from .export import export_onnx_bytes
+        from ptychonn_ophyd.models.export import export_onnx_bytes
 
         return export_onnx_bytes(self.spec, self.state_dict())
+
+
+def export_onnx(source: str | Path, destination: str | Path) -> Path:
+    """Export the checkpoint at ``source`` to a dynamic-batch ONNX file at ``destination``."""
+    from ptychonn_ophyd.models.export import export_onnx_bytes
+
+    model = open_model(source)
+    destination = Path(destination)
+    destination.write_bytes(export_onnx_bytes(model.spec, model.state_dict()))
+    return destination
 
 
 _LAYER_PREFIXES = ("encoder.", "decoder1.", "decoder2.")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from .architecture import ArchitectureSpec
+from ptychonn_ophyd.models.architecture import ArchitectureSpec
 
 INPUT_NAME = "frames"
 OPSET = 17
@@ -18,7 +17,7 @@ def build_torch_model(spec: ArchitectureSpec, state_dict: dict[str, np.ndarray])
     """A :class:`PtychoNN` module in eval mode holding ``state_dict``'s weights."""
     import torch
 
-    from .network import PtychoNN
+    from ptychonn_ophyd.models.network import PtychoNN
 
     model = PtychoNN(spec)
     model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state_dict.items()})
@@ -51,13 +50,3 @@ def _export(torch, model, example, buffer, outputs) -> None:
         opset_version=OPSET,
         dynamo=False,
     )
-
-
-def export_onnx(source: str | Path, destination: str | Path) -> Path:
-    """Export the checkpoint at ``source`` to an ONNX file at ``destination``."""
-    from .checkpoint import open_model
-
-    model = open_model(source)
-    destination = Path(destination)
-    destination.write_bytes(export_onnx_bytes(model.spec, model.state_dict()))
-    return destination

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .architecture import HEAD_DECODERS, ArchitectureSpec
+from ptychonn_ophyd.models.architecture import HEAD_DECODERS, ArchitectureSpec
 
 
 def _blocks(c_in: int, widths: tuple[int, ...], resample: type[nn.Module]) -> list[nn.Module]:

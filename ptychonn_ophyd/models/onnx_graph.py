@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ptychonn_ophyd.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ophyd import Device, Signal
 from ophyd.signal import SignalRO
 from ophyd.status import StatusBase
 
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.sim.server import SimDetectorServer
 
 DEFAULT_CHANNEL = "sim:det:image"
@@ -145,6 +145,16 @@ class SimPtychoDetector(Device):
         """End a free run early."""
         if self.server is not None:
             self.server.stop_free_run()
+
+    def prepare(self, points: list[dict]) -> StatusBase:
+        """Take a fly path: the scan's points, ``{motor: position}`` each.
+
+        The frames' positions are the ``x_motor`` and ``y_motor`` values of each point;
+        a motor the scan does not move stays where it is.
+        """
+        axes = (self.x_motor, self.y_motor)
+        self.fly_positions_um = [tuple(float(p.get(m, m.position)) for m in axes) for p in points]
+        return _finished()
 
     def kickoff(self) -> StatusBase:
         """Start a free run along ``fly_positions_um`` at ``fly_rate_hz``."""

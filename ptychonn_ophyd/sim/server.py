@@ -30,71 +30,18 @@ from collections.abc import Sequence
 import numpy as np
 import pvaccess as pva
 
+from ptychonn_ophyd.wire import POSITION_ATTRIBUTES, make_ntndarray, stamp
+
 log = logging.getLogger(__name__)
 
-VALUE_FIELDS = {
-    np.dtype("uint8"): "ubyteValue",
-    np.dtype("int8"): "byteValue",
-    np.dtype("uint16"): "ushortValue",
-    np.dtype("int16"): "shortValue",
-    np.dtype("uint32"): "uintValue",
-    np.dtype("int32"): "intValue",
-    np.dtype("float32"): "floatValue",
-    np.dtype("float64"): "doubleValue",
-}
-"""NTNDArray ``value`` union member for each frame dtype."""
 
-POSITION_ATTRIBUTES = ("x", "y", "point")
-"""Names of the attributes that carry the scan position (see the module docstring)."""
+def make_frame(frame: np.ndarray, x_um: float, y_um: float, point: int) -> pva.NtNdArray:
+    """One simulated frame with its position attributes (``x``, ``y``, ``point``)."""
+    position = dict(zip(POSITION_ATTRIBUTES, (float(x_um), float(y_um), int(point)), strict=True))
+    return make_ntndarray(frame, 0, position, DESCRIPTOR)
 
 
-def make_ntndarray(
-    frame: np.ndarray, unique_id: int, x_um: float, y_um: float, point: int
-) -> pva.NtNdArray:
-    """One mono NTNDArray with the position attributes, as an areaDetector sends it."""
-    if frame.ndim != 2 or frame.dtype not in VALUE_FIELDS:
-        raise ValueError(f"need a 2-D frame of {list(map(str, VALUE_FIELDS))}, got {frame.dtype}")
-    ny, nx = frame.shape
-    array = pva.NtNdArray()
-    array["value"] = {VALUE_FIELDS[frame.dtype]: np.ascontiguousarray(frame).ravel()}
-    array["dimension"] = [
-        pva.PvDimension(nx, 0, nx, 1, False),
-        pva.PvDimension(ny, 0, ny, 1, False),
-    ]
-    array["compressedSize"] = frame.nbytes
-    array["uncompressedSize"] = frame.nbytes
-    array["descriptor"] = "ptychonn_ophyd simulated ptychography frame"
-    array["attribute"] = [
-        pva.NtAttribute("ColorMode", pva.PvInt(0)),
-        pva.NtAttribute("x", pva.PvDouble(float(x_um))),
-        pva.NtAttribute("y", pva.PvDouble(float(y_um))),
-        pva.NtAttribute("point", pva.PvInt(int(point))),
-    ]
-    stamp(array, unique_id)
-    return array
-
-
-def stamp(array: pva.NtNdArray, unique_id: int, when: float | None = None) -> None:
-    """Set an NTNDArray's ``uniqueId``, ``timeStamp`` and ``dataTimeStamp``."""
-    array["uniqueId"] = int(unique_id)
-    ts = pva.PvTimeStamp(time.time() if when is None else when)
-    array["timeStamp"] = ts
-    array["dataTimeStamp"] = ts
-
-
-def read_attributes(array: pva.PvObject) -> dict[str, float | int]:
-    """The NTNDArray attributes as ``{name: value}`` (what a monitor callback receives).
-
-    Handy for consumers: ``read_attributes(pv)["x"]``.
-    """
-    values = {}
-    for attribute in array["attribute"]:
-        value = attribute["value"]
-        # A variant union arrives as a (value dict, type dict) pair.
-        if isinstance(value, tuple):
-            value = value[0]
-        values[attribute["name"]] = value["value"] if isinstance(value, dict) else value
-    return values
+DESCRIPTOR = "ptychonn_ophyd simulated ptychography frame"
 
 
 class SimDetectorServer:
@@ -193,7 +140,7 @@ class SimDetectorServer:
         positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
         points = np.broadcast_to(np.asarray(points, int), (n,))
         for frame, (x, y), point in zip(frames, positions, points, strict=True):
-            self._send(make_ntndarray(frame, 0, x, y, point))
+            self._send(make_frame(frame, x, y, point))
         return self._last_unique_id
 
     def start_free_run(
@@ -220,7 +167,7 @@ class SimDetectorServer:
         if len(positions) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(positions)} positions")
         cache = [
-            make_ntndarray(frame, 0, x, y, point)
+            make_frame(frame, x, y, point)
             for point, (frame, (x, y)) in enumerate(zip(frames, positions, strict=True))
         ]
         self._stop_run.clear()

@@ -4,10 +4,10 @@ import os
 
 from ophyd.sim import SynAxis
 
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.objects import held_out_object
+from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
-from ptychonn_ophyd.sim.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.objects import held_out_object
-from ptychonn_ophyd.sim.probe import make_probe
 
 sx = SynAxis(name="sx")  # micrometres
 sy = SynAxis(name="sy")

@@ -1,19 +1,18 @@
-"""The PtychoNN device on the detector's stream, and the callback that stores its results.
+"""The PtychoNN device on the detector's stream, its results stored with every run.
 
-The callback goes between the RunEngine and the catalog writer so that the inference
-stream lands in the same run; BestEffortCallback (subscribed to RE directly) sees only
-the RunEngine's own documents.
+``connect`` gives every run that uses ``inference`` its inference stream and subscribes
+the catalog's TiledWriter to ``RE``; the stream's documents come from the RunEngine
+itself, so every subscriber sees them.
 """
 
 # ruff: noqa: F821 (names made by the startup files before this one)
 
 import os
 
-from ptychonn_ophyd.callbacks import InferenceCallback
-from ptychonn_ophyd.catalog import assets_directory, catalog_writer
-from ptychonn_ophyd.device import PtychoNNDetector
 from ptychonn_ophyd.errors import ModelError
 from ptychonn_ophyd.models.bundled import demo_model_path
+from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.session.wiring import connect
 
 
 def _model() -> str:
@@ -34,6 +33,5 @@ inference = PtychoNNDetector(
     output_prefix=det.channel.get().rsplit(":", 1)[0] + ":inference",
     source=det,
 )
-inference_callback = InferenceCallback(inference, assets_directory())
-inference_callback.subscribe(catalog_writer(catalog))
-RE.subscribe(inference_callback)
+catalog = connect(RE, inference)
+"""``catalog[-1]`` is the latest run; ``catalog[uid]["inference"].read()`` its results."""

@@ -8,5 +8,5 @@
 import bluesky.plan_stubs as bps  # noqa: F401
 import bluesky.plans as bp  # noqa: F401
 
-from ptychonn_ophyd.plans import scan_with_inference  # noqa: F401
-from ptychonn_ophyd.replay import replay  # noqa: F401
+from ptychonn_ophyd.analysis.replay import replay  # noqa: F401
+from ptychonn_ophyd.session.plans import scan_with_inference  # noqa: F401

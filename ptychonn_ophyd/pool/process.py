@@ -1,4 +1,5 @@
-"""One ``pvapy-hpc-consumer`` process running the PtychoNN processor, seen from its parent."""
+"""One ``pvapy-hpc-consumer`` process running the PtychoNN processor, seen from its parent:
+its command line, log file, status and lifetime."""
 
 from __future__ import annotations
 
@@ -10,18 +11,17 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import pvaccess as pva
 
-from .control import ControlError, send_command
+from ptychonn_ophyd.errors import ControlError
+from ptychonn_ophyd.pool.control import send_command
+from ptychonn_ophyd.wire import STATUS_REQUEST, WorkerChannels, WorkerStatus
 
 PROCESSOR_CLASS = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 CONSUMER_MODULE = "pvapy.cli.hpcConsumer"
 """pvapy's own ``pvapy-hpc-consumer``, run with this interpreter so the venv is the same."""
-
-STATUS_REQUEST = "field(userStats,processorStats,receiverStats)"
 
 
 class ChannelWatch:
@@ -48,21 +48,6 @@ class ChannelWatch:
     def close(self) -> None:
         """Stop monitoring."""
         self._channel.stopMonitor()
-
-
-@dataclass(frozen=True)
-class WorkerChannels:
-    """The PVA channels of consumer ``k``: ``<prefix>:<k>:output`` and its siblings."""
-
-    output: str
-    amplitude: str
-    status: str
-    control: str
-
-    @classmethod
-    def of(cls, prefix: str, consumer_id: int) -> WorkerChannels:
-        base = f"{prefix}:{consumer_id}"
-        return cls(f"{base}:output", f"{base}:amplitude", f"{base}:status", f"{base}:control")
 
 
 class Worker:
@@ -104,12 +89,10 @@ class Worker:
         """The exit status once the process has ended, else ``None``."""
         return self.process.poll() if self.process else None
 
-    def status(self) -> dict | None:
-        """The latest ``userStats``, ``processorStats`` and ``receiverStats``.
-
-        ``None`` until the worker's status channel has published once.
-        """
-        return self._status.value
+    def status(self) -> WorkerStatus | None:
+        """The latest status update, or ``None`` until the worker has published one."""
+        value = self._status.value
+        return None if value is None else WorkerStatus.parse(value)
 
     def send(self, command: str, args: dict | None = None) -> None:
         """Put ``command`` (``configure``, ``get_stats``, ...) on the control channel.
@@ -165,18 +148,10 @@ def consumer_command(
 
     ``options`` are further ``--name value`` pairs (``None`` values left out).
     """
-    command = [
-        sys.executable,
-        "-m",
-        CONSUMER_MODULE,
-        "--input-channel",
-        input_channel,
-        "--output-channel",
-        f"{prefix}:*:output",
-        "--status-channel",
-        f"{prefix}:*:status",
-        "--control-channel",
-        f"{prefix}:*:control",
+    command = [sys.executable, "-m", CONSUMER_MODULE, "--input-channel", input_channel]
+    for option, pattern in WorkerChannels.patterns(prefix).items():
+        command += [f"--{option}", pattern]
+    command += [
         "--processor-class",
         PROCESSOR_CLASS,
         "--processor-args",

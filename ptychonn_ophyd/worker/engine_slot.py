@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..engines import InferenceEngine
-from ..models import ModelFile
+from ptychonn_ophyd.engines import InferenceEngine
+from ptychonn_ophyd.models import ModelFile
 
 EngineFactory = Callable[[ModelFile], InferenceEngine]
 

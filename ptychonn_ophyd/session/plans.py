@@ -9,16 +9,34 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.plan_patterns import inner_product, outer_product
 from bluesky.utils import Msg
 
-from .callbacks import METADATA_KEY
+from ptychonn_ophyd.session.stream import METADATA_KEY
 
 Plan = Generator[Msg, Any, Any]
+
+
+class FlyDetector(Protocol):
+    """A detector that free-runs along a path (``mode="fly"``).
+
+    ``prepare(points)`` takes the scan's points (``{motor: position}`` each) and
+    returns a status; ``kickoff``/``complete`` start and finish the free run;
+    ``fly_rate_hz`` is its frame rate.
+    """
+
+    fly_rate_hz: float
+
+    def prepare(self, points: list[dict]) -> Any: ...
+
+    def kickoff(self) -> Any: ...
+
+    def complete(self) -> Any: ...
+
 
 PIXEL_SIZE_KEY = "object_pixel_size_um"
 """Start-document key for the object pixel size (micrometres), which replay stitches with."""
@@ -40,7 +58,7 @@ def scan_with_inference(
     detector
         The detector whose frames are inferred (e.g. ``SimPtychoDetector``).
     inference
-        A :class:`~ptychonn_ophyd.device.PtychoNNDetector` reading ``detector``'s stream.
+        A :class:`~ptychonn_ophyd.session.device.PtychoNNDetector` reading ``detector``'s stream.
     *args
         ``motor, start, stop`` groups moved together over ``num`` points (as
         ``bp.scan``), or, with ``num=None``, ``motor, start, stop, n`` groups making a
@@ -128,10 +146,9 @@ def _fly(detector: Any, inference: Any, motors: list, points: list[dict]) -> Pla
     """Free-run the detector along the path while the motors follow it at the frame rate,
     then wait until every frame is inferred.
 
-    The detector takes the path as ``fly_positions_um`` (``(x, y)`` in micrometres, its
-    ``x_motor`` and ``y_motor`` values) and its rate as ``fly_rate_hz``.
+    The detector is a :class:`FlyDetector`: it is prepared with the scan's points.
     """
-    detector.fly_positions_um = _path(detector, points)
+    yield from bps.prepare(detector, points, wait=True)
     pace = 1.0 / detector.fly_rate_hz if detector.fly_rate_hz else 0.0
     yield from bps.kickoff(detector, wait=True)
     cache: dict = defaultdict(lambda: None)
@@ -141,12 +158,6 @@ def _fly(detector: Any, inference: Any, motors: list, points: list[dict]) -> Pla
     yield from bps.complete(detector, wait=True)
     yield from bps.trigger(inference, wait=True)
     yield from _read_event([*motors, detector, inference])
-
-
-def _path(detector: Any, points: list[dict]) -> list[tuple[float, float]]:
-    """``(x, y)`` of every point; a motor the scan does not move stays where it is."""
-    axes = (detector.x_motor, detector.y_motor)
-    return [tuple(float(p.get(m, m.position)) for m in axes) for p in points]
 
 
 def _read_event(devices: list) -> Plan:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pvapy.utility.adImageUtility import AdImageUtility
 
-from ..errors import FrameRejected
+from ptychonn_ophyd.errors import FrameRejected
 
 NUMERIC_FIELDS = frozenset(AdImageUtility.NTNDA_DATA_FIELD_KEY_MAP.values())
 """NTNDArray ``value`` union members that hold numbers (all but ``booleanValue``)."""

@@ -6,7 +6,7 @@ server (a worker's status or results), the two wait for each other for good and 
 whole process freezes. A child process has no monitors, and if its put hangs all
 the same, it is killed.
 
-Run as ``python -m ptychonn_ophyd.streaming.control CHANNEL COMMAND ARGS_JSON TIMEOUT``.
+Run as ``python -m ptychonn_ophyd.pool.control CHANNEL COMMAND ARGS_JSON TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import json
 import subprocess
 import sys
 
+from ptychonn_ophyd.errors import ControlError
+
 CONNECT_TIMEOUT = 10.0
 """Seconds the child waits for the control channel to connect (pvapy's default is 3 s,
 which a new process talking to a busy worker on a loaded host can exceed)."""
 START_ALLOWANCE = 5.0
 """Seconds allowed beyond the connection for the child to start and the put to finish."""
-
-
-class ControlError(RuntimeError):
-    """The control channel refused the command or did not answer."""
 
 
 def send_command(

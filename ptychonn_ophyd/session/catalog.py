@@ -110,7 +110,7 @@ def assets_directory(path_or_uri: str | Path | None = None) -> Path:
 def catalog_writer(client: Container) -> TiledWriter:
     """A :class:`TiledWriter` that writes every document as it comes (live readers see rows).
 
-    Subscribe it downstream of :class:`~ptychonn_ophyd.callbacks.InferenceCallback`,
-    not to the RunEngine directly, so that it also receives the inference stream.
+    Subscribe it to the RunEngine (:func:`~ptychonn_ophyd.session.wiring.connect` does):
+    the inference stream's documents come from the RunEngine too.
     """
     return TiledWriter(client, batch_size=1)

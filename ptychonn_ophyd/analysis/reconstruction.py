@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stitch import StitchedImage, patch_corners, stitch
+from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners, stitch
 
 
 def align_offsets(patches: np.ndarray, corners: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def stitch_aligned(
 ) -> StitchedImage:
     """Stitch ``patches`` after :func:`align_offsets`, weighting pixels by ``weight``.
 
-    ``shape`` and ``weight`` are as for :func:`~ptychonn_ophyd.stitch.stitch`.
+    ``shape`` and ``weight`` are as for :func:`~ptychonn_ophyd.analysis.stitch.stitch`.
     """
     corners = patch_corners(positions_um, pixel_size_um, patches.shape[1:])
     trust = np.ones(patches.shape[1:], np.float32) if weight is None else weight

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptychonn_ophyd.sim.objects import ComplexObject
-from ptychonn_ophyd.sim.scan import to_pixels
+from ptychonn_ophyd.physics.objects import ComplexObject
+from ptychonn_ophyd.physics.scan import to_pixels
 
 DETECTOR_DTYPES = ("int16", "uint16", "int32", "uint32")
 """Integer types an areaDetector may deliver; counts saturate at their maximum."""
@@ -90,11 +90,11 @@ class PtychoSimulation:
     obj
         The sample.
     probe
-        Complex probe of unit total intensity (:func:`~ptychonn_ophyd.sim.probe.make_probe`);
+        Complex probe of unit total intensity (:func:`~ptychonn_ophyd.physics.probe.make_probe`);
         its side is the patch size.
     positions_um
         ``(N, 2)`` scan positions ``(x, y)`` in micrometres from the object centre
-        (:mod:`ptychonn_ophyd.sim.scan`); may be empty when only ``*_at`` methods are used.
+        (:mod:`ptychonn_ophyd.physics.scan`); may be empty when only ``*_at`` methods are used.
     detector
         Photon budget, noise, dtype and frame size.
     seed

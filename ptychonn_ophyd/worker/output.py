@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pvaccess as pva
 
-RESULT_ATTRIBUTES = ("modelHash", "consumerId", "latencySeconds")
-"""Attributes appended to the input frame's own attributes on every result."""
+from ptychonn_ophyd.wire import CONSUMER_ID, LATENCY, MODEL_HASH
 
 
 class ResultBuilder:
     """Turns a received NTNDArray into the NTNDArray of its result.
 
     The result is the received PV itself (a copy taken at receipt) with the image
-    replaced by a float32 prediction and :data:`RESULT_ATTRIBUTES` appended, so its
-    ``uniqueId``, ``timeStamp``, ``dataTimeStamp`` and attributes (scan positions among
-    them) are those of the frame.
+    replaced by a float32 prediction and :data:`~ptychonn_ophyd.wire.RESULT_ATTRIBUTES`
+    appended, so its ``uniqueId``, ``timeStamp``, ``dataTimeStamp`` and attributes (scan
+    positions among them) are those of the frame.
 
     Parameters
     ----------
@@ -35,13 +34,13 @@ class ResultBuilder:
             if resized
             else None
         )
-        self._consumer = pva.NtAttribute("consumerId", pva.PvInt(consumer_id))
-        self._model = pva.NtAttribute("modelHash", pva.PvString(""))
+        self._consumer = pva.NtAttribute(CONSUMER_ID, pva.PvInt(consumer_id))
+        self._model = pva.NtAttribute(MODEL_HASH, pva.PvString(""))
         self.model_hash = ""
 
     def set_model_hash(self, model_hash: str) -> None:
         """Tag the results built from now on with ``model_hash``."""
-        self._model = pva.NtAttribute("modelHash", pva.PvString(model_hash))
+        self._model = pva.NtAttribute(MODEL_HASH, pva.PvString(model_hash))
         self.model_hash = model_hash
 
     def result(self, frame, image: np.ndarray, latency: float):
@@ -54,7 +53,7 @@ class ResultBuilder:
         attributes += (
             self._model,
             self._consumer,
-            {"name": "latencySeconds", "value": ({"value": latency}, {"value": pva.DOUBLE})},
+            {"name": LATENCY, "value": ({"value": latency}, {"value": pva.DOUBLE})},
         )
         frame.setStructureArray("attribute", attributes)
         return frame

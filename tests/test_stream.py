@@ -1,4 +1,4 @@
-"""InferenceCallback: the grace period, late results, and runs that do not use the device."""
+"""The inference stream: the grace period, late results, and runs that do not use the device."""
 
 import time
 
@@ -7,6 +7,8 @@ import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 import pytest
 from bluesky_world import beamline
+
+from ptychonn_ophyd.session.stream import frame_accounting
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def frames_then_stop(det, inference):
 def test_results_after_the_stop_document(tmp_path, channel_prefix, small_phase_onnx, grace):
     with beamline(tmp_path, channel_prefix, small_phase_onnx, grace=grace, frames_per_point=6) as w:
         (uid,) = w.RE(frames_then_stop(w.det, w.inference))
-        summary = w.catalog[uid].metadata["stop"]["inference"]
+        summary = frame_accounting(w.catalog[uid])
         assert summary["produced"] == 6
         if grace:
             assert summary["stored"] == 6
@@ -50,10 +52,10 @@ def test_late_results_are_counted(tmp_path, channel_prefix, small_phase_onnx):
             plan = bps.trigger(w.det, wait=True)
             (uid,) = w.RE(bpp.run_wrapper(plan, md={"detectors": ["inference"]}))
             deadline = time.monotonic() + 10
-            summary = w.catalog[uid].metadata["stop"]["inference"]
-            while w.callback.late[uid] < summary["not_in_time"] and time.monotonic() < deadline:
+            summary = frame_accounting(w.catalog[uid])
+            while w.stream.late[uid] < summary["not_in_time"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert summary["stored"] + w.callback.late[uid] == 6
+            assert summary["stored"] + w.stream.late[uid] == 6
         finally:
             w.inference.unstage()
             w.det.unstage()

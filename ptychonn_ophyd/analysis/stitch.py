@@ -1,6 +1,6 @@
 """Placing predicted patches at their scan positions to make one object image.
 
-Positions follow :mod:`ptychonn_ophyd.sim.scan`: ``(x, y)`` in micrometres from the
+Positions follow :mod:`ptychonn_ophyd.physics.scan`: ``(x, y)`` in micrometres from the
 object centre, ``x`` along columns; position ``(x, y)`` lights the patch centred on pixel
 ``(row, col) = (cy + y / p, cx + x / p)`` of an object whose centre pixel is
 ``(cy, cx) = (H // 2, W // 2)`` and whose pixel size is ``p``. Where patches overlap,

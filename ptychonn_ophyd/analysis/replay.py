@@ -1,6 +1,6 @@
 """Replaying a run from the catalog: its inference stream stitched into one object image.
 
->>> from ptychonn_ophyd.replay import replay
+>>> from ptychonn_ophyd.analysis.replay import replay
 >>> replay(-1, "~/.local/share/ptychonn-ophyd/catalog")   # the latest run
 PosixPath('scan-1-4e2fcc80.png')
 """
@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .callbacks import STREAM
-from .catalog import open_catalog
-from .plans import PIXEL_SIZE_KEY
-from .reconstruction import stitch_aligned
-from .stitch import StitchedImage, stitch
+from ptychonn_ophyd.analysis.reconstruction import stitch_aligned
+from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
+from ptychonn_ophyd.session.catalog import open_catalog
+from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
+from ptychonn_ophyd.session.stream import STREAM
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ def stitch_run(
     """Phase (and amplitude) patches averaged at their positions.
 
     Each phase patch first gets the constant offset that makes it agree with its
-    neighbours (:func:`~ptychonn_ophyd.reconstruction.align_offsets`): no frame tells its
+    neighbours (:func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets`): no frame tells its
     patch's absolute phase, and unaligned guesses blotch the image.
 
     ``pixel_size_um`` defaults to the start document's ``object_pixel_size_um``; frames
     without a position are left out (and logged). ``window`` weighs each patch's pixels,
-    e.g. ``ptychonn_ophyd.sim.probe.probe_weight(probe)`` to trust where the beam was.
+    e.g. ``ptychonn_ophyd.physics.probe.probe_weight(probe)`` to trust where the beam was.
     """
     pixel_size_um = pixel_size_um or data.start.get(PIXEL_SIZE_KEY)
     if not pixel_size_um:
@@ -132,7 +132,7 @@ def replay(
     ----------
     catalog
         A catalog client node, or a folder / Tiled URI for
-        :func:`~ptychonn_ophyd.catalog.open_catalog` (``None``: the default catalog).
+        :func:`~ptychonn_ophyd.session.catalog.open_catalog` (``None``: the default catalog).
     output
         PNG path (default ``scan-<scan_id>-<uid8>.png`` in the current folder).
     pixel_size_um, window

@@ -1,55 +1,12 @@
-"""Frame accounting and the statistics a worker publishes on its status channel."""
+"""Frame accounting: where every frame a worker received went, and how fast."""
 
 from __future__ import annotations
 
 from time import perf_counter
 
 import numpy as np
-import pvaccess as pva
 
-REJECT_REASONS = ("shape", "dtype", "codec", "empty")
-"""Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`)."""
-
-DROP_REASONS = ("queue_full", "error", "stopped")
-"""Why a good frame was not inferred: the queue was full (warm-up or backlog), the engine
-or the processor raised, or the worker stopped before its engine was ready."""
-
-
-def drop_key(reason: str) -> str:
-    """The ``userStats`` field counting frames dropped for ``reason``."""
-    return "dropped" + reason.title().replace("_", "")
-
-
-def reject_key(reason: str) -> str:
-    """The ``userStats`` field counting frames rejected for ``reason``."""
-    return "rejected" + reason.title()
-
-
-STATS_PVA_TYPES = {
-    "ready": pva.BOOLEAN,
-    "received": pva.ULONG,
-    "inferred": pva.ULONG,
-    "batches": pva.ULONG,
-    "dropped": pva.ULONG,
-    **{drop_key(reason): pva.ULONG for reason in DROP_REASONS},
-    "rejected": pva.ULONG,
-    **{reject_key(reason): pva.ULONG for reason in REJECT_REASONS},
-    "queueDepth": pva.ULONG,
-    "queueCapacity": pva.ULONG,
-    "inferenceRate": pva.DOUBLE,
-    "latencyP50": pva.DOUBLE,
-    "latencyP99": pva.DOUBLE,
-    "batchSize": pva.UINT,
-    "backend": pva.STRING,
-    "engine": pva.STRING,
-    "device": pva.STRING,
-    "model": pva.STRING,
-    "modelHash": pva.STRING,
-    "error": pva.STRING,
-    "configured": pva.ULONG,
-    "configureError": pva.STRING,
-}
-"""The ``userStats`` structure on the status channel."""
+from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, drop_key, reject_key
 
 
 class FrameCounts:
@@ -110,7 +67,7 @@ class FrameCounts:
         return self._rate
 
     def user_stats(self, queue_depth: int) -> dict[str, object]:
-        """The counting part of ``userStats`` (see :data:`STATS_PVA_TYPES`)."""
+        """The counting part of ``userStats`` (see :data:`~ptychonn_ophyd.wire.STATS_PVA_TYPES`)."""
         p50, p99 = self.latency_percentiles()
         stats: dict[str, object] = {
             "received": self.received,

@@ -22,115 +22,14 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import pvaccess as pva
-from pydantic import BaseModel, ConfigDict, Field
 
-from .engines import Precision
-from .models import open_model
-from .preprocess import PreprocessConfig
-from .streaming.config import Output
-from .streaming.stats import DROP_REASONS, REJECT_REASONS, drop_key, reject_key
-from .streaming.worker import Worker, WorkerChannels, consumer_command, terminate
-
-
-class PoolConfig(BaseModel):
-    """What a :class:`ConsumerPool` runs.
-
-    Attributes
-    ----------
-    model, backend, precision, batch_size, batch_timeout, preprocess, outputs,
-    warmup_queue_size, threads
-        Passed to every worker's processor (see
-        :class:`~ptychonn_ophyd.streaming.config.ProcessorArgs`).
-    input_channel
-        The detector's NTNDArray channel.
-    output_prefix
-        Worker ``k`` publishes on ``<prefix>:<k>:output`` (and ``:amplitude``,
-        ``:status``, ``:control``).
-    n_workers
-        Consumer processes.
-    gpus
-        ``"auto"`` (worker ``k`` on GPU ``(k - 1) mod count``) or GPU indices dealt
-        round-robin to the workers.
-    distributor_updates
-        Consecutive frames the distributor gives one worker.
-    server_queue_size
-        Frames the input's server queues per worker (pvapy ``--server-queue-size``).
-    status_period
-        Seconds between status channel updates (pvapy ``--report-period``).
-    wait_for_input
-        :meth:`ConsumerPool.start` also waits until every worker is connected to
-        ``input_channel``, so no frame published after it returns is missed.
-    log_dir
-        Where ``worker-<k>.log`` files go (default: a new temporary folder).
-    log_level
-        pvapy's ``--log-level`` for the workers.
-
-    ``threads`` (ONNX Runtime's CPU threads) defaults to the cores shared out among
-    the workers, so CPU workers do not fight over cores.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: Path
-    input_channel: str
-    output_prefix: str = "inference"
-    n_workers: int = Field(1, ge=1, le=256)
-    backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto"
-    precision: Precision = "fp32"
-    gpus: Literal["auto"] | tuple[int, ...] = "auto"
-    batch_size: int = Field(8, ge=1, le=4096)
-    batch_timeout: float = Field(0.005, gt=0, le=60)
-    preprocess: PreprocessConfig = PreprocessConfig()
-    distributor_updates: int = Field(8, ge=1)
-    outputs: tuple[Output, ...] = ("phase",)
-    warmup_queue_size: int = Field(4096, ge=1)
-    threads: int | None = Field(None, ge=1)
-    server_queue_size: int = Field(100, ge=0)
-    status_period: float = Field(1.0, gt=0)
-    wait_for_input: bool = True
-    log_dir: Path | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    def processor_args(self, consumer_id: int, parent_pid: int) -> dict[str, object]:
-        """The ``--processor-args`` of worker ``consumer_id``."""
-        gpu = self.gpus if self.gpus == "auto" else self.gpus[(consumer_id - 1) % len(self.gpus)]
-        return {
-            "model": str(Path(self.model).resolve()),
-            "backend": self.backend,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "batch_timeout": self.batch_timeout,
-            "gpu": gpu,
-            "preprocess": self.preprocess.model_dump(),
-            "outputs": list(self.outputs),
-            "warmup_queue_size": self.warmup_queue_size,
-            "threads": self.threads or max(1, (os.cpu_count() or 1) // self.n_workers),
-            "parent_pid": parent_pid,
-        }
-
-    def consumer_options(self) -> dict[str, object]:
-        """pvapy options beyond the channels and the processor."""
-        options: dict[str, object] = {
-            "report-period": self.status_period,
-            "report-stats": "user",
-            "server-queue-size": self.server_queue_size,
-            "log-level": self.log_level,
-        }
-        if self.n_workers > 1:
-            options["distributor-updates"] = self.distributor_updates
-            options["oid-offset"] = (self.n_workers - 1) * self.distributor_updates + 1
-        return options
-
-
-class PoolStartError(RuntimeError):
-    """A worker did not get ready; the message names it and quotes its last log lines."""
-
-
-class WorkerDiedError(RuntimeError):
-    """A worker process ended while the pool ran; the message quotes its last log lines."""
+from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
+from ptychonn_ophyd.settings import PoolConfig
+from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
 
 
 @dataclass(frozen=True)
@@ -292,21 +191,21 @@ class ConsumerPool:
             A worker refused the model (the message says why); it keeps the old one.
         TimeoutError
             Not every worker answered within ``timeout`` s.
-        ptychonn_ophyd.streaming.control.ControlError
+        ptychonn_ophyd.errors.ControlError
             A worker's control channel did not take the command.
         """
         new = open_model(model)
-        asked = {w: self._user_stats(w).get("configured", 0) for w in self._workers}
+        asked = {w: self._status(w).configured for w in self._workers}
         for worker in self._workers:
             worker.send("configure", {"model": str(Path(model).resolve())})
         deadline = time.monotonic() + timeout
         while asked:
             for worker, before in list(asked.items()):
-                user = self._user_stats(worker)
-                if user.get("configured", 0) > before:
-                    if user["configureError"]:
-                        raise ValueError(f"{worker.name}: {user['configureError']}")
-                    if user["modelHash"] == new.model_hash:
+                status = self._status(worker)
+                if status.configured > before:
+                    if status.configure_error:
+                        raise ValueError(f"{worker.name}: {status.configure_error}")
+                    if status.model_hash == new.model_hash:
                         del asked[worker]
             if asked and time.monotonic() > deadline:
                 names = ", ".join(w.name for w in asked)
@@ -366,38 +265,37 @@ class ConsumerPool:
         status = worker.status()
         if status is None:
             return f"no update on its status channel {worker.channels.status} yet"
-        if not status["userStats"]["ready"]:
-            return status["userStats"]["error"] or "engine not ready"
-        if self.config.wait_for_input and status["receiverStats"]["nReceived"] < 1:
+        if not status.ready:
+            return status.error or "engine not ready"
+        if self.config.wait_for_input and not status.connected:
             return f"not connected to input channel {self.config.input_channel}"
         return ""
 
     @staticmethod
-    def _user_stats(worker: Worker) -> dict:
-        return (worker.status() or {}).get("userStats", {})
+    def _status(worker: Worker) -> WorkerStatus:
+        return worker.status() or WorkerStatus()
 
     def _worker_stats(self, worker: Worker) -> dict:
-        status = worker.status() or {}
-        user = status.get("userStats", {})
+        status = self._status(worker)
         return {
             "consumer_id": worker.consumer_id,
             "pid": worker.process.pid if worker.process else None,
             "alive": worker.exit_code() is None,
-            "ready": bool(user.get("ready", False)),
-            "received": user.get("received", 0),
-            "inferred": user.get("inferred", 0),
-            "dropped": user.get("dropped", 0),
-            "dropped_by_reason": {r: user.get(drop_key(r), 0) for r in DROP_REASONS},
-            "rejected": {r: user.get(reject_key(r), 0) for r in REJECT_REASONS},
-            "missed": status.get("processorStats", {}).get("nMissed", 0),
-            "queue_depth": user.get("queueDepth", 0),
-            "rate_hz": user.get("inferenceRate", 0.0),
-            "latency_p50_s": user.get("latencyP50", 0.0),
-            "latency_p99_s": user.get("latencyP99", 0.0),
-            "model_hash": user.get("modelHash", ""),
-            "backend": user.get("backend", ""),
-            "engine": user.get("engine", ""),
-            "device": user.get("device", ""),
-            "error": user.get("error", ""),
+            "ready": status.ready,
+            "received": status.received,
+            "inferred": status.inferred,
+            "dropped": status.dropped,
+            "dropped_by_reason": status.dropped_by_reason,
+            "rejected": status.rejected,
+            "missed": status.missed,
+            "queue_depth": status.queue_depth,
+            "rate_hz": status.rate_hz,
+            "latency_p50_s": status.latency_p50_s,
+            "latency_p99_s": status.latency_p99_s,
+            "model_hash": status.model_hash,
+            "backend": status.backend,
+            "engine": status.engine,
+            "device": status.device,
+            "error": status.error,
             "output_channel": worker.channels.output,
         }

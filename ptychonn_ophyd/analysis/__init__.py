@@ -1,0 +1,2 @@
+"""Reading results back: stitching patches at their scan positions, aligning their phase
+offsets, and replaying runs from the catalog."""

@@ -1,0 +1,465 @@
+"""The inference stream of a run: the device's writer and the documents it yields.
+
+Like an ophyd-async detector's writer, :class:`InferenceStream` writes the results of a
+run into an HDF5 file under the catalog's readable storage and yields its own
+``stream_resource`` and ``stream_datum`` documents through ``collect_asset_docs``, so
+the RunEngine emits them and every subscriber of the RunEngine (a ``TiledWriter``
+first of all) sees the inference stream with the run.  The plan messages that declare
+and collect it are added to every run that uses the device by
+:class:`~ptychonn_ophyd.session.supplement.InferenceSupplement`.
+
+At the end of a run the stream waits up to ``grace`` seconds for frames still being
+inferred (:meth:`InferenceStream.trigger`), and its :class:`FrameAccounting` is read
+into a one-row stream ``inference_accounting``: frames produced, inferred, stored,
+dropped, rejected and not in time.  Results that arrive after the run are counted in
+:attr:`InferenceStream.late`.
+
+Threads: results arrive in pvapy threads and only go into a queue; the RunEngine's
+thread writes them to the file when it collects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import numpy as np
+from event_model import ComposeStreamResource
+from ophyd.status import Status
+
+from ptychonn_ophyd.pool import PoolStats
+from ptychonn_ophyd.session.results import InferenceResult
+
+log = logging.getLogger(__name__)
+
+STREAM = "inference"
+"""Name of the stream of per-frame results."""
+ACCOUNTING_STREAM = "inference_accounting"
+"""Name of the one-row stream holding a run's frame accounting."""
+METADATA_KEY = "ptychonn"
+"""Start-document key under which :func:`~ptychonn_ophyd.session.plans.scan_with_inference`
+puts the model and pool facts; runs with it (or with the device among ``detectors``) get
+the inference stream."""
+
+SCALARS = {
+    "unique_id": ("integer", "<i8", "", lambda r: r.unique_id),
+    "consumer_id": ("integer", "<i8", "", lambda r: r.consumer_id),
+    "latency": ("number", "<f8", "s", lambda r: r.latency_s),
+    "x": ("number", "<f8", "um", lambda r: r.x),
+    "y": ("number", "<f8", "um", lambda r: r.y),
+    "point": ("integer", "<i8", "", lambda r: r.point),
+    "frame_time": ("number", "<f8", "s", lambda r: r.timestamp),
+}
+"""Per-frame columns: JSON dtype, numpy dtype, units, and how to get them from a result."""
+
+IMAGE_CHUNK = 256
+SCALAR_CHUNK = 65536
+WRITE_ROWS = 1024
+"""Rows stacked in memory per HDF5 write."""
+
+
+class InferenceFile:
+    """The HDF5 file of one run's inference results: one growing dataset per column.
+
+    The file is in SWMR mode, so Tiled can read rows while more are appended.
+    """
+
+    def __init__(self, path: Path, image_shape: tuple[int, int], amplitude: bool) -> None:
+        self.path = path
+        self.image_shape = tuple(image_shape)
+        self.images = ("phase", "amplitude") if amplitude else ("phase",)
+        self.rows = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(path, "w", libver="latest")
+        for key in self.images:
+            self._file.create_dataset(
+                key,
+                (0, *image_shape),
+                "<f4",
+                maxshape=(None, *image_shape),
+                chunks=(1, *image_shape),
+            )
+        for key, (_, dtype, _, _) in SCALARS.items():
+            self._file.create_dataset(key, (0,), dtype, maxshape=(None,), chunks=(1024,))
+        self._file.swmr_mode = True
+
+    @property
+    def columns(self) -> list[str]:
+        """The datasets, images first."""
+        return [*self.images, *SCALARS]
+
+    @staticmethod
+    def data_keys(
+        image_shape: tuple[int, int], amplitude: bool, source: str
+    ) -> dict[str, dict[str, Any]]:
+        """Event-model data keys of the columns, each marked external (``STREAM:``)."""
+        images = ("phase", "amplitude") if amplitude else ("phase",)
+        keys = {
+            key: {
+                "source": source,
+                "dtype": "array",
+                "dtype_numpy": "<f4",
+                "shape": list(image_shape),
+                "units": "rad" if key == "phase" else "",
+                "external": "STREAM:",
+            }
+            for key in images
+        }
+        for key, (dtype, dtype_numpy, units, _) in SCALARS.items():
+            keys[key] = {
+                "source": source,
+                "dtype": dtype,
+                "dtype_numpy": dtype_numpy,
+                "shape": [],
+                "units": units,
+                "external": "STREAM:",
+            }
+        return keys
+
+    def chunk_shape(self, key: str) -> list[int]:
+        """Rows per Tiled chunk of column ``key`` (with the image axes for images)."""
+        if key in self.images:
+            return [IMAGE_CHUNK, *self.image_shape]
+        return [SCALAR_CHUNK]
+
+    def append(self, results: list[InferenceResult]) -> tuple[int, int]:
+        """Write ``results`` as new rows; returns the ``(start, stop)`` rows written."""
+        start, stop = self.rows, self.rows + len(results)
+        for dataset in self._file.values():
+            dataset.resize(stop, axis=0)
+        for offset in range(0, len(results), WRITE_ROWS):
+            self._write_rows(start + offset, results[offset : offset + WRITE_ROWS])
+        self._file.flush()
+        self.rows = stop
+        return start, stop
+
+    def _write_rows(self, first: int, results: list[InferenceResult]) -> None:
+        rows = slice(first, first + len(results))
+        self._file["phase"][rows] = np.stack([r.phase for r in results])
+        if "amplitude" in self.images:
+            self._file["amplitude"][rows] = np.stack([r.amplitude for r in results])
+        for key, (_, dtype, _, get) in SCALARS.items():
+            self._file[key][rows] = np.array([get(r) for r in results], dtype=dtype)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ResultSource(Protocol):
+    """What the stream needs of the inference device
+    (:class:`~ptychonn_ophyd.session.device.PtychoNNDetector`)."""
+
+    name: str
+    source: object | None
+    heads: tuple[str, ...]
+    output_prefix: Any
+    pool: object | None
+    monitor_overruns: int
+
+    def image_shape(self) -> tuple[int, int]: ...
+
+    def source_last_id(self) -> int: ...
+
+    def pool_stats(self) -> PoolStats | None: ...
+
+    def read_configuration(self) -> dict[str, Any]: ...
+
+    def describe_configuration(self) -> dict[str, Any]: ...
+
+
+class _Run:
+    """What the stream tracks for the run it is writing."""
+
+    def __init__(self, uid: str, first_id: int, stats_at_start: dict[str, Any]) -> None:
+        self.uid = uid
+        self.first_id = first_id
+        self.stats_at_start = stats_at_start
+        self.results: queue.SimpleQueue[InferenceResult] = queue.SimpleQueue()
+        self.received = 0
+        self.file: InferenceFile | None = None
+        self.datum_factories: dict[str, Any] = {}
+        self.error: BaseException | None = None
+
+    def drain(self, limit: int) -> list[InferenceResult]:
+        batch = []
+        while len(batch) < limit:
+            try:
+                batch.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+
+class InferenceStream:
+    """The writer of ``device``'s inference stream (``Collectable``, ``WritesStreamAssets``).
+
+    Parameters
+    ----------
+    device
+        The inference device: its name, configuration, pool statistics and source.
+    assets_dir
+        Folder for the HDF5 files; it must be in the catalog's readable storage
+        (:func:`ptychonn_ophyd.session.catalog.assets_directory`).
+    grace
+        Seconds the end of a run waits for frames still being inferred.
+    max_rows
+        Most rows one collect writes (the rest wait for the next).
+    """
+
+    def __init__(
+        self,
+        device: ResultSource,
+        assets_dir: Path | None = None,
+        grace: float = 5.0,
+        max_rows: int = 65536,
+    ) -> None:
+        self.device = device
+        self.assets_dir = assets_dir
+        self.grace = grace
+        self.max_rows = max_rows
+        self.late: Counter[str] = Counter()
+        self._run: _Run | None = None
+        self._ended: tuple[str | None, int, int] = (None, 0, -1)
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The device's name: the descriptor's configuration is the device's."""
+        return self.device.name
+
+    @property
+    def parent(self) -> None:
+        return None
+
+    @property
+    def open(self) -> bool:
+        """Whether a run is being written."""
+        return self._run is not None
+
+    def read_configuration(self) -> dict[str, Any]:
+        return self.device.read_configuration()
+
+    def describe_configuration(self) -> dict[str, Any]:
+        return self.device.describe_configuration()
+
+    # -- a run -------------------------------------------------------------------------
+
+    def begin(self, uid: str) -> None:
+        """Start taking the results of run ``uid``: frames produced from now on."""
+        if self.assets_dir is None:
+            raise RuntimeError(f"{self.name}: no assets folder for the inference stream")
+        stats = self.device.pool_stats()
+        self._run = _Run(uid, self.device.source_last_id() + 1, _counts(stats))
+
+    def take(self, result: InferenceResult) -> None:
+        """Queue ``result`` for the run it belongs to (called in a pvapy thread)."""
+        with self._lock:
+            run = self._run
+            if run is not None and (self.device.source is None or result.unique_id >= run.first_id):
+                run.received += 1
+                run.results.put(result)
+                return
+        uid, first_id, last_id = self._ended
+        if uid is not None and first_id <= result.unique_id <= last_id:
+            self._count_late(uid, 1)
+
+    def _count_late(self, uid: str, n: int) -> None:
+        self.late[uid] += n
+        log.warning("run %s: %d result(s) came after the run's last rows were stored", uid, n)
+
+    def describe_collect(self) -> dict[str, dict[str, Any]]:
+        """The data keys of the stream, every one external (``STREAM:``)."""
+        return InferenceFile.data_keys(
+            self.device.image_shape(), "amplitude" in self.device.heads, self.source
+        )
+
+    @property
+    def source(self) -> str:
+        return f"PVA:{self.device.output_prefix.get()}"
+
+    def get_index(self) -> int:
+        """Rows written so far in this run."""
+        run = self._run
+        return run.file.rows if run is not None and run.file is not None else 0
+
+    def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
+        """Write the queued results and yield the documents that announce the new rows."""
+        run = self._run
+        if run is None or run.error is not None:
+            return
+        try:
+            opening = run.file is None
+            if opening:
+                yield from self._open_file(run)
+            batch = run.drain(self.max_rows)
+            if not batch and not opening:
+                return
+            start, stop = run.file.append(batch)
+        except Exception as error:  # keep the run going; its accounting shows the gap
+            run.error = error
+            log.exception("writing the inference stream of run %s failed", run.uid)
+            return
+        for compose in run.datum_factories.values():
+            yield "stream_datum", compose(indices={"start": start, "stop": stop})
+
+    def _open_file(self, run: _Run) -> Iterator[tuple[str, dict]]:
+        path = self.assets_dir / f"{run.uid}-{STREAM}.h5"
+        amplitude = "amplitude" in self.device.heads
+        run.file = InferenceFile(path, self.device.image_shape(), amplitude)
+        compose = ComposeStreamResource()
+        for key in run.file.columns:
+            bundle = compose(
+                mimetype="application/x-hdf5",
+                uri=path.resolve().as_uri(),
+                data_key=key,
+                parameters={
+                    "dataset": f"/{key}",
+                    "swmr": True,
+                    "chunk_shape": run.file.chunk_shape(key),
+                },
+            )
+            run.datum_factories[key] = bundle.compose_stream_datum
+            yield "stream_resource", bundle.stream_resource_doc
+
+    def trigger(self) -> Status:
+        """A status that finishes once every frame of the run is accounted for, or after
+        ``grace`` seconds; it never fails, so the run always closes."""
+        status = Status(obj=self, timeout=None)
+        threading.Thread(
+            target=self._settle, args=(status,), name=f"{self.name}-settle", daemon=True
+        ).start()
+        return status
+
+    def _settle(self, status: Status) -> None:
+        run, deadline = self._run, time.monotonic() + self.grace
+        try:
+            while run is not None and time.monotonic() < deadline and self.device.pool:
+                if run.received + self._lost(run) >= self._produced(run):
+                    break
+                time.sleep(0.02)
+        finally:
+            status.set_finished()
+
+    def end(self) -> dict[str, Any]:
+        """Close the file, count later results as late, and return the run's accounting."""
+        with self._lock:
+            run, self._run = self._run, None
+        if run is None:
+            return {}
+        if run.file is not None:
+            run.file.close()
+        summary = self._reconcile(run)
+        self._ended = (run.uid, run.first_id, run.first_id + summary["produced"] - 1)
+        if leftover := run.results.qsize():  # came after the last collect
+            self._count_late(run.uid, leftover)
+        return summary
+
+    def _reconcile(self, run: _Run) -> dict[str, Any]:
+        produced = self._produced(run)
+        now = _counts(self.device.pool_stats())
+        dropped = now["dropped"] - run.stats_at_start["dropped"]
+        rejected = Counter(now["rejected"])
+        rejected.subtract(run.stats_at_start["rejected"])
+        stored = run.file.rows if run.file is not None else 0
+        summary = {
+            "produced": produced,
+            "inferred": run.received,
+            "stored": stored,
+            "dropped": dropped,
+            "rejected": sum(rejected.values()),
+            "rejected_reasons": {k: v for k, v in rejected.items() if v},
+            "not_in_time": max(produced - stored - dropped - sum(rejected.values()), 0),
+            "monitor_overruns": self.device.monitor_overruns,
+            "grace_s": self.grace,
+            "file": str(run.file.path) if run.file is not None else "",
+            "write_error": "" if run.error is None else f"{type(run.error).__name__}: {run.error}",
+        }
+        if summary["not_in_time"]:
+            log.warning(
+                "run %s: %d of %d frames had no result by the end of the %.1f s grace "
+                "period; later arrivals are counted in InferenceStream.late",
+                run.uid,
+                summary["not_in_time"],
+                produced,
+                self.grace,
+            )
+        return summary
+
+    def _produced(self, run: _Run) -> int:
+        if self.device.source is None:
+            return _counts(self.device.pool_stats())["received"] - run.stats_at_start["received"]
+        return self.device.source_last_id() - run.first_id + 1
+
+    def _lost(self, run: _Run) -> int:
+        now = _counts(self.device.pool_stats())
+        dropped = now["dropped"] - run.stats_at_start["dropped"]
+        rejected = sum(now["rejected"].values()) - sum(run.stats_at_start["rejected"].values())
+        return dropped + rejected
+
+
+class FrameAccounting:
+    """The frame accounting of the run just ended, read into :data:`ACCOUNTING_STREAM`.
+
+    A ``Readable`` of its own: reading the stream itself would make the RunEngine
+    collect its assets into the wrong stream.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.parent = None
+        self.summary: dict[str, Any] = {}
+        self._time = 0.0
+
+    def set(self, summary: dict[str, Any]) -> None:
+        self.summary, self._time = summary, time.time()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        values = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in self.summary.items()}
+        return {k: {"value": v, "timestamp": self._time} for k, v in values.items()}
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {
+            k: {"source": f"ptychonn:{self.name}", "dtype": _dtype(v["value"]), "shape": []}
+            for k, v in self.read().items()
+        }
+
+
+def frame_accounting(run: Any) -> dict[str, Any]:
+    """The frame accounting of a run read back from the catalog (see :class:`FrameAccounting`).
+
+    Empty for runs without the inference device.
+    """
+    if ACCOUNTING_STREAM not in run:
+        return {}
+    table = run[ACCOUNTING_STREAM].read()
+    summary = {}
+    for key in table.data_vars if hasattr(table, "data_vars") else table:
+        value = np.asarray(table[key]).ravel()[-1]
+        value = value.item() if hasattr(value, "item") else value
+        summary[str(key)] = json.loads(value) if key == "rejected_reasons" else value
+    return summary
+
+
+def _dtype(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
+
+
+def _counts(stats: Any) -> dict[str, Any]:
+    """Frames received, dropped and rejected in a ``PoolStats`` (zeros for ``None``)."""
+    if stats is None:
+        return {"received": 0, "dropped": 0, "rejected": {}}
+    return {"received": stats.received, "dropped": stats.dropped, "rejected": dict(stats.rejected)}

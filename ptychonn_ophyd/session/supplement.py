@@ -1,0 +1,92 @@
+"""Giving every run that uses the inference device its inference stream.
+
+Bluesky's :class:`~bluesky.preprocessors.SupplementalData` adds baseline readings to
+every plan; :class:`InferenceSupplement` does the same for the inference stream, so it
+is there whatever the plan (``bp.count``, ``bp.grid_scan``, ``scan_with_inference``, a
+plan of your own) and whoever listens to the RunEngine::
+
+    RE.preprocessors.append(InferenceSupplement(inference))
+    RE.subscribe(TiledWriter(client))
+
+In a run that names the device among its ``detectors`` (or carries the ``ptychonn``
+start key), it declares the stream after ``open_run``, collects the new rows after each
+event, and before ``close_run`` waits for the frames still being inferred, collects the
+last rows and reads the frame accounting into ``inference_accounting``.  The documents
+come from the RunEngine, so nothing has to sit between it and its subscribers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import bluesky.plan_stubs as bps
+from bluesky.preprocessors import plan_mutator
+from bluesky.utils import Msg
+
+from ptychonn_ophyd.errors import StreamWiringError
+from ptychonn_ophyd.session.stream import ACCOUNTING_STREAM, METADATA_KEY, STREAM, FrameAccounting
+
+if TYPE_CHECKING:
+    from ptychonn_ophyd.session.device import PtychoNNDetector
+
+Plan = Generator[Msg, Any, Any]
+
+
+class InferenceSupplement:
+    """A RunEngine preprocessor adding ``device``'s inference stream to the runs that use it.
+
+    Parameters
+    ----------
+    device
+        The inference device; one supplement per device.
+    grace
+        Seconds the end of a run waits for frames still being inferred.
+
+    Raises
+    ------
+    StreamWiringError
+        ``device`` has a supplement already: a second would write every row twice.
+    """
+
+    def __init__(self, device: PtychoNNDetector, grace: float = 5.0) -> None:
+        if device.supplement is not None:
+            raise StreamWiringError(
+                f"{device.name} already has an InferenceSupplement; a second one would store "
+                "every result twice"
+            )
+        device.supplement = self
+        self.device = device
+        self.stream = device.stream
+        self.stream.grace = grace
+        self.accounting = FrameAccounting(f"{device.name}_accounting")
+
+    def __call__(self, plan: Plan) -> Plan:
+        return (yield from plan_mutator(plan, self._insert))
+
+    def _insert(self, msg: Msg) -> tuple[Plan | None, Plan | None]:
+        if msg.command == "open_run" and self._uses_device(msg.kwargs):
+            return self._open(msg), None
+        if msg.command == "save" and self.stream.open:
+            return None, bps.collect(self.stream, name=STREAM)
+        if msg.command == "close_run" and self.stream.open:
+            return self._close(msg), None
+        return None, None
+
+    def _uses_device(self, md: dict) -> bool:
+        return self.device.name in md.get("detectors", ()) or METADATA_KEY in md
+
+    def _open(self, msg: Msg) -> Plan:
+        uid = yield msg
+        self.stream.begin(uid)
+        yield from bps.declare_stream(self.stream, name=STREAM, collect=True)
+        return uid
+
+    def _close(self, msg: Msg) -> Plan:
+        yield from bps.trigger(self.stream, wait=True)
+        yield from bps.collect(self.stream, name=STREAM)
+        self.accounting.set(self.stream.end())
+        yield from bps.create(ACCOUNTING_STREAM)
+        yield from bps.read(self.accounting)
+        yield from bps.save()
+        return (yield msg)

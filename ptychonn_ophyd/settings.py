@@ -1,0 +1,301 @@
+"""The one schema of the inference settings, validated where it enters.
+
+:class:`InferenceSettings` is what every worker does with its frames.  A worker is
+given it, with its GPU and its parent, as :class:`ProcessorArgs` (the
+``--processor-args`` JSON); a pool is described by :class:`PoolConfig`, which adds the
+channels, the number of workers and pvapy's own options.  The ``pool`` command's
+options and the ophyd device's configuration signals are made from
+:class:`PoolConfig`'s fields, so a new option is one field here plus the code that
+uses it.  Every error names the bad key in one line (:func:`describe`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import to_jsonable_python
+
+from ptychonn_ophyd.engines import Backend, Precision
+from ptychonn_ophyd.errors import ArgsError
+from ptychonn_ophyd.preprocess import PreprocessConfig
+
+PVAPY_KEYS = frozenset(
+    {
+        "processorId",
+        "inputChannel",
+        "inputMode",
+        "inputArgs",
+        "outputChannel",
+        "outputMode",
+        "outputArgs",
+        "objectIdField",
+        "skipInitialUpdates",
+        "objectIdOffset",
+        "nSequentialUpdates",
+        "fieldRequest",
+        "receiverQueueSize",
+    }
+)
+"""Keys pvapy itself puts into the processor's configuration dictionary."""
+
+Output = Literal["phase", "amplitude"]
+Gpus = Literal["auto"] | tuple[int, ...]
+
+
+class InferenceSettings(BaseModel):
+    """What every worker does with the frames it receives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    model: Path = Field(
+        validation_alias=AliasChoices("model", "onnx_mdl"),
+        description=".onnx or .pth PtychoNN model (the seed's onnx_mdl is accepted too)",
+    )
+    backend: Backend = Field("auto", description="inference backend; auto says why it chose")
+    precision: Precision = Field("fp32", description="arithmetic on the GPU")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        validation_alias=AliasChoices("batch_size", "bsz"),
+        description="largest batch (the seed's bsz is accepted too)",
+    )
+    batch_timeout: float = Field(
+        0.005, gt=0, le=60, description="seconds the first frame of a partial batch waits"
+    )
+    preprocess: PreprocessConfig = Field(
+        PreprocessConfig(), description="crop, bin and threshold applied to every frame"
+    )
+    outputs: tuple[Output, ...] = Field(
+        ("phase",), description='["phase"] or ["phase", "amplitude"]'
+    )
+    warmup_queue_size: int = Field(
+        4096,
+        ge=1,
+        description="frames held while the engine starts or falls behind; more are dropped",
+    )
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime CPU threads")
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"no model file at {path}")
+        return path
+
+    @field_validator("outputs")
+    @classmethod
+    def _phase_first(cls, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        if "phase" not in outputs or len(set(outputs)) != len(outputs):
+            raise ValueError('outputs is ["phase"] or ["phase", "amplitude"]')
+        return outputs
+
+
+class ProcessorArgs(InferenceSettings):
+    """The ``--processor-args`` JSON of one worker: the settings, its GPU and its parent.
+
+    ``gpu`` is an index, or ``"auto"``: consumer ``k`` uses GPU ``(k - 1) mod count``.
+    With ``parent_pid`` set, the worker exits as soon as that process is no longer its
+    parent.
+    """
+
+    gpu: int | Literal["auto"] = Field("auto", description="GPU index, or auto")
+    parent_pid: int | None = Field(None, ge=1, description="exit when this parent is gone")
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_index(cls, gpu: int | str) -> int | str:
+        if isinstance(gpu, int) and gpu < 0:
+            raise ValueError("a GPU index is 0 or more")
+        return gpu
+
+    def engine_device(self, consumer_id: int) -> str:
+        """The engine's ``device`` for consumer ``consumer_id`` (``cuda:N``, ``cpu``, ``auto``)."""
+        if self.backend == "onnxruntime":
+            return "cpu"
+        if isinstance(self.gpu, int):
+            return f"cuda:{self.gpu}"
+        from ptychonn_ophyd.engines.selection import cuda_gpu_count
+
+        return auto_gpu(consumer_id, cuda_gpu_count())
+
+
+def auto_gpu(consumer_id: int, gpu_count: int) -> str:
+    """``gpu: "auto"``: consumer ``k`` on ``cuda:(k - 1) mod count``; ``auto`` without GPUs."""
+    return f"cuda:{(consumer_id - 1) % gpu_count}" if gpu_count else "auto"
+
+
+class ModelUpdate(BaseModel):
+    """What the control channel's ``configure`` may change while frames flow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    model: Path | None = Field(None, validation_alias=AliasChoices("model", "onnx_mdl"))
+    batch_timeout: float | None = Field(None, gt=0, le=60)
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, path: Path | None) -> Path | None:
+        return InferenceSettings._model_exists(path) if path is not None else None
+
+
+class PoolConfig(InferenceSettings):
+    """What a :class:`~ptychonn_ophyd.pool.ConsumerPool` runs: the settings of every
+    worker, the channels and how frames are shared out.
+
+    ``threads`` (ONNX Runtime's CPU threads) defaults to the cores shared out among the
+    workers, so CPU workers do not fight over cores.
+    """
+
+    input_channel: str = Field(description="the detector's NTNDArray channel")
+    output_prefix: str = Field(
+        "inference", description="worker k publishes <prefix>:<k>:output and its siblings"
+    )
+    n_workers: int = Field(
+        1, ge=1, le=256, description="consumer processes", json_schema_extra={"flag": "workers"}
+    )
+    gpus: Gpus = Field(
+        "auto", description='"auto" or GPU indices ("0,1"), dealt round-robin to the workers'
+    )
+    distributor_updates: int = Field(8, ge=1, description="consecutive frames per worker")
+    server_queue_size: int = Field(
+        100, ge=0, description="frames the input's server queues per worker"
+    )
+    receiver_queue_size: int = Field(
+        0,
+        ge=0,
+        description="frames pvapy queues in C++ before process(); 0: process on receipt",
+    )
+    status_period: float = Field(1.0, gt=0, description="seconds between status updates")
+    wait_for_input: bool = Field(
+        True, description="start() also waits until every worker hears the input channel"
+    )
+    log_dir: Path | None = Field(None, description="folder for worker-<k>.log files")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="pvapy's log level in the workers"
+    )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_list(cls, value: object) -> object:
+        """``"auto"``, or indices from ``"0,1"``, ``"0 1"``, one int or a sequence."""
+        if isinstance(value, str) and value != "auto":
+            value = value.replace(",", " ").split()
+        if isinstance(value, int):
+            value = (value,)
+        return value
+
+    def processor_args(self, consumer_id: int, parent_pid: int) -> dict[str, object]:
+        """The ``--processor-args`` of worker ``consumer_id``."""
+        shared = self.model_dump(mode="json", include=set(InferenceSettings.model_fields))
+        gpu = self.gpus if self.gpus == "auto" else self.gpus[(consumer_id - 1) % len(self.gpus)]
+        return {
+            **shared,
+            "model": str(self.model.resolve()),
+            "threads": self.threads or max(1, (os.cpu_count() or 1) // self.n_workers),
+            "gpu": gpu,
+            "parent_pid": parent_pid,
+        }
+
+    def consumer_options(self) -> dict[str, object]:
+        """pvapy options beyond the channels and the processor."""
+        options: dict[str, object] = {
+            "report-period": self.status_period,
+            "report-stats": "user",
+            "server-queue-size": self.server_queue_size,
+            "log-level": self.log_level,
+        }
+        if self.receiver_queue_size:
+            options["receiver-queue-size"] = self.receiver_queue_size
+        if self.n_workers > 1:
+            options["distributor-updates"] = self.distributor_updates
+            options["oid-offset"] = (self.n_workers - 1) * self.distributor_updates + 1
+        return options
+
+    def signal_values(self) -> dict[str, object]:
+        """Every setting as a value an ophyd signal can hold and describe.
+
+        Numbers, strings and booleans stay as they are, ``None`` becomes ``""``, and
+        nested settings, tuples and paths become JSON text; :meth:`from_signal_values`
+        reads them back.
+        """
+        return {name: signal_value(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_signal_values(cls, values: Mapping[str, object]) -> PoolConfig:
+        """The config that :meth:`signal_values` (or a user's ``put``) describes.
+
+        Raises
+        ------
+        ArgsError
+            A value does not fit its setting; the message names it.
+        """
+        return validated(cls, {k: _from_signal(v) for k, v in values.items()})
+
+
+def signal_value(value: object) -> object:
+    """A setting as an ophyd signal can hold and describe it (see ``signal_values``)."""
+    plain = to_jsonable_python(value)
+    if plain is None:
+        return ""
+    if isinstance(plain, dict | list):
+        return json.dumps(plain)
+    return plain
+
+
+def _from_signal(value: object) -> object:
+    if value == "":
+        return None
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def parse_args(config: Mapping[str, object]) -> ProcessorArgs:
+    """Validate a pvapy processor configuration dictionary, ignoring pvapy's own keys."""
+    return validated(ProcessorArgs, config)
+
+
+def parse_update(config: Mapping[str, object]) -> ModelUpdate:
+    """Validate the arguments of a ``configure`` command, ignoring pvapy's own keys."""
+    return validated(ModelUpdate, config)
+
+
+def validated(model: type[BaseModel], config: Mapping[str, Any]) -> Any:
+    """``model`` from ``config`` (pvapy's own keys left out), or :class:`ArgsError`."""
+    ours = {k: v for k, v in config.items() if k not in PVAPY_KEYS}
+    try:
+        return model.model_validate(ours)
+    except ValidationError as err:
+        raise ArgsError(describe(err, model)) from None
+
+
+def describe(err: ValidationError, model: type[BaseModel]) -> str:
+    """One line naming every bad key of ``err`` and what is wrong with it."""
+    problems = []
+    unknown = False
+    for error in err.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        if error["type"] == "extra_forbidden":
+            unknown = True
+            problems.append(f"unknown key {where!r}")
+        elif error["type"] == "missing":
+            problems.append(f"{where!r} is required")
+        else:
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    message = "; ".join(problems)
+    if unknown:
+        message += f" (known keys: {', '.join(model.model_fields)})"
+    return message

@@ -1,0 +1,287 @@
+"""The contract between processes: channel names, NTNDArrays, result fields, status fields.
+
+Detector frames, results and worker statuses cross process boundaries as PV Access
+structures.  Whatever writes one of them and whatever reads it import the names and
+layouts from here, so the two sides cannot drift apart.
+
+Frames and results are NTNDArrays.  A frame carries the scan position in attributes
+(:data:`POSITION_ATTRIBUTES`); its result is the same NTNDArray (same ``uniqueId``,
+``timeStamp``, ``dataTimeStamp`` and attributes) holding a float32 image, with
+:data:`RESULT_ATTRIBUTES` appended:
+
+=================  =======  =====================================================
+attribute          type     meaning
+=================  =======  =====================================================
+``x``              float64  horizontal position in micrometres (frames, results)
+``y``              float64  vertical position in micrometres (frames, results)
+``point``          int32    index of the scan point the frame belongs to
+``modelHash``      string   hash of the model that made the result
+``consumerId``     int32    the worker (``k`` of ``<prefix>:<k>:output``)
+``latencySeconds`` float64  receipt to publish inside the worker, in seconds
+=================  =======  =====================================================
+
+A worker's status channel carries pvapy's statistics and, under ``userStats``, the
+frame accounting of :data:`STATS_PVA_TYPES`; :class:`WorkerStatus` reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pvaccess as pva
+
+# -- channels --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerChannels:
+    """The PVA channels of worker ``k``: ``<prefix>:<k>:output`` and its siblings."""
+
+    output: str
+    amplitude: str
+    status: str
+    control: str
+
+    @classmethod
+    def of(cls, prefix: str, consumer_id: int) -> WorkerChannels:
+        base = f"{prefix}:{consumer_id}"
+        return cls(f"{base}:output", f"{base}:amplitude", f"{base}:status", f"{base}:control")
+
+    @staticmethod
+    def patterns(prefix: str) -> dict[str, str]:
+        """pvapy's ``--*-channel`` patterns (``*`` stands for the consumer id)."""
+        return {
+            "output-channel": f"{prefix}:*:output",
+            "status-channel": f"{prefix}:*:status",
+            "control-channel": f"{prefix}:*:control",
+        }
+
+
+def sibling_channel(output_channel: str | None, name: str) -> str | None:
+    """``<prefix>:<k>:<name>`` beside an output channel ``<prefix>:<k>:output``."""
+    if not output_channel:
+        return None
+    return f"{output_channel.removesuffix(':output')}:{name}"
+
+
+# -- NTNDArrays --------------------------------------------------------------------------
+
+VALUE_FIELDS = {
+    np.dtype("uint8"): "ubyteValue",
+    np.dtype("int8"): "byteValue",
+    np.dtype("uint16"): "ushortValue",
+    np.dtype("int16"): "shortValue",
+    np.dtype("uint32"): "uintValue",
+    np.dtype("int32"): "intValue",
+    np.dtype("float32"): "floatValue",
+    np.dtype("float64"): "doubleValue",
+}
+"""NTNDArray ``value`` union member for each image dtype."""
+
+POSITION_ATTRIBUTES = ("x", "y", "point")
+"""Attributes that carry the scan position of a frame (see the module docstring)."""
+
+MODEL_HASH = "modelHash"
+CONSUMER_ID = "consumerId"
+LATENCY = "latencySeconds"
+RESULT_ATTRIBUTES = (MODEL_HASH, CONSUMER_ID, LATENCY)
+"""Attributes a worker appends to the frame's own on every result."""
+
+Attribute = float | int | str
+
+
+def _attribute(name: str, value: Attribute) -> pva.NtAttribute:
+    if isinstance(value, str):
+        return pva.NtAttribute(name, pva.PvString(value))
+    if isinstance(value, int | np.integer):
+        return pva.NtAttribute(name, pva.PvInt(int(value)))
+    return pva.NtAttribute(name, pva.PvDouble(float(value)))
+
+
+def make_ntndarray(
+    image: np.ndarray,
+    unique_id: int,
+    attributes: Mapping[str, Attribute] | None = None,
+    descriptor: str = "",
+) -> pva.NtNdArray:
+    """One mono NTNDArray, as an areaDetector's PVA plugin sends it.
+
+    ``attributes`` become NTNDArray attributes after ``ColorMode`` 0: ints as int32,
+    floats as float64, strings as strings.
+    """
+    if image.ndim != 2 or image.dtype not in VALUE_FIELDS:
+        raise ValueError(f"need a 2-D image of {list(map(str, VALUE_FIELDS))}, got {image.dtype}")
+    ny, nx = image.shape
+    array = pva.NtNdArray()
+    array["value"] = {VALUE_FIELDS[image.dtype]: np.ascontiguousarray(image).ravel()}
+    array["dimension"] = [
+        pva.PvDimension(nx, 0, nx, 1, False),
+        pva.PvDimension(ny, 0, ny, 1, False),
+    ]
+    array["compressedSize"] = image.nbytes
+    array["uncompressedSize"] = image.nbytes
+    array["descriptor"] = descriptor
+    array["attribute"] = [
+        _attribute("ColorMode", 0),
+        *(_attribute(k, v) for k, v in (attributes or {}).items()),
+    ]
+    stamp(array, unique_id)
+    return array
+
+
+def stamp(array: pva.NtNdArray, unique_id: int, when: float | None = None) -> None:
+    """Set an NTNDArray's ``uniqueId``, ``timeStamp`` and ``dataTimeStamp``."""
+    array["uniqueId"] = int(unique_id)
+    ts = pva.PvTimeStamp(time.time() if when is None else when)
+    array["timeStamp"] = ts
+    array["dataTimeStamp"] = ts
+
+
+def read_attributes(array: pva.PvObject) -> dict[str, Attribute]:
+    """The NTNDArray attributes as ``{name: value}``, as a monitor callback receives them."""
+    values = {}
+    for attribute in array["attribute"]:
+        value = attribute["value"]
+        if isinstance(value, tuple):  # a variant union arrives as a (value, type) pair
+            value = value[0]
+        values[attribute["name"]] = value["value"] if isinstance(value, dict) else value
+    return values
+
+
+@dataclass(frozen=True)
+class Ntndarray:
+    """What an NTNDArray holds: ``uniqueId``, image ``[ny, nx]``, attributes, timestamp."""
+
+    unique_id: int
+    image: np.ndarray
+    attributes: dict[str, Attribute]
+    timestamp: float
+
+
+def parse_ntndarray(array: pva.PvObject) -> Ntndarray:
+    """Read an uncompressed NTNDArray (a result, or a simulated frame)."""
+    (data,) = array["value"][0].values()
+    dims = [d["size"] for d in array["dimension"]]
+    image = np.asarray(data).reshape(dims[::-1])
+    stamp_ = array["dataTimeStamp"]
+    timestamp = stamp_["secondsPastEpoch"] + 1e-9 * stamp_["nanoseconds"]
+    return Ntndarray(array["uniqueId"], image, read_attributes(array), timestamp or time.time())
+
+
+# -- worker status -----------------------------------------------------------------------
+
+REJECT_REASONS = ("shape", "dtype", "codec", "empty")
+"""Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`)."""
+
+DROP_REASONS = ("queue_full", "error", "stopped")
+"""Why a good frame was not inferred: the queue was full (warm-up or backlog), the engine
+or the processor raised, or the worker stopped before its engine was ready."""
+
+
+def drop_key(reason: str) -> str:
+    """The ``userStats`` field counting frames dropped for ``reason``."""
+    return "dropped" + reason.title().replace("_", "")
+
+
+def reject_key(reason: str) -> str:
+    """The ``userStats`` field counting frames rejected for ``reason``."""
+    return "rejected" + reason.title()
+
+
+STATS_PVA_TYPES = {
+    "ready": pva.BOOLEAN,
+    "received": pva.ULONG,
+    "inferred": pva.ULONG,
+    "batches": pva.ULONG,
+    "dropped": pva.ULONG,
+    **{drop_key(reason): pva.ULONG for reason in DROP_REASONS},
+    "rejected": pva.ULONG,
+    **{reject_key(reason): pva.ULONG for reason in REJECT_REASONS},
+    "queueDepth": pva.ULONG,
+    "queueCapacity": pva.ULONG,
+    "inferenceRate": pva.DOUBLE,
+    "latencyP50": pva.DOUBLE,
+    "latencyP99": pva.DOUBLE,
+    "batchSize": pva.UINT,
+    "backend": pva.STRING,
+    "engine": pva.STRING,
+    "device": pva.STRING,
+    "model": pva.STRING,
+    "modelHash": pva.STRING,
+    "error": pva.STRING,
+    "configured": pva.ULONG,
+    "configureError": pva.STRING,
+}
+"""The ``userStats`` structure on a worker's status channel."""
+
+
+def _zeros(reasons: tuple[str, ...]) -> dict[str, int]:
+    return dict.fromkeys(reasons, 0)
+
+
+STATUS_REQUEST = "field(userStats,processorStats,receiverStats)"
+"""What a parent monitors on a worker's status channel."""
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One update of a worker's status channel, typed.
+
+    ``missed`` is pvapy's count of frames the worker never received (uniqueId gaps);
+    ``connected`` says whether it has received anything from its input channel.
+    """
+
+    ready: bool = False
+    received: int = 0
+    inferred: int = 0
+    batches: int = 0
+    dropped_by_reason: dict[str, int] = field(default_factory=lambda: _zeros(DROP_REASONS))
+    rejected: dict[str, int] = field(default_factory=lambda: _zeros(REJECT_REASONS))
+    queue_depth: int = 0
+    rate_hz: float = 0.0
+    latency_p50_s: float = 0.0
+    latency_p99_s: float = 0.0
+    backend: str = ""
+    engine: str = ""
+    device: str = ""
+    model_hash: str = ""
+    error: str = ""
+    configured: int = 0
+    configure_error: str = ""
+    missed: int = 0
+    connected: bool = False
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+    @classmethod
+    def parse(cls, status: Mapping[str, Any] | None) -> WorkerStatus:
+        """Read a status channel value (``None``, before the first update, reads as zeros)."""
+        status = status or {}
+        user = status.get("userStats", {})
+        return cls(
+            ready=bool(user.get("ready", False)),
+            received=user.get("received", 0),
+            inferred=user.get("inferred", 0),
+            batches=user.get("batches", 0),
+            dropped_by_reason={r: user.get(drop_key(r), 0) for r in DROP_REASONS},
+            rejected={r: user.get(reject_key(r), 0) for r in REJECT_REASONS},
+            queue_depth=user.get("queueDepth", 0),
+            rate_hz=user.get("inferenceRate", 0.0),
+            latency_p50_s=user.get("latencyP50", 0.0),
+            latency_p99_s=user.get("latencyP99", 0.0),
+            backend=user.get("backend", ""),
+            engine=user.get("engine", ""),
+            device=user.get("device", ""),
+            model_hash=user.get("modelHash", ""),
+            error=user.get("error", ""),
+            configured=user.get("configured", 0),
+            configure_error=user.get("configureError", ""),
+            missed=status.get("processorStats", {}).get("nMissed", 0),
+            connected=status.get("receiverStats", {}).get("nReceived", 0) > 0,
+        )

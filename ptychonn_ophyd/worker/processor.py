@@ -1,0 +1,353 @@
+"""The pvapy processor that runs PtychoNN on every frame of an areaDetector stream.
+
+It runs under the stock ``pvapy-hpc-consumer``::
+
+    pvapy-hpc-consumer --input-channel ad:image \\
+        --control-channel 'inference:*:control' --status-channel 'inference:*:status' \\
+        --output-channel 'inference:*:output' \\
+        --processor-class ptychonn_ophyd.processor.InferPtychoNNImageProcessor \\
+        --processor-args '{"model": "ptychonn.onnx", "batch_size": 8}' \\
+        --n-consumers 4 --distributor-updates 8 --disable-curses
+
+pvapy's monitor thread calls :meth:`~InferPtychoNNImageProcessor.process` for each
+frame, which preprocesses it straight into a preallocated batch buffer; an inference
+thread infers whole batches (a partial one after ``batch_timeout``) and publishes one
+NTNDArray per frame.  Every frame ends up inferred, dropped or rejected, and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from time import perf_counter
+
+import numpy as np
+from pvapy.hpc.adImageProcessor import AdImageProcessor
+
+from ptychonn_ophyd.engines import EngineConfig, InferenceEngine, create_engine
+from ptychonn_ophyd.errors import ArgsError, FrameRejected, ModelError
+from ptychonn_ophyd.models import ModelFile, open_model
+from ptychonn_ophyd.preprocess import Preprocessor
+from ptychonn_ophyd.settings import parse_args, parse_update
+from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
+from ptychonn_ophyd.worker.batching import BatchQueue
+from ptychonn_ophyd.worker.engine_slot import EngineSlot
+from ptychonn_ophyd.worker.frames import decode_frame
+from ptychonn_ophyd.worker.output import ResultBuilder
+from ptychonn_ophyd.worker.stats import FrameCounts
+from ptychonn_ophyd.worker.throttle import Throttle
+
+STOP_TIMEOUT = 30.0
+"""Seconds :meth:`InferPtychoNNImageProcessor.stop` waits for queued frames to be inferred."""
+
+
+class InferPtychoNNImageProcessor(AdImageProcessor):
+    """PtychoNN inference on NTNDArray frames, one result NTNDArray per frame.
+
+    Parameters
+    ----------
+    configDict
+        pvapy's processor configuration: the ``--processor-args`` JSON, validated as
+        :class:`~ptychonn_ophyd.settings.ProcessorArgs`, plus pvapy's own keys.
+        Bad arguments end the worker at start with one line saying what is wrong.
+    """
+
+    def __init__(self, configDict: dict | None = None) -> None:
+        configDict = configDict or {}
+        super().__init__(configDict)
+        self.consumer_id = int(configDict.get("processorId") or 1)
+        try:
+            self.args = parse_args(configDict)
+            self._model = open_model(self.args.model)
+            _check_heads(self._model, self.args.outputs)
+        except (ArgsError, ModelError) as err:
+            _exit_at_start(f"InferPtychoNNImageProcessor: {err}")
+        args, shape = self.args, self._model.input_shape
+        self._counts = FrameCounts()
+        self._throttle = Throttle(self.logger)
+        n_buffers = max(2, -(-args.warmup_queue_size // args.batch_size))
+        fill = Preprocessor(args.preprocess, shape).into
+        self._queue = BatchQueue(n_buffers, args.batch_size, shape, args.batch_timeout, fill)
+        resized = args.preprocess.crop != (0, 0, 0, 0) or args.preprocess.bin != 1
+        self._results = ResultBuilder(self.consumer_id, shape, resized)
+        self._latencies = np.zeros(args.batch_size)
+        self._slot = EngineSlot(self._build_engine)
+        self._device = ""
+        self._amplitude_channel = None
+        if "amplitude" in args.outputs:
+            self._amplitude_channel = sibling_channel(configDict.get("outputChannel"), "amplitude")
+        self._amplitude_record = False
+        self._stopping = threading.Event()
+        self._inference: threading.Thread | None = None
+        self._configured = 0
+        self._configure_error = ""
+
+    # pvapy's interface
+
+    def start(self) -> None:
+        """Start building the engine and the inference thread; frames queue meanwhile."""
+        if "amplitude" in self.args.outputs and self._amplitude_channel is None:
+            self.logger.warning("no output channel: amplitude results are not published")
+        self._slot.load(self._model)
+        self._inference = _thread(self._infer_stream, "ptychonn-inference")
+        if self.args.parent_pid:
+            _thread(self._watch_parent, "ptychonn-watchdog")
+
+    def process(self, pvObject) -> None:
+        """Queue one frame as model input, or count it as rejected or dropped."""
+        received_at = perf_counter()
+        self._counts.received += 1
+        try:
+            frame, compressed = decode_frame(pvObject)
+            result = pvObject.copy()
+            if compressed:
+                self._results.clear_codec(result)
+            if not self._queue.put(frame, result, received_at):
+                self._drop_refused(pvObject["uniqueId"])
+        except FrameRejected as err:
+            self._counts.rejected[err.reason] += 1
+            self._throttle.warning(
+                f"rejected-{err.reason}",
+                f"frame {pvObject['uniqueId']} rejected ({err.reason}): {err}",
+            )
+        except Exception:  # a frame must never vanish uncounted, whatever went wrong
+            self._counts.dropped["error"] += 1
+            self._throttle.warning("process", "frame dropped: cannot queue it", exc_info=True)
+
+    def configure(self, configDict: dict) -> None:
+        """Apply a control-channel ``configure``: ``model`` swaps models, ``batch_timeout``.
+
+        The new engine is built in the calling (control) thread while frames flow; the
+        inference thread switches to it between two batches.  ``userStats`` counts the
+        requests (``configured``) and says why the last one failed (``configureError``).
+
+        Raises
+        ------
+        ArgsError, ModelError, BackendUnavailable
+            The request cannot be applied; the running model stays.
+        """
+        try:
+            self._configure(configDict)
+            self._configure_error = ""
+        except Exception as err:
+            self._configure_error = str(err)
+            self.logger.error("configure %s failed: %s", configDict, err)
+            raise
+        finally:
+            self._configured += 1
+
+    def _configure(self, configDict: dict) -> None:
+        if not isinstance(configDict, dict):
+            raise ArgsError(f"configure takes a JSON object, not {configDict!r}")
+        update = parse_update(configDict)
+        if update.batch_timeout is not None:
+            self._queue.timeout = update.batch_timeout
+        if update.model is not None:
+            model = open_model(update.model)
+            _check_heads(model, self.args.outputs)
+            if model.input_shape != self._model.input_shape:
+                raise ModelError(
+                    model.path,
+                    f"takes {model.input_shape} frames; the running model takes "
+                    f"{self._model.input_shape}",
+                )
+            self._slot.stage(model)
+            self.logger.info("model %s (%s) staged", model.path, model.model_hash)
+
+    def stop(self) -> None:
+        """Infer what is queued (for up to :data:`STOP_TIMEOUT` s), then free the engine."""
+        self._stopping.set()
+        self._queue.close()
+        if self._inference is not None:
+            self._inference.join(STOP_TIMEOUT)
+        self._slot.close()
+        counts = self._counts
+        self.logger.info(
+            "consumer %s stopped: %s received, %s inferred, dropped %s, rejected %s",
+            self.consumer_id,
+            counts.received,
+            counts.inferred,
+            counts.dropped,
+            counts.rejected,
+        )
+
+    def resetStats(self) -> None:
+        """Count from zero."""
+        self._counts.reset()
+
+    def getStats(self) -> dict[str, object]:
+        """``userStats`` for the status channel (see :data:`STATS_PVA_TYPES`)."""
+        engine = self._slot.engine
+        model = engine.model if engine is not None else self._model
+        stats = self._counts.user_stats(self._queue.depth())
+        stats.update(
+            ready=self._slot.ready.is_set(),
+            queueCapacity=self._queue.capacity,
+            batchSize=self.args.batch_size,
+            backend=engine.backend if engine is not None else "",
+            engine=engine.description if engine is not None else "",
+            device=self._device,
+            model=str(model.path),
+            modelHash=model.model_hash,
+            error=self._slot.error,
+            configured=self._configured,
+            configureError=self._configure_error,
+        )
+        return stats
+
+    def getStatsPvaTypes(self) -> dict[str, object]:
+        """PVA types of :meth:`getStats`."""
+        return STATS_PVA_TYPES
+
+    # inference thread
+
+    def _infer_stream(self) -> None:
+        if not self._engine_ready():
+            return
+        while (batch := self._queue.take()) is not None:
+            buffer, n = batch
+            try:
+                self._infer_batch(buffer, n)
+            finally:
+                self._queue.release(buffer, n)
+
+    def _engine_ready(self) -> bool:
+        while not self._slot.ready.wait(0.05):
+            if self._slot.failed.is_set():
+                self._fatal(self._slot.error)
+            if self._stopping.is_set():
+                self._queue.close()
+                self._counts.dropped["stopped"] += self._queue.discard()
+                return False
+        engine = self._slot.current()
+        self.logger.info("consumer %s ready: %s", self.consumer_id, engine.description)
+        return True
+
+    def _infer_batch(self, buffer: int, n: int) -> None:
+        engine = self._slot.current()
+        if engine.model_hash != self._results.model_hash:
+            self._results.set_model_hash(engine.model_hash)
+        try:
+            prediction = engine.infer(self._queue.frames[buffer, :n])
+        except Exception:  # count the batch and keep the stream going
+            self._counts.dropped["error"] += n
+            self._throttle.warning("infer", f"batch of {n} frames dropped", exc_info=True)
+            return
+        self._publish(buffer, n, prediction)
+
+    def _publish(self, buffer: int, n: int, prediction) -> None:
+        frames = self._queue.meta[buffer]
+        received_at = self._queue.received_at[buffer]
+        amplitude = prediction.amplitude if self._amplitude_channel else None
+        published = n
+        for i in range(n):
+            try:
+                latency = perf_counter() - float(received_at[i])
+                self._latencies[i] = latency
+                result = self._results.result(frames[i], prediction.phase[i], latency)
+                self.updateOutputChannel(result)
+                if amplitude is not None:
+                    self._publish_amplitude(self._results.sibling(result, amplitude[i]))
+            except Exception:  # as for inference: count what is lost and go on
+                published = i
+                self._counts.dropped["error"] += n - i
+                self._throttle.warning("publish", f"{n - i} results lost", exc_info=True)
+                break
+        if published:
+            self._counts.record_batch(self._latencies[:published])
+
+    def _publish_amplitude(self, result) -> None:
+        if not self._amplitude_record:
+            self.pvaServer.addRecord(self._amplitude_channel, result.copy(), None)
+            self._amplitude_record = True
+        self.pvaServer.updateUnchecked(self._amplitude_channel, result)
+
+    # helpers
+
+    def _build_engine(self, model: ModelFile) -> InferenceEngine:
+        device = self.args.engine_device(self.consumer_id)
+        config = EngineConfig(
+            backend=self.args.backend,
+            precision=self.args.precision,
+            max_batch=self.args.batch_size,
+            device=device,
+            threads=self.args.threads,
+        )
+        engine = create_engine(model, config)
+        self._device = _device_name(device)
+        return engine
+
+    def _drop_refused(self, unique_id: int) -> None:
+        if self._queue.closed:
+            self._counts.dropped["stopped"] += 1
+            return
+        self._counts.dropped["queue_full"] += 1
+        waiting = "the engine is starting" if not self._slot.ready.is_set() else "inference lags"
+        self._throttle.warning(
+            "queue_full",
+            f"frame {unique_id} dropped: the queue of {self._queue.capacity} frames is full "
+            f"({waiting})",
+        )
+
+    def _watch_parent(self) -> None:
+        parent = self.args.parent_pid
+        while True:
+            if os.getppid() != parent:
+                self._fatal(f"parent process {parent} is gone")
+            if self._stopping.wait(0.5):
+                return
+
+    def _fatal(self, message: str) -> None:
+        queued = self._queue.depth()
+        print(
+            f"InferPtychoNNImageProcessor {self.consumer_id}: {message}; exiting with "
+            f"{queued} queued frames not inferred ({self._counts.received} received, "
+            f"{self._counts.inferred} inferred)",
+            file=sys.stderr,
+            flush=True,
+        )
+        _stop_fork_parent()
+        os._exit(2)
+
+
+def _check_heads(model: ModelFile, outputs: tuple[str, ...]) -> None:
+    missing = set(outputs) - set(model.heads)
+    if missing:
+        raise ModelError(
+            model.path, f"has no {', '.join(sorted(missing))} head; outputs asks for {outputs}"
+        )
+
+
+def _device_name(device: str) -> str:
+    if not device.startswith("cuda"):
+        return "cpu"
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return device
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+def _thread(target, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit_at_start(message: str) -> None:
+    curses = sys.modules.get("curses")
+    if curses is not None:
+        with contextlib.suppress(curses.error):
+            curses.endwin()
+    print(message, file=sys.stderr, flush=True)
+    _stop_fork_parent()
+    raise SystemExit(2)
+
+
+def _stop_fork_parent() -> None:
+    """Under ``--n-consumers N`` pvapy forks: stop the parent too, which stops the others."""
+    if multiprocessing.parent_process() is not None:
+        os.kill(os.getppid(), signal.SIGINT)

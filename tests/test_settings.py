@@ -1,0 +1,70 @@
+"""One settings schema: processor args, pool config, CLI options and device signals agree."""
+
+import argparse
+
+import pytest
+from frames import poisson_frames
+from pva_collector import Collector
+from pva_source import FrameSource
+
+from ptychonn_ophyd.cli.options import add_settings_options, settings_from_args
+from ptychonn_ophyd.errors import ArgsError
+from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.pool.process import consumer_command
+from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.settings import PoolConfig, parse_args
+
+
+def test_processor_args_of_a_pool_are_what_a_worker_accepts(small_phase_onnx):
+    config = PoolConfig(
+        model=small_phase_onnx, input_channel="ad:image", n_workers=2, gpus="0,1", batch_size=4
+    )
+    for consumer in (1, 2):
+        args = parse_args(config.processor_args(consumer, parent_pid=1))
+        assert args.batch_size == 4 and args.gpu == consumer - 1 and args.parent_pid == 1
+
+
+def test_a_cli_option_and_a_device_signal_come_from_each_setting(small_phase_onnx):
+    parser = argparse.ArgumentParser()
+    add_settings_options(parser)
+    args = parser.parse_args(
+        ["--model", str(small_phase_onnx), "--input-channel", "x", "--receiver-queue-size", "64"]
+    )
+    from_cli = PoolConfig(**settings_from_args(args))
+    device = PtychoNNDetector(name="inference", **from_cli.model_dump())
+
+    assert device.receiver_queue_size.get() == 64
+    assert device.pool_config() == from_cli
+    assert set(PoolConfig.model_fields) <= set(device.configuration_attrs)
+
+
+def test_a_bad_setting_is_named_in_one_line(small_phase_onnx):
+    device = PtychoNNDetector(name="inference", model=str(small_phase_onnx), input_channel="x")
+    device.gpus.put("zero")
+    with pytest.raises(ArgsError, match=r"^gpus.*") as error:
+        device.pool_config()
+    assert "\n" not in str(error.value)
+
+
+def test_the_receiver_queue_option_reaches_pvapy_and_frames_flow(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    config = PoolConfig(
+        model=small_phase_onnx,
+        input_channel=f"{channel_prefix}:image",
+        output_prefix=channel_prefix,
+        backend="onnxruntime",
+        threads=1,
+        receiver_queue_size=256,
+        log_dir=tmp_path,
+    )
+    command = consumer_command(
+        1, config.input_channel, channel_prefix, {}, config.consumer_options()
+    )
+    assert command[command.index("--receiver-queue-size") + 1] == "256"
+    with FrameSource(config.input_channel) as source, ConsumerPool(config) as pool:
+        pool.start(timeout=60)
+        collector = Collector(pool.output_channels)
+        ids = source.publish_frames(poisson_frames(40, seed=2), rate_hz=100)
+        assert collector.wait_for(40, timeout=30)
+        assert sorted(collector.ids()) == ids
