@@ -215,6 +215,7 @@ STATS_PVA_TYPES = {
     "error": pva.STRING,
     "configured": pva.ULONG,
     "configureError": pva.STRING,
+    "published": pva.ULONG,
 }
 """The ``userStats`` structure on a worker's status channel."""
 
@@ -238,6 +239,7 @@ class WorkerStatus:
     ready: bool = False
     received: int = 0
     inferred: int = 0
+    published: int = 0
     batches: int = 0
     dropped_by_reason: dict[str, int] = field(default_factory=lambda: _zeros(DROP_REASONS))
     rejected: dict[str, int] = field(default_factory=lambda: _zeros(REJECT_REASONS))
@@ -268,6 +270,7 @@ class WorkerStatus:
             ready=bool(user.get("ready", False)),
             received=user.get("received", 0),
             inferred=user.get("inferred", 0),
+            published=user.get("published", 0),
             batches=user.get("batches", 0),
             dropped_by_reason={r: user.get(drop_key(r), 0) for r in DROP_REASONS},
             rejected={r: user.get(reject_key(r), 0) for r in REJECT_REASONS},

@@ -70,6 +70,7 @@ def _summary(stats: PoolStats) -> str:
     return (
         f"received {stats.received}  inferred {stats.inferred}  dropped {stats.dropped}  "
         f"rejected {rejected}  missed {stats.missed}  queued {stats.queue_depth}  "
+        f"published {stats.published}  "
         f"{stats.rate_hz:.0f} frames/s  latency p50 {stats.latency_p50_s * 1e3:.1f} ms  "
         f"p99 {stats.latency_p99_s * 1e3:.1f} ms"
     )

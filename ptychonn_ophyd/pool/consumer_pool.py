@@ -38,7 +38,9 @@ class PoolStats:
 
     ``received == inferred + dropped + sum(rejected.values()) + queue_depth``; frames
     the workers never received although the source sent them (uniqueId gaps) are
-    ``missed``.  Latency is receipt to publish; the pool figures are the worst worker's.
+    ``missed``.  ``published`` counts results put on the output channels: a stage
+    attached to them (the seed's TIFF writer) should process as many.  Latency is
+    receipt to publish; the pool figures are the worst worker's.
     """
 
     received: int
@@ -53,6 +55,7 @@ class PoolStats:
     missed: int = 0
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     ready: bool = False
+    published: int = 0
 
 
 class ConsumerPool:
@@ -144,6 +147,7 @@ class ConsumerPool:
             missed=sum(w["missed"] for w in per_worker),
             dropped_by_reason=dropped,
             ready=bool(per_worker) and all(w["ready"] for w in per_worker),
+            published=sum(w["published"] for w in per_worker),
         )
 
     def check_health(self) -> None:
@@ -284,6 +288,7 @@ class ConsumerPool:
             "ready": status.ready,
             "received": status.received,
             "inferred": status.inferred,
+            "published": status.published,
             "dropped": status.dropped,
             "dropped_by_reason": status.dropped_by_reason,
             "rejected": status.rejected,

@@ -69,3 +69,57 @@ class ResultBuilder:
     def clear_codec(frame) -> None:
         """Mark a received frame that came compressed as uncompressed, like its result."""
         frame["codec.name"] = ""
+
+
+class OutputRecord:
+    """A result channel on the worker's PVA server, there from the worker's start.
+
+    pvapy creates a processor's output record only when the first input arrives, from
+    that input.  A downstream consumer (the seed's TIFF stage) started before then
+    searches for a channel that does not exist yet, and PV Access's search backs off:
+    it may find the record only after the whole stream was published, receive the
+    record's last value as its initial update, skip it (``--skip-initial-updates 1``)
+    and save nothing.  This record is created when the worker starts, with the type of
+    every result (the standard NTNDArray), so downstream consumers connect before any
+    frame is sent, to the type they will keep receiving.
+
+    Parameters
+    ----------
+    server
+        The worker's ``pva.PvaServer``.
+    channel
+        The record's name.
+    """
+
+    def __init__(self, server, channel: str, logger=None) -> None:
+        self.channel = channel
+        self.published = 0
+        self._server = server
+        self._logger = logger
+        template = pva.NtNdArray()
+        self._structure = template.getStructureDict()
+        self._checked = False
+        server.addRecord(channel, template, None)
+
+    def publish(self, result) -> None:
+        """Post ``result``; the first one's type is checked against the record's."""
+        if not self._checked:
+            self._checked = True
+            if result.getStructureDict() != self._structure:
+                self._retype(result)
+                return
+        self._server.updateUnchecked(self.channel, result)
+        self.published += 1
+
+    def _retype(self, result) -> None:
+        # Input frames of another NTNDArray layout: the record takes their type, and its
+        # monitors reconnect to it (each skips the value it reconnects to: this one).
+        if self._logger is not None:
+            self._logger.warning(
+                "results on %s are not standard NTNDArrays: the record is recreated with "
+                "their type; connected monitors reconnect and may miss the first result",
+                self.channel,
+            )
+        self._server.removeRecord(self.channel)
+        self._server.addRecord(self.channel, result.copy(), None)
+        self.published += 1

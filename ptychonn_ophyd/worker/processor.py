@@ -27,6 +27,7 @@ from time import perf_counter
 
 import numpy as np
 from pvapy.hpc.adImageProcessor import AdImageProcessor
+from pvapy.utility.operationMode import OperationMode
 
 from ptychonn_ophyd.engines import EngineConfig, InferenceEngine, create_engine
 from ptychonn_ophyd.errors import ArgsError, FrameRejected, ModelError
@@ -37,7 +38,7 @@ from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
 from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.engine_slot import EngineSlot
 from ptychonn_ophyd.worker.frames import decode_frame
-from ptychonn_ophyd.worker.output import ResultBuilder
+from ptychonn_ophyd.worker.output import OutputRecord, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
 
@@ -80,7 +81,9 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._amplitude_channel = None
         if "amplitude" in args.outputs:
             self._amplitude_channel = sibling_channel(configDict.get("outputChannel"), "amplitude")
-        self._amplitude_record = False
+        self._own_output = configDict.get("outputMode", OperationMode.PVAS) == OperationMode.PVAS
+        self._output: OutputRecord | None = None
+        self._amplitude_output: OutputRecord | None = None
         self._stopping = threading.Event()
         self._inference: threading.Thread | None = None
         self._configured = 0
@@ -92,10 +95,22 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         """Start building the engine and the inference thread; frames queue meanwhile."""
         if "amplitude" in self.args.outputs and self._amplitude_channel is None:
             self.logger.warning("no output channel: amplitude results are not published")
+        self._create_outputs()
         self._slot.load(self._model)
         self._inference = _thread(self._infer_stream, "ptychonn-inference")
         if self.args.parent_pid:
             _thread(self._watch_parent, "ptychonn-watchdog")
+
+    def getOutputPvObjectType(self, pvObject):
+        """``None`` (pvapy makes no record of its own) when :meth:`start` made the record."""
+        return None if self._output is not None else pvObject
+
+    def updateOutputChannel(self, pvObject) -> None:
+        """Publish one result on the output channel."""
+        if self._output is not None:
+            self._output.publish(pvObject)
+        else:
+            super().updateOutputChannel(pvObject)
 
     def process(self, pvObject) -> None:
         """Queue one frame as model input, or count it as rejected or dropped."""
@@ -196,6 +211,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             error=self._slot.error,
             configured=self._configured,
             configureError=self._configure_error,
+            published=self._output.published if self._output is not None else 0,
         )
         return stats
 
@@ -261,12 +277,24 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             self._counts.record_batch(self._latencies[:published])
 
     def _publish_amplitude(self, result) -> None:
-        if not self._amplitude_record:
-            self.pvaServer.addRecord(self._amplitude_channel, result.copy(), None)
-            self._amplitude_record = True
-        self.pvaServer.updateUnchecked(self._amplitude_channel, result)
+        if self._amplitude_output is None:
+            self._amplitude_output = OutputRecord(self.pvaServer, self._amplitude_channel)
+        self._amplitude_output.publish(result)
 
     # helpers
+
+    def _create_outputs(self) -> None:
+        """Create the result records now, so downstream stages can connect before frames.
+
+        pvapy would create the output record from the first input frame; a consumer of
+        the results started before then may find it only after the stream has passed.
+        """
+        if self.pvaServer is None:
+            return
+        if self._own_output and self.outputChannel:
+            self._output = OutputRecord(self.pvaServer, self.outputChannel, self.logger)
+        if self._amplitude_channel:
+            self._amplitude_output = OutputRecord(self.pvaServer, self._amplitude_channel)
 
     def _build_engine(self, model: ModelFile) -> InferenceEngine:
         device = self.args.engine_device(self.consumer_id)
