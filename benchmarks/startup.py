@@ -10,42 +10,43 @@ CUDA graphs anew in every worker process; only TensorRT caches its engine on dis
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import uuid
 
+from ptychonn_ophyd.cli.options import add_settings_options, settings_from_args
 from ptychonn_ophyd.loopback import use_loopback
+
+READY_LINE = re.compile(r"ready ([\d.]+) s after its process started \(engine ([\d.]+) s\)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--starts", type=int, default=3)
+    add_settings_options(parser, defaults={"input_channel": "", "wait_for_input": False})
     args = parser.parse_args()
     use_loopback()
     from ptychonn_ophyd.pool import ConsumerPool
     from ptychonn_ophyd.settings import PoolConfig
 
     for attempt in range(args.starts):
-        config = PoolConfig(
-            model=args.model,
+        settings = settings_from_args(args)
+        settings.update(
             input_channel=f"startup{uuid.uuid4().hex[:8]}:image",
             output_prefix=f"startup{uuid.uuid4().hex[:8]}",
-            n_workers=args.workers,
-            backend=args.backend,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            wait_for_input=False,
         )
         begin = time.perf_counter()
-        with ConsumerPool(config) as pool:
+        with ConsumerPool(PoolConfig(**settings)) as pool:
             pool.start(timeout=300)
             ready = time.perf_counter() - begin
             engine = pool.facts().get("engine")
-        print(f"start {attempt + 1}: ready in {ready:.2f} s ({engine})", flush=True)
+            split = [READY_LINE.search(path.read_text()) for path in pool.log_paths]
+        parts = [f"process {m[1]} s, engine {m[2]} s" for m in split if m]
+        print(
+            f"start {attempt + 1}: ready in {ready:.2f} s ({engine}); per worker, from its "
+            f"process start to ready: {'; '.join(parts)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ class Collector:
                 channel = pva.Channel(name)
                 channel.monitor(
                     lambda pv, name=name, k=k: self._receive(k, name, pv),
-                    "record[queueSize=100000]field(uniqueId,timeStamp)",
+                    "record[queueSize=100000]field(uniqueId,dataTimeStamp)",
                 )
                 self._channels.append(channel)
         deadline = time.monotonic() + 10
@@ -197,7 +197,7 @@ class Collector:
         if name in self._initial:
             self._initial.discard(name)
             return
-        stamp = pv["timeStamp"]
+        stamp = pv["dataTimeStamp"]  # the frame's time, which its result keeps
         with self._lock:
             i = self.n
             if i < len(self.ids):
@@ -334,6 +334,25 @@ def bare_engine(args: argparse.Namespace, model: Path) -> float:
     return rate
 
 
+def copy_model(folder: Path) -> Path:
+    """A model that returns its input: what remains is the pipeline's own cost."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["batch", 1, 128, 128]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["phase"])],
+        "copy",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("phase", TensorProto.FLOAT, shape)],
+    )
+    path = folder / "copy.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what ONNX Runtime 1.17 and later read
+    onnx.save(model, path)
+    return path
+
+
 def random_model(folder: Path) -> Path:
     """The small phase model with random weights (timing does not depend on them)."""
     from ptychonn_ophyd.models import PRESETS, export_onnx_bytes
@@ -359,6 +378,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine", type=int, default=3, help="sweep bisection steps")
     parser.add_argument("--max-rate", type=float, default=200_000.0, help="sweep ceiling")
     parser.add_argument("--bare", action="store_true", help="time the engine alone")
+    parser.add_argument(
+        "--copy-model",
+        action="store_true",
+        help="pipeline-only: a model that copies its input (ONNX Identity), no network",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     # The pool's settings (--model defaults to a random small phase model; per stream).
     add_settings_options(parser, defaults={"model": None, "input_channel": ""})
@@ -385,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     use_loopback()
     workdir = Path(tempfile.mkdtemp(prefix="ptychonn-stream-"))
-    model = args.model or random_model(workdir)
+    model = copy_model(workdir) if args.copy_model else args.model or random_model(workdir)
     if args.bare:
         rate = bare_engine(args, model)
         if args.json:

@@ -11,16 +11,23 @@ import numpy as np
 import pvaccess as pva
 from pvapy.utility.adImageUtility import AdImageUtility
 
+from ptychonn_ophyd.wire import parse_ntndarray, read_result_descriptor
+
 
 @dataclass
 class Result:
-    """One received result: its channel, image and attributes by name."""
+    """One received result: its channel, image, attributes by name, the frame's timestamp
+    (``dataTimeStamp``), and the worker, model and lateness its descriptor and
+    ``timeStamp`` give."""
 
     channel: str
     unique_id: int
     image: np.ndarray
     attributes: dict[str, object]
     timestamp: dict[str, int] = field(repr=False)
+    consumer_id: int = -1
+    model_hash: str = ""
+    latency: float = float("nan")
 
 
 class Collector:
@@ -51,7 +58,18 @@ class Collector:
             return
         image = AdImageUtility.reshapeNtNdArray(pv)[1].copy()
         attributes = {a["name"]: a["value"][0]["value"] for a in pv["attribute"]}
-        result = Result(channel, pv["uniqueId"], image, attributes, pv["timeStamp"])
+        consumer_id, model_hash = read_result_descriptor(pv["descriptor"])
+        frame = parse_ntndarray(pv)
+        result = Result(
+            channel,
+            pv["uniqueId"],
+            image,
+            attributes,
+            pv["dataTimeStamp"],
+            consumer_id,
+            model_hash,
+            frame.published - frame.timestamp,
+        )
         with self._lock:
             self.results.append(result)
 

@@ -83,7 +83,7 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     assert {r.channel for r in collector.results} == set(pool.output_channels)
     for result in collector.results:
         consumer = pool.output_channels.index(result.channel) + 1
-        assert result.attributes["consumerId"] == consumer
+        assert result.consumer_id == consumer
         assert result.attributes["point"] == result.unique_id - 1
     assert wait_until(lambda: pool.stats().inferred == 160, 5)
     stats = pool.stats()
@@ -93,7 +93,7 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     assert 0 < stats.latency_p50_s <= stats.latency_p99_s < 5
     facts = pool.facts()
     assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
-    assert facts["model_hash"] == collector.results[0].attributes["modelHash"]
+    assert facts["model_hash"] == collector.results[0].model_hash
 
 
 def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
@@ -118,7 +118,7 @@ def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
         ordered = sorted(
             (r for r in collector.results if r.channel == channel), key=lambda r: r.unique_id
         )
-        hashes = [r.attributes["modelHash"] for r in ordered]
+        hashes = [r.model_hash for r in ordered]
         swap = hashes.index(new_hash)
         assert set(hashes[:swap]) == {old_hash} and set(hashes[swap:]) == {new_hash}
     stats = pool.stats()

@@ -84,9 +84,9 @@ def test_partial_batch_is_flushed_and_results_keep_frame_identity(
         assert attributes["point"] == 10 + i
         assert attributes["x"] == pytest.approx(0.5 * (10 + i))
         assert attributes["y"] == pytest.approx(-0.25 * (10 + i))
-        assert attributes["modelHash"] == engine.model_hash
-        assert attributes["consumerId"] == 1
-        assert 0 < attributes["latencySeconds"] < 5
+        assert result.model_hash == engine.model_hash
+        assert result.consumer_id == 1
+        assert 0 < result.latency < 5
         sent = result.timestamp["secondsPastEpoch"] + result.timestamp["nanoseconds"] * 1e-9
         assert sent == pytest.approx(source.sent_at[unique_id], abs=1e-6)
     assert wait_until(lambda: user_stats(channel_prefix)["inferred"] == 3, 5)

@@ -14,7 +14,12 @@ from pvapy.utility.adImageUtility import AdImageUtility
 
 from ptychonn_ophyd.errors import ArgsError, FrameRejected
 from ptychonn_ophyd.settings import parse_args, parse_update
-from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
+from ptychonn_ophyd.wire import (
+    STATS_PVA_TYPES,
+    parse_ntndarray,
+    read_result_descriptor,
+    sibling_channel,
+)
 from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.frames import decode_frame
 from ptychonn_ophyd.worker.output import ResultBuilder
@@ -202,26 +207,22 @@ class TestFrameCounts:
 
 
 class TestResults:
-    def test_result_keeps_identity_and_adds_attributes(self):
+    def test_result_keeps_identity_and_says_who_made_it_and_when(self):
         frame = ntnda(np.zeros((8, 8), np.int16), 42, {"x": 1.5, "point": 3})
-        frame["timeStamp"] = pva.PvTimeStamp(1000.25)
+        frame["dataTimeStamp"] = pva.PvTimeStamp(1000.25)
         builder = ResultBuilder(consumer_id=2, shape=(4, 4), resized=True)
         builder.set_model_hash("0123456789ab")
         image = np.arange(16, dtype=np.float32).reshape(4, 4)
-        result = builder.result(frame.copy(), image, 0.01)
+        result = builder.result(frame.copy(), image, 1000.26)
         unique_id, decoded, nx, ny, *_ = AdImageUtility.reshapeNtNdArray(result)
         assert (unique_id, nx, ny) == (42, 4, 4)
         np.testing.assert_array_equal(decoded, image)
-        assert result["timeStamp"]["secondsPastEpoch"] == 1000
+        assert result["dataTimeStamp"]["secondsPastEpoch"] == 1000
         attributes = {a["name"]: a["value"][0]["value"] for a in result["attribute"]}
-        assert attributes == {
-            "ColorMode": 0,
-            "x": 1.5,
-            "point": 3,
-            "modelHash": "0123456789ab",
-            "consumerId": 2,
-            "latencySeconds": 0.01,
-        }
+        assert attributes == {"ColorMode": 0, "x": 1.5, "point": 3}
+        parsed = parse_ntndarray(result)
+        assert read_result_descriptor(parsed.descriptor) == (2, "0123456789ab")
+        assert parsed.published - parsed.timestamp == pytest.approx(0.01, abs=1e-6)
         assert result["uncompressedSize"] == 64
         sibling = builder.sibling(result, image * 2)
         assert sibling["attribute"] == result["attribute"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.wire import CONSUMER_ID, LATENCY, MODEL_HASH, Ntndarray, parse_ntndarray
+from ptychonn_ophyd.wire import Ntndarray, parse_ntndarray, read_result_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class InferenceResult:
     """One frame's prediction as published by a worker.
 
     ``x``, ``y`` (micrometres) and ``point`` come from the input frame's attributes and
-    are NaN / -1 when the detector did not send them; ``timestamp`` is the frame's.
+    are NaN / -1 when the detector did not send them; ``timestamp`` is the frame's;
+    ``latency_s`` is frame to publish (the result's two timestamps).
     """
 
     unique_id: int
@@ -44,17 +45,18 @@ class InferenceResult:
     def of(cls, phase: Ntndarray, amplitude: np.ndarray | None = None) -> InferenceResult:
         """The result a phase NTNDArray (and its amplitude image, if any) describes."""
         attributes = phase.attributes
+        consumer_id, model_hash = read_result_descriptor(phase.descriptor)
         return cls(
             unique_id=int(phase.unique_id),
             phase=np.asarray(phase.image, dtype=np.float32),
             amplitude=None if amplitude is None else np.asarray(amplitude, dtype=np.float32),
-            consumer_id=int(attributes.get(CONSUMER_ID, -1)),
-            latency_s=float(attributes.get(LATENCY, np.nan)),
+            consumer_id=consumer_id,
+            latency_s=float(phase.published - phase.timestamp),
             x=float(attributes.get("x", np.nan)),
             y=float(attributes.get("y", np.nan)),
             point=int(attributes.get("point", -1)),
             timestamp=float(phase.timestamp),
-            model_hash=str(attributes.get(MODEL_HASH, "")),
+            model_hash=model_hash,
         )
 
 

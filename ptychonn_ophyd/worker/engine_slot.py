@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +39,8 @@ class EngineSlot:
         self.ready = threading.Event()
         self.failed = threading.Event()
         self.error = ""
+        self.load_seconds = 0.0
+        """How long :meth:`load` took to build and warm up the first engine."""
 
     def load(self, model: ModelFile) -> None:
         """Build the engine for ``model`` in the background, then set ``ready`` or ``failed``."""
@@ -78,10 +81,12 @@ class EngineSlot:
                 engine.close()
 
     def _load(self, model: ModelFile) -> None:
+        began = time.perf_counter()
         try:
             self._engine = warmed_up(self._factory(model))
         except Exception as err:  # any failure to build an engine ends the worker
             self.error = f"cannot start the engine for {model.path}: {err}"
             self.failed.set()
             return
+        self.load_seconds = time.perf_counter() - began
         self.ready.set()

@@ -23,9 +23,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from time import perf_counter
 
 import numpy as np
+import psutil
 from pvapy.hpc.adImageProcessor import AdImageProcessor
 from pvapy.utility.operationMode import OperationMode
 
@@ -81,7 +83,8 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._amplitude_channel = None
         if "amplitude" in args.outputs:
             self._amplitude_channel = sibling_channel(configDict.get("outputChannel"), "amplitude")
-        self._own_output = configDict.get("outputMode", OperationMode.PVAS) == OperationMode.PVAS
+        pvas = configDict.get("outputMode", OperationMode.PVAS) == OperationMode.PVAS
+        self._makes_output = pvas and bool(configDict.get("outputChannel"))
         self._output: OutputRecord | None = None
         self._amplitude_output: OutputRecord | None = None
         self._stopping = threading.Event()
@@ -102,8 +105,11 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             _thread(self._watch_parent, "ptychonn-watchdog")
 
     def getOutputPvObjectType(self, pvObject):
-        """``None`` (pvapy makes no record of its own) when :meth:`start` made the record."""
-        return None if self._output is not None else pvObject
+        """``None`` (pvapy makes no record of its own) when :meth:`start` makes the record.
+
+        pvapy asks at the first input frame, which can come before :meth:`start`.
+        """
+        return None if self._makes_output else pvObject
 
     def updateOutputChannel(self, pvObject) -> None:
         """Publish one result on the output channel."""
@@ -240,7 +246,13 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
                 self._counts.dropped["stopped"] += self._queue.discard()
                 return False
         engine = self._slot.current()
-        self.logger.info("consumer %s ready: %s", self.consumer_id, engine.description)
+        self.logger.info(
+            "consumer %s ready %.2f s after its process started (engine %.2f s): %s",
+            self.consumer_id,
+            time.time() - psutil.Process().create_time(),
+            self._slot.load_seconds,
+            engine.description,
+        )
         return True
 
     def _infer_batch(self, buffer: int, n: int) -> None:
@@ -256,16 +268,17 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._publish(buffer, n, prediction)
 
     def _publish(self, buffer: int, n: int, prediction) -> None:
+        """One result per frame; the batch's frames share one publish time."""
         frames = self._queue.meta[buffer]
-        received_at = self._queue.received_at[buffer]
         amplitude = prediction.amplitude if self._amplitude_channel else None
+        publish = self._output.publish if self._output is not None else self.updateOutputChannel
+        now = time.time()
+        self._latencies[:n] = perf_counter() - self._queue.received_at[buffer, :n]
         published = n
         for i in range(n):
             try:
-                latency = perf_counter() - float(received_at[i])
-                self._latencies[i] = latency
-                result = self._results.result(frames[i], prediction.phase[i], latency)
-                self.updateOutputChannel(result)
+                result = self._results.result(frames[i], prediction.phase[i], now)
+                publish(result)
                 if amplitude is not None:
                     self._publish_amplitude(self._results.sibling(result, amplitude[i]))
             except Exception:  # as for inference: count what is lost and go on
@@ -291,7 +304,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         """
         if self.pvaServer is None:
             return
-        if self._own_output and self.outputChannel:
+        if self._makes_output:
             self._output = OutputRecord(self.pvaServer, self.outputChannel, self.logger)
         if self._amplitude_channel:
             self._amplitude_output = OutputRecord(self.pvaServer, self._amplitude_channel)
