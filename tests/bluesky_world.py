@@ -96,6 +96,7 @@ def beamline(
         for device in (inference, det):
             with contextlib.suppress(Exception):
                 device.unstage()
+        inference.shutdown()
         catalog.context.close()
         assert_gone(world.pids)
 

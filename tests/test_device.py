@@ -7,9 +7,11 @@ import bluesky.plans as bp
 import pytest
 from bluesky_world import assert_gone, beamline
 from ophyd.device import Staged
+from pva_consumers import process_gone
 
 from ptychonn_ophyd.errors import InferenceTimeoutError, PoolStartError
 from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.session.stream import frame_accounting
 
 
 @pytest.fixture
@@ -111,3 +113,25 @@ def test_a_worker_that_cannot_start_fails_stage_clearly(world, tmp_path):
         world.RE(bp.count([world.det, world.inference]))
     assert world.inference._staged == Staged.no
     assert world.inference.pool is None
+
+
+def test_workers_kept_warm_take_the_next_scan_with_the_same_settings(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, keep_warm=True) as w:
+        w.RE(bp.count([w.det, w.inference], num=2))
+        kept = set(w.pids)
+        assert w.inference.pool is None and not any(process_gone(p) for p in kept)
+
+        (second,) = w.RE(bp.count([w.det, w.inference], num=2))
+        assert set(w.pids) == kept  # no new worker started
+        assert sorted(w.catalog[second]["inference"]["unique_id"].read()) == [3, 4]
+        assert frame_accounting(w.catalog[second])["stored"] == 2
+
+        w.inference.batch_size.put(4)  # other settings: other workers
+        w.RE(bp.count([w.det, w.inference], num=1))
+        assert set(w.pids) > kept
+        assert_gone(kept)
+
+        w.inference.shutdown()
+        assert_gone(w.pids)

@@ -22,7 +22,7 @@ from ophyd import Kind, Signal
 from ophyd.device import create_device_from_components
 from ophyd.status import DeviceStatus
 
-from ptychonn_ophyd.errors import InferenceTimeoutError, StreamWiringError
+from ptychonn_ophyd.errors import InferenceTimeoutError, StreamWiringError, WorkerDiedError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.pool import ConsumerPool, PoolStats
 from ptychonn_ophyd.session.results import InferenceResult, ResultMonitor
@@ -74,6 +74,10 @@ class PtychoNNDetector(_Settings):
         frames still missing (a slow pool that keeps inferring is waited for).
     start_timeout
         Seconds :meth:`stage` waits for every worker to be ready.
+    keep_warm
+        Keep the workers running after :meth:`unstage`, so the next :meth:`stage` with
+        the same settings takes them at once instead of starting new ones (seconds of
+        imports and CUDA set-up); :meth:`shutdown` stops them.
     **kwargs
         Initial values of the settings, any field of
         :class:`~ptychonn_ophyd.settings.PoolConfig` (``model``, ``backend``,
@@ -112,6 +116,7 @@ class PtychoNNDetector(_Settings):
         source: FrameSource | None = None,
         trigger_timeout: float = 30.0,
         start_timeout: float = 60.0,
+        keep_warm: bool = False,
         **kwargs: Any,
     ) -> None:
         settings = {key: kwargs.pop(key) for key in SETTINGS if key in kwargs}
@@ -121,11 +126,13 @@ class PtychoNNDetector(_Settings):
         self.source = source
         self.trigger_timeout = trigger_timeout
         self.start_timeout = start_timeout
+        self.keep_warm = keep_warm
         self.stream = InferenceStream(self)
         self.supplement: Any = None
         self.pool: ConsumerPool | None = None
         self._config: PoolConfig | None = None
         self._monitor: ResultMonitor | None = None
+        self._warm: tuple[PoolConfig, ConsumerPool, ResultMonitor] | None = None
         self._arrived = threading.Condition()
         self._received: set[int] = set()
         self._first_id = 1
@@ -193,16 +200,24 @@ class PtychoNNDetector(_Settings):
         self._config = self.pool_config()
         staged = super().stage()
         try:
-            self._start(self._config)
+            self._attach(self._config)
         except BaseException:
             self._stop()
+            self.shutdown()
             super().unstage()
             raise
         return staged
 
-    def _start(self, config: PoolConfig) -> None:
-        self.pool = ConsumerPool(config)
-        self.pool.start(timeout=self.start_timeout)
+    def _attach(self, config: PoolConfig) -> None:
+        """Take the workers kept warm when their settings are these, else start new ones."""
+        warm, self._warm = self._warm, None
+        if warm is not None and warm[0] == config and _healthy(warm[1]):
+            _, self.pool, self._monitor = warm
+            log.info("%s: the workers kept warm take this scan", self.name)
+        else:
+            if warm is not None:
+                _close(*warm[1:])
+            self._start(config)
         facts = self.pool.facts()
         self.model_hash.put(str(facts.get("model_hash", "")))
         self.engine.put(str(facts.get("engine", facts.get("backend", ""))))
@@ -210,6 +225,10 @@ class PtychoNNDetector(_Settings):
         self._received = set()
         self._final_stats = None
         self._first_id = self.source_last_id() + 1
+
+    def _start(self, config: PoolConfig) -> None:
+        self.pool = ConsumerPool(config)
+        self.pool.start(timeout=self.start_timeout)
         self._monitor = ResultMonitor(
             self.pool.output_channels, self.pool.amplitude_channels, self._on_result
         )
@@ -226,14 +245,18 @@ class PtychoNNDetector(_Settings):
     def _stop(self) -> None:
         monitor, pool = self._monitor, self.pool
         self._monitor = self.pool = None
-        with contextlib.ExitStack() as stopping:
-            # Last in, first out: the monitor stops after the pool, because pvapy's
-            # stopMonitor holds the GIL and a result arriving meanwhile could wait for good.
-            if monitor is not None:
-                stopping.callback(monitor.stop)
-            if pool is not None:
-                stopping.callback(pool.stop)
-                self._final_stats = pool.stats()
+        if pool is not None:
+            self._final_stats = pool.stats()
+        if self.keep_warm and pool is not None and monitor is not None and _healthy(pool):
+            self._warm = (self._config, pool, monitor)
+            return
+        _close(pool, monitor)
+
+    def shutdown(self) -> None:
+        """Stop the workers kept warm (``keep_warm``); unstaging stops all others."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            _close(*warm[1:])
 
     def pool_stats(self) -> PoolStats | None:
         """The pool's statistics: live while staged, as at the last unstage after, or None."""
@@ -334,6 +357,26 @@ class PtychoNNDetector(_Settings):
         self.rate.put(float(stats.rate_hz))
         self.latency_p50.put(float(stats.latency_p50_s))
         self.latency_p99.put(float(stats.latency_p99_s))
+
+
+def _close(pool: ConsumerPool | None, monitor: ResultMonitor | None) -> None:
+    """Stop ``pool``, then ``monitor``."""
+    with contextlib.ExitStack() as stopping:
+        # Last in, first out: the monitor stops after the pool, because pvapy's
+        # stopMonitor holds the GIL and a result arriving meanwhile could wait for good.
+        if monitor is not None:
+            stopping.callback(monitor.stop)
+        if pool is not None:
+            stopping.callback(pool.stop)
+
+
+def _healthy(pool: ConsumerPool) -> bool:
+    """Whether every worker of ``pool`` still runs."""
+    try:
+        pool.check_health()
+    except WorkerDiedError:
+        return False
+    return True
 
 
 def last_unique_id(source: FrameSource) -> int:

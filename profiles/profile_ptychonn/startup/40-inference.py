@@ -32,6 +32,7 @@ inference = PtychoNNDetector(
     input_channel=det.channel.get(),
     output_prefix=det.channel.get().rsplit(":", 1)[0] + ":inference",
     source=det,
+    keep_warm=True,  # scans after the first start at once; inference.shutdown() stops them
 )
 catalog = connect(RE, inference)
 """``catalog[-1]`` is the latest run; ``catalog[uid]["inference"].read()`` its results."""
