@@ -12,7 +12,7 @@ from ptychonn_ophyd.errors import ArgsError
 from ptychonn_ophyd.pool import ConsumerPool
 from ptychonn_ophyd.pool.process import consumer_command
 from ptychonn_ophyd.session.device import PtychoNNDetector
-from ptychonn_ophyd.settings import PoolConfig, parse_args
+from ptychonn_ophyd.settings import PoolConfig, auto_gpu, parse_args
 
 
 def test_processor_args_of_a_pool_are_what_a_worker_accepts(small_phase_onnx):
@@ -68,3 +68,26 @@ def test_the_receiver_queue_option_reaches_pvapy_and_frames_flow(
         ids = source.publish_frames(poisson_frames(40, seed=2), rate_hz=100)
         assert collector.wait_for(40, timeout=30)
         assert sorted(collector.ids()) == ids
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "expected"),
+    [(1, ["cuda:0"] * 4), (2, ["cuda:0", "cuda:1"] * 2), (4, [f"cuda:{k}" for k in range(4)])],
+)
+def test_auto_gpu_puts_consumer_k_on_gpu_k_minus_one_mod_the_count(gpu_count, expected):
+    assert [auto_gpu(k, gpu_count) for k in (1, 2, 3, 4)] == expected
+
+
+def test_auto_gpu_without_a_gpu_leaves_the_choice_to_the_engine():
+    assert auto_gpu(3, 0) == "auto"
+
+
+def test_a_gpu_list_is_dealt_round_robin_and_an_index_is_honoured(small_phase_onnx):
+    config = PoolConfig(model=small_phase_onnx, input_channel="x", n_workers=3, gpus=[2, 5])
+    gpus = [config.processor_args(k, parent_pid=1)["gpu"] for k in (1, 2, 3)]
+    assert gpus == [2, 5, 2]
+    for k, gpu in zip((1, 2, 3), gpus, strict=True):
+        args = parse_args({**config.processor_args(k, parent_pid=1), "backend": "torch"})
+        assert args.engine_device(k) == f"cuda:{gpu}"
+    single = PoolConfig(model=small_phase_onnx, input_channel="x", gpus=1)
+    assert single.processor_args(1, parent_pid=1)["gpu"] == 1

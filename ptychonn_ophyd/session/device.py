@@ -128,7 +128,7 @@ class PtychoNNDetector(_Settings):
         self.start_timeout = start_timeout
         self.keep_warm = keep_warm
         self.stream = InferenceStream(self)
-        self.supplement: Any = None
+        self.supplement: object | None = None
         self.pool: ConsumerPool | None = None
         self._config: PoolConfig | None = None
         self._monitor: ResultMonitor | None = None

@@ -2,15 +2,9 @@
 
 Frames go out on one channel exactly as an areaDetector IOC's PVA plugin sends them:
 ``uniqueId`` rises by one per frame, ``timeStamp`` and ``dataTimeStamp`` carry the send
-time, ``ColorMode`` is 0 (mono) and the scan position travels in NTNDArray attributes:
-
-=========  =======  ==============================================
-attribute  type     meaning
-=========  =======  ==============================================
-``x``      float64  horizontal position in micrometres
-``y``      float64  vertical position in micrometres
-``point``  int32    index of the scan point the frame belongs to
-=========  =======  ==============================================
+time, ``ColorMode`` is 0 (mono) and the scan position travels in the NTNDArray
+attributes :data:`~ptychonn_ophyd.wire.POSITION_ATTRIBUTES` (``x``, ``y`` in micrometres,
+``point``), as :mod:`ptychonn_ophyd.wire` describes them.
 
 Two ways to send: :meth:`SimDetectorServer.publish` sends given frames now (step scans),
 and :meth:`SimDetectorServer.start_free_run` sends pre-built frames from a background
