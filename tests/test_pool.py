@@ -15,8 +15,8 @@ import pytest
 import tifffile
 from frames import poisson_frames
 from pva_collector import Collector
-from pva_consumers import Consumer, connected, consumer_args, process_gone, wait_until
-from pva_source import FrameSource
+from pva_consumers import Consumer, connected, consumer_args, process_gone, status, wait_until
+from pva_source import FrameSource, ntnda
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.pool import ConsumerPool
@@ -94,6 +94,33 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     facts = pool.facts()
     assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
     assert facts["model_hash"] == collector.results[0].attributes["modelHash"]
+
+
+def test_nan_and_inf_frames_are_rejected_as_nonfinite_not_inferred(
+    make_pool, source, channel_prefix
+):
+    pool = make_pool()
+    pool.start(timeout=60)
+    collector = Collector(pool.output_channels)
+    good = poisson_frames(2, seed=11).astype(np.float32)
+    nan, inf = good[0].copy(), good[1].copy()
+    nan[5, 7] = np.nan
+    inf[100, 3] = np.inf
+    ids = [source.publish(ntnda(good[0], 0))]
+    source.publish(ntnda(nan, 0))
+    source.publish(ntnda(inf, 0))
+    ids.append(source.publish(ntnda(good[1], 0)))
+
+    assert collector.wait_for(2, timeout=10)
+    assert wait_until(lambda: pool.stats().received == 4, 10)
+    stats = pool.stats()
+    assert sorted(collector.ids()) == ids
+    assert stats.inferred == 2 and stats.dropped == 0
+    assert stats.rejected == {**dict.fromkeys(stats.rejected, 0), "nonfinite": 2}
+    channel = f"{channel_prefix}:1:status"
+    assert wait_until(lambda: (status(channel) or {}).get("userStats", {}).get("rejected"), 10)
+    user = status(channel)["userStats"]
+    assert user["rejectedNonfinite"] == 2 and user["rejected"] == 2
 
 
 def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
