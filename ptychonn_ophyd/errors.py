@@ -60,3 +60,8 @@ class InferenceTimeoutError(TimeoutError):
 
 class StreamWiringError(RuntimeError):
     """The inference stream would be lost or written twice; the message says how to wire it."""
+
+
+class CatalogError(RuntimeError):
+    """The catalog cannot be used (a folder or database that cannot be written, ...);
+    the message is one line naming the path."""

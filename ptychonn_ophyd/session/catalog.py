@@ -13,10 +13,13 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
+
+from ptychonn_ophyd.errors import CatalogError
 
 DEFAULT_CATALOG = Path("~/.local/share/ptychonn-ophyd/catalog")
 """The embedded catalog used when neither an argument nor the environment names one."""
@@ -61,6 +64,12 @@ def open_catalog(path_or_uri: str | Path | None = None, *, api_key: str | None =
     Returns
     -------
     The Tiled client node whose children are the runs, keyed by start uid (databroker 2).
+
+    Raises
+    ------
+    CatalogError
+        The embedded catalog's folder or databases cannot be written (checked before
+        anything starts, so a scan never runs into it).
     """
     location = resolve_location(path_or_uri)
     if isinstance(location, str):
@@ -76,8 +85,7 @@ def _open_embedded(folder: Path) -> Container:
     from tiled.server.app import build_app
 
     folder = folder.resolve()
-    for sub in ("data", "assets"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    _check_writable(folder)
     database = folder / "catalog.db"
     adapter = from_uri(
         f"sqlite:///{database}",
@@ -87,6 +95,32 @@ def _open_embedded(folder: Path) -> Container:
         specs=[RUNS_SPEC],
     )
     return from_context(Context.from_app(build_app(adapter)))
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise :class:`CatalogError` unless the catalog at ``folder`` can be written.
+
+    Making and removing a file is the real test (``os.access`` says yes to root even
+    where an immutable flag or a read-only mount says no); the databases are opened
+    for writing without changing them.
+    """
+    for path in (folder, folder / "data", folder / "assets"):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError as err:
+            raise CatalogError(_unwritable(path, err)) from None
+    for name in ("catalog.db", "tables.db"):
+        path = folder / name
+        try:
+            if path.exists():
+                open(path, "r+b").close()
+        except OSError as err:
+            raise CatalogError(_unwritable(path, err)) from None
+
+
+def _unwritable(path: Path, err: OSError) -> str:
+    return f"catalog {path} cannot be written ({err.strerror or err}): runs could not be stored"
 
 
 def assets_directory(path_or_uri: str | Path | None = None) -> Path:
