@@ -176,3 +176,43 @@ def test_a_file_where_the_catalog_folder_should_be_is_refused_naming_it(tmp_path
     (tmp_path / "catalog").write_text("not a folder")
     with pytest.raises(CatalogError, match=f"catalog {tmp_path / 'catalog'} cannot be written"):
         open_catalog(tmp_path / "catalog")
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from ptychonn_ophyd.session.catalog import open_catalog
+folder, ready, go = map(Path, sys.argv[1:])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+print(len(open_catalog(folder)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
+    folder, go = tmp_path / "catalog", tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WHEN_TOLD, str(folder), str(flag), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        outcomes = [child.communicate(timeout=120) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    for child, (out, err) in zip(children, outcomes, strict=True):
+        assert child.returncode == 0, err[-2000:]
+        assert out.strip() == "0"

@@ -12,8 +12,11 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bluesky_tiled_plugins import TiledWriter
@@ -87,14 +90,31 @@ def _open_embedded(folder: Path) -> Container:
     folder = folder.resolve()
     _check_writable(folder)
     database = folder / "catalog.db"
-    adapter = from_uri(
-        f"sqlite:///{database}",
-        writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
-        readable_storage=[folder / "assets"],
-        init_if_not_exists=not database.exists(),
-        specs=[RUNS_SPEC],
-    )
-    return from_context(Context.from_app(build_app(adapter)))
+    with _locked(folder / LOCK_FILE):
+        adapter = from_uri(
+            f"sqlite:///{database}",
+            writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
+            readable_storage=[folder / "assets"],
+            init_if_not_exists=not database.exists(),
+            specs=[RUNS_SPEC],
+        )
+        return from_context(Context.from_app(build_app(adapter)))
+
+
+LOCK_FILE = "catalog.lock"
+"""File in an embedded catalog's folder locked while a process opens the catalog, so two
+processes opening a new catalog at once do not both create its tables."""
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (released when the process dies, too)."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_writable(folder: Path) -> None:
@@ -110,7 +130,7 @@ def _check_writable(folder: Path) -> None:
             tempfile.TemporaryFile(dir=path).close()
         except OSError as err:
             raise CatalogError(_unwritable(path, err)) from None
-    for name in ("catalog.db", "tables.db"):
+    for name in ("catalog.db", "tables.db", LOCK_FILE):
         path = folder / name
         try:
             if path.exists():
