@@ -17,7 +17,8 @@ class FrameRejected(ValueError):
     """A detector frame cannot be turned into model input.
 
     ``reason`` is a short machine-readable key (``"shape"``, ``"dtype"``, ``"empty"``,
-    ``"codec"``) under which the frame is counted; the message explains it.
+    ``"codec"``, ``"nonfinite"``: :data:`~ptychonn_ophyd.wire.REJECT_REASONS`) under which
+    the frame is counted; the message explains it.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -59,3 +60,8 @@ class InferenceTimeoutError(TimeoutError):
 
 class StreamWiringError(RuntimeError):
     """The inference stream would be lost or written twice; the message says how to wire it."""
+
+
+class CatalogError(RuntimeError):
+    """The catalog cannot be used (a folder or database that cannot be written, ...);
+    the message is one line naming the path."""

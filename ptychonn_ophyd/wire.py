@@ -208,8 +208,9 @@ def time_stamp(seconds: float) -> dict[str, int]:
 
 # -- worker status -----------------------------------------------------------------------
 
-REJECT_REASONS = ("shape", "dtype", "codec", "empty")
-"""Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`)."""
+REJECT_REASONS = ("shape", "dtype", "codec", "empty", "nonfinite")
+"""Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`);
+``nonfinite``: the model input would hold NaN or infinity, so its result would be NaN."""
 
 DROP_REASONS = ("queue_full", "error", "stopped")
 """Why a good frame was not inferred: the queue was full (warm-up or backlog), the engine

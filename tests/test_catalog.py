@@ -1,14 +1,19 @@
 """The catalog: embedded by default (SQLite, SQL tables, data folder), a Tiled server by URI."""
 
+import contextlib
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from event_model import ComposeStreamResource, compose_run
 
+from ptychonn_ophyd.errors import CatalogError
 from ptychonn_ophyd.session.catalog import (
     assets_directory,
     catalog_writer,
@@ -115,3 +120,99 @@ def test_a_tiled_server_is_written_through_the_same_writer(tmp_path, monkeypatch
         run = open_catalog()[uid]
         np.testing.assert_array_equal(run["inference"]["x"].read(), [0.0, 0.1, 0.2])
         assert run["inference"]["phase"].read()[2].max() == 2
+
+
+@contextlib.contextmanager
+def read_only(*paths: Path):
+    """Make ``paths`` unwritable for this user, root included, and writable again after.
+
+    Root ignores permission bits, so as root the immutable flag (``chattr +i``) is
+    used; where it cannot be set the test is skipped with the reason.
+    """
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in paths}
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    done: list[Path] = []
+    try:
+        for path in paths:
+            if chattr is None or subprocess.run([chattr, "+i", str(path)]).returncode:
+                pytest.skip(f"root writes through permissions, and chattr +i {path} failed")
+            done.append(path)
+        yield
+    finally:
+        for path in done:
+            subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_catalog_in_a_read_only_folder_is_refused_in_one_line_naming_it(tmp_path):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    with read_only(parent), pytest.raises(CatalogError) as raised:
+        open_catalog(parent / "catalog")
+    message = str(raised.value)
+    assert "\n" not in message and str(parent / "catalog") in message, message
+    assert "cannot be written" in message
+
+
+def test_read_only_existing_catalog_is_refused_before_anything_runs(tmp_path):
+    folder = tmp_path / "catalog"
+    write_run(open_catalog(folder), assets_directory(folder))
+    databases = [folder / name for name in ("catalog.db", "tables.db")]
+    with read_only(*databases, folder), pytest.raises(CatalogError) as raised:
+        open_catalog(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder) in message, message
+
+
+def test_a_file_where_the_catalog_folder_should_be_is_refused_naming_it(tmp_path):
+    (tmp_path / "catalog").write_text("not a folder")
+    with pytest.raises(CatalogError, match=f"catalog {tmp_path / 'catalog'} cannot be written"):
+        open_catalog(tmp_path / "catalog")
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from ptychonn_ophyd.session.catalog import open_catalog
+folder, ready, go = map(Path, sys.argv[1:])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+print(len(open_catalog(folder)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
+    folder, go = tmp_path / "catalog", tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WHEN_TOLD, str(folder), str(flag), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        outcomes = [child.communicate(timeout=120) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    for child, (out, err) in zip(children, outcomes, strict=True):
+        assert child.returncode == 0, err[-2000:]
+        assert out.strip() == "0"

@@ -1,6 +1,7 @@
 """scan_with_inference end to end: sim detector, pvapy workers, callback, Tiled catalog."""
 
 import os
+import re
 import signal
 import threading
 
@@ -144,3 +145,11 @@ def test_a_worker_that_dies_fails_the_plan_with_a_clear_error(
         assert "worker 1" in str(died[0])
         stop = w.catalog.values().last().metadata["stop"]
         assert stop["exit_status"] == "fail"
+        reason = stop["reason"]
+        assert re.match(
+            r"worker 1 \(pid \d+\) died with exit status -9 \(its last status: ", reason
+        )
+        assert re.search(r"\d+ received, \d+ inferred, \d+ dropped, \d+ rejected", reason)
+        log_lines = reason.split("its last log lines", 1)[1].splitlines()[1:]
+        assert log_lines and not any(line.startswith(("{", " ")) for line in log_lines), reason
+        assert "consumer 1 ready" in reason

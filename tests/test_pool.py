@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import pytest
 import tifffile
 from frames import poisson_frames
 from pva_collector import Collector
-from pva_consumers import Consumer, connected, consumer_args, process_gone, wait_until
-from pva_source import FrameSource
+from pva_consumers import Consumer, connected, consumer_args, process_gone, status, wait_until
+from pva_source import FrameSource, ntnda
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.pool import ConsumerPool
@@ -94,6 +95,80 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     facts = pool.facts()
     assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
     assert facts["model_hash"] == collector.results[0].model_hash
+
+
+def test_nan_and_inf_frames_are_rejected_as_nonfinite_not_inferred(
+    make_pool, source, channel_prefix
+):
+    pool = make_pool()
+    pool.start(timeout=60)
+    collector = Collector(pool.output_channels)
+    good = poisson_frames(2, seed=11).astype(np.float32)
+    nan, inf = good[0].copy(), good[1].copy()
+    nan[5, 7] = np.nan
+    inf[100, 3] = np.inf
+    ids = [source.publish(ntnda(good[0], 0))]
+    source.publish(ntnda(nan, 0))
+    source.publish(ntnda(inf, 0))
+    ids.append(source.publish(ntnda(good[1], 0)))
+
+    assert collector.wait_for(2, timeout=10)
+    assert wait_until(lambda: pool.stats().received == 4, 10)
+    stats = pool.stats()
+    assert sorted(collector.ids()) == ids
+    assert stats.inferred == 2 and stats.dropped == 0
+    assert stats.rejected == {**dict.fromkeys(stats.rejected, 0), "nonfinite": 2}
+    channel = f"{channel_prefix}:1:status"
+    assert wait_until(lambda: (status(channel) or {}).get("userStats", {}).get("rejected"), 10)
+    user = status(channel)["userStats"]
+    assert user["rejectedNonfinite"] == 2 and user["rejected"] == 2
+
+
+def halving_onnx(path) -> object:
+    """An ONNX model that maps [batch, 1, 128, 128] frames to [batch, 1, 64, 64] (a max pool)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", 1, 128, 128])
+    phase = helper.make_tensor_value_info("phase", TensorProto.FLOAT, ["batch", 1, 64, 64])
+    pool = helper.make_node("MaxPool", ["frames"], ["phase"], kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([pool], "halving", [frames], [phase])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+SHAPES_REFUSED = r"takes 128x128 frames but gives phase results of 64x64"
+
+
+def test_model_whose_results_are_smaller_than_its_frames_is_refused_at_start(
+    make_pool, source, tmp_path
+):
+    pool = make_pool(model=halving_onnx(tmp_path / "halving.onnx"))
+    with pytest.raises(PoolStartError, match=r"worker 1 \(pid \d+\) exited") as raised:
+        pool.start(timeout=60)
+    lines = [line for line in str(raised.value).splitlines() if "halving.onnx" in line]
+    assert any(re.search(SHAPES_REFUSED, line) for line in lines), str(raised.value)
+    assert all(process_gone(pid) for pid in pool.pids)
+
+
+def test_model_whose_results_are_smaller_than_its_frames_is_refused_on_swap(
+    make_pool, source, tmp_path, small_phase_onnx
+):
+    pool = make_pool()
+    pool.start(timeout=60)
+    with pytest.raises(
+        ValueError, match=rf"worker 1 \(pid \d+\): .*halving.onnx: {SHAPES_REFUSED}"
+    ):
+        pool.swap_model(halving_onnx(tmp_path / "halving.onnx"), timeout=30)
+    collector = Collector(pool.output_channels)
+    ids = source.publish_frames(poisson_frames(3, seed=12))
+    assert collector.wait_for(3, timeout=10)
+    assert sorted(collector.ids()) == ids
+    model_hash = pool.facts()["model_hash"]
+    assert {r.attributes["modelHash"] for r in collector.results} == {model_hash}
+    assert all(r.image.shape == (128, 128) for r in collector.results)
 
 
 def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):

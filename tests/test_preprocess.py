@@ -55,6 +55,22 @@ def test_unusable_frames_are_rejected_with_a_reason(frame, reason):
     assert err.value.reason == reason
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_float_frame_with_nan_or_inf_is_rejected_as_nonfinite(value):
+    frame = np.ones((130, 130), np.float32)
+    frame[0, 0] = value  # cropped away: the model input stays finite
+    Preprocessor(PreprocessConfig(crop=1), (128, 128))(frame)
+    frame[64, 64] = value
+    with pytest.raises(FrameRejected, match="1 of the model input's 16384 values") as err:
+        Preprocessor(PreprocessConfig(crop=1), (128, 128))(frame)
+    assert err.value.reason == "nonfinite"
+
+
+def test_huge_finite_frame_is_not_rejected():
+    frame = np.full((128, 128), 3e38, np.float32)  # its sum overflows, its values do not
+    assert np.isfinite(Preprocessor(PreprocessConfig(), (128, 128))(frame)).all()
+
+
 def test_size_rejection_explains_the_mismatch():
     with pytest.raises(FrameRejected, match="a 516x516 frame does not become the model's 128x128"):
         Preprocessor(PreprocessConfig(bin=4), (128, 128))(np.zeros((516, 516), np.int16))

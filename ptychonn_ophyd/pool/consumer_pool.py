@@ -158,7 +158,8 @@ class ConsumerPool:
             code = worker.exit_code()
             if code is not None:
                 raise WorkerDiedError(
-                    f"{worker.name} died with exit status {code}; its last log lines "
+                    f"{worker.name} died with exit status {code} "
+                    f"({_counts(self._status(worker))}); its last log lines "
                     f"({worker.log_path}):\n{worker.log_tail()}"
                 )
 
@@ -304,3 +305,12 @@ class ConsumerPool:
             "error": status.error,
             "output_channel": worker.channels.output,
         }
+
+
+def _counts(status: WorkerStatus) -> str:
+    """A worker's last frame counts in words, for the message of its death."""
+    return (
+        f"its last status: {status.received} received, {status.inferred} inferred, "
+        f"{status.dropped} dropped, {sum(status.rejected.values())} rejected, "
+        f"{status.queue_depth} queued"
+    )

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import pvaccess as pva
@@ -129,12 +128,60 @@ class Worker:
         return True
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of the worker's output."""
+        """The last ``lines`` meaningful lines of the worker's output.
+
+        pvapy prints the statistics every report period as a multi-line dict, which
+        would fill any tail; those reports are left out (the status channel has the
+        counts), and lines are cut at :data:`LOG_LINE_CHARS` characters.  Only the
+        file's last :data:`LOG_TAIL_BYTES` are read.
+        """
         try:
-            with open(self.log_path, errors="replace") as log:
-                return "".join(deque(log, maxlen=lines)).rstrip()
+            text = _read_end(self.log_path, LOG_TAIL_BYTES)
         except OSError as err:
             return f"(no log: {err})"
+        kept = meaningful_lines(text.splitlines())[-lines:]
+        return "\n".join(_shortened(line) for line in kept).rstrip() or "(the log is empty)"
+
+
+LOG_TAIL_BYTES = 1 << 20
+"""How much of the end of a worker's log :meth:`Worker.log_tail` reads."""
+LOG_LINE_CHARS = 400
+"""Longest log line :meth:`Worker.log_tail` shows whole."""
+
+
+def meaningful_lines(lines: list[str]) -> list[str]:
+    """``lines`` without pvapy's statistics reports.
+
+    A report is a pretty-printed dict: a line starting ``{`` and the indented lines
+    after it until its braces close.  A report cut off by the process's death ends
+    at the first line that is not indented.
+    """
+    kept, depth = [], 0
+    for line in lines:
+        if depth > 0 and not line.startswith((" ", "\t")):
+            depth = 0  # a report cut short: this line is not part of it
+        if depth == 0 and not line.startswith("{"):
+            kept.append(line)
+            continue
+        depth = max(depth, 0) + line.count("{") - line.count("}")
+    return kept
+
+
+def _read_end(path: Path, n_bytes: int) -> str:
+    """The last ``n_bytes`` of a text file, from the first whole line among them."""
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(size - n_bytes, 0))
+        data = file.read()
+    if size > n_bytes:
+        data = data.partition(b"\n")[2]
+    return data.decode(errors="replace")
+
+
+def _shortened(line: str) -> str:
+    if len(line) <= LOG_LINE_CHARS:
+        return line
+    return f"{line[:LOG_LINE_CHARS]}... ({len(line) - LOG_LINE_CHARS} more characters)"
 
 
 def consumer_command(

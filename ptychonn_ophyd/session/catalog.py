@@ -12,11 +12,22 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
+
+from ptychonn_ophyd.errors import CatalogError
+from ptychonn_ophyd.session.stream import STREAM, writer_alive
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CATALOG = Path("~/.local/share/ptychonn-ophyd/catalog")
 """The embedded catalog used when neither an argument nor the environment names one."""
@@ -61,6 +72,12 @@ def open_catalog(path_or_uri: str | Path | None = None, *, api_key: str | None =
     Returns
     -------
     The Tiled client node whose children are the runs, keyed by start uid (databroker 2).
+
+    Raises
+    ------
+    CatalogError
+        The embedded catalog's folder or databases cannot be written (checked before
+        anything starts, so a scan never runs into it).
     """
     location = resolve_location(path_or_uri)
     if isinstance(location, str):
@@ -76,17 +93,143 @@ def _open_embedded(folder: Path) -> Container:
     from tiled.server.app import build_app
 
     folder = folder.resolve()
-    for sub in ("data", "assets"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    _check_writable(folder)
     database = folder / "catalog.db"
-    adapter = from_uri(
-        f"sqlite:///{database}",
-        writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
-        readable_storage=[folder / "assets"],
-        init_if_not_exists=not database.exists(),
-        specs=[RUNS_SPEC],
+    with _locked(folder / LOCK_FILE):
+        adapter = from_uri(
+            f"sqlite:///{database}",
+            writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
+            readable_storage=[folder / "assets"],
+            init_if_not_exists=not database.exists(),
+            specs=[RUNS_SPEC],
+        )
+        client = from_context(Context.from_app(build_app(adapter)))
+        cut_interrupted_runs(client)
+        return client
+
+
+LOCK_FILE = "catalog.lock"
+"""File in an embedded catalog's folder locked while a process opens the catalog, so two
+processes opening a new catalog at once do not both create its tables."""
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (released when the process dies, too)."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise :class:`CatalogError` unless the catalog at ``folder`` can be written.
+
+    Making and removing a file is the real test (``os.access`` says yes to root even
+    where an immutable flag or a read-only mount says no); the databases are opened
+    for writing without changing them.
+    """
+    for path in (folder, folder / "data", folder / "assets"):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError as err:
+            raise CatalogError(_unwritable(path, err)) from None
+    for name in ("catalog.db", "tables.db", LOCK_FILE):
+        path = folder / name
+        try:
+            if path.exists():
+                open(path, "r+b").close()
+        except OSError as err:
+            raise CatalogError(_unwritable(path, err)) from None
+
+
+def _unwritable(path: Path, err: OSError) -> str:
+    return f"catalog {path} cannot be written ({err.strerror or err}): runs could not be stored"
+
+
+RECENT_RUNS = 20
+"""How many of the newest runs :func:`cut_interrupted_runs` looks at."""
+
+
+def cut_interrupted_runs(client: Container, recent: int = RECENT_RUNS) -> list[str]:
+    """Make the inference columns of runs whose writer died agree in length; their uids.
+
+    Each column of the inference stream is its own catalog node, and the writer
+    announces a collect's rows column by column.  A process killed between two of
+    them leaves some columns longer than others, and reading the stream fails
+    ("different left-most dimensions").  Every announced row is in the HDF5 file
+    (it is flushed before the announcement), so cutting each column to the shortest
+    one's length gives back every row that all columns announced.  Only runs without
+    a stop document whose file no process holds open as its writer are cut.
+    """
+    cut = []
+    for run in client.values()[-1 : -recent - 1 : -1]:
+        if "stop" in run.metadata or STREAM not in run:
+            continue
+        if _cut_stream(run[STREAM]):
+            cut.append(run.metadata["start"]["uid"])
+    return cut
+
+
+def _cut_stream(stream: Container) -> bool:
+    from tiled.structures.array import ArrayStructure
+    from tiled.utils import path_from_uri
+
+    columns = {key: stream[key] for key in stream}
+    lengths = {
+        key: node.structure().shape[0]
+        for key, node in columns.items()
+        if isinstance(node.structure(), ArrayStructure) and node.structure().shape
+    }
+    if len(set(lengths.values())) <= 1:
+        return False
+    files = {
+        path_from_uri(asset.data_uri)
+        for key in lengths
+        for source in columns[key].data_sources()
+        for asset in source.assets
+    }
+    if any(writer_alive(path) for path in files):
+        return False
+    rows = min(lengths.values())
+    for key, length in lengths.items():
+        if length > rows:
+            _set_rows(columns[key], rows)
+    log.warning("inference stream cut to the %d rows every column announced: %s", rows, lengths)
+    return True
+
+
+def _set_rows(node, rows: int) -> None:
+    """Make the catalog say array ``node`` has ``rows`` rows (the file keeps the rest)."""
+    from tiled.client.utils import handle_error
+    from tiled.utils import safe_json_dump
+
+    source = node.data_sources()[0]
+    structure = dict(source.structure)  # the client gives it as a dict
+    structure["shape"] = [rows, *structure["shape"][1:]]
+    chunks = structure["chunks"]
+    structure["chunks"] = [list(_leading_chunks(chunks[0], rows)), *chunks[1:]]
+    source = dataclasses.replace(source, structure=structure)
+    handle_error(
+        node.context.http_client.put(
+            node.uri.replace("/metadata/", "/data_source/", 1),
+            content=safe_json_dump({"data_source": source}),
+        )
     )
-    return from_context(Context.from_app(build_app(adapter)))
+
+
+def _leading_chunks(chunks: tuple[int, ...], rows: int) -> tuple[int, ...]:
+    """The first ``rows`` rows' worth of ``chunks`` along the leading axis."""
+    kept, total = [], 0
+    for size in chunks:
+        if total >= rows:
+            break
+        kept.append(min(size, rows - total))
+        total += kept[-1]
+    return tuple(kept) or (0,)
 
 
 def assets_directory(path_or_uri: str | Path | None = None) -> Path:

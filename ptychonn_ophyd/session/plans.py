@@ -14,8 +14,9 @@ from typing import Any, Literal, Protocol
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.plan_patterns import inner_product, outer_product
-from bluesky.utils import Msg
+from bluesky.utils import FailedStatus, Msg, RunEngineControlException
 
+from ptychonn_ophyd.errors import WorkerDiedError
 from ptychonn_ophyd.session.stream import METADATA_KEY
 
 Plan = Generator[Msg, Any, Any]
@@ -121,7 +122,54 @@ def _run(
         steps = _fly(detector, inference, motors, points)
     else:
         steps = _step(detector, inference, motors, points)
-    return (yield from bpp.run_wrapper(steps, md={**start, **md}))
+    return (yield from bpp.run_wrapper(_failing_with_cause(steps, inference), md={**start, **md}))
+
+
+def _failing_with_cause(plan: Plan, inference: Any) -> Plan:
+    """``plan``, ending with the error that made it fail, not the one that reached it.
+
+    The run's stop document takes its ``reason`` from the exception that ends the
+    plan.  What reaches the plan when a worker dies is ``FailedStatus(<status>)``, or
+    at times a ``WaitForTimeoutError`` the RunEngine raises because one status of a
+    group failed first; either says nothing useful.  So a dead worker of
+    ``inference``'s pool (a ``WorkerDiedError`` naming it, its exit status and its
+    counts) or else the exception of a failed status in the chain ends the plan.
+    It is raised outside the ``except`` block: bluesky raised ``FailedStatus`` *from*
+    the status's exception, so raising that from there would chain the two into a loop.
+    """
+    try:
+        return (yield from plan)
+    except RunEngineControlException:
+        raise
+    except Exception as exc:
+        error = _worker_death(inference) or _failed_status_error(exc)
+        if error is None:
+            raise
+    raise error
+
+
+def _worker_death(inference: Any) -> WorkerDiedError | None:
+    """The ``WorkerDiedError`` of ``inference``'s pool, if a worker of it died."""
+    pool = getattr(inference, "pool", None)
+    try:
+        if pool is not None:
+            pool.check_health()
+    except WorkerDiedError as died:
+        return died
+    return None
+
+
+def _failed_status_error(exc: BaseException) -> Exception | None:
+    """The exception of the first failed status in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, FailedStatus) and exc.args and hasattr(exc.args[0], "exception"):
+            error = exc.args[0].exception()
+            if isinstance(error, Exception):
+                return error
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _object_pixel_size(detector: Any) -> float | None:

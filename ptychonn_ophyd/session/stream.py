@@ -20,6 +20,7 @@ thread writes them to the file when it collects.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import queue
@@ -69,7 +70,12 @@ WRITE_ROWS = 1024
 class InferenceFile:
     """The HDF5 file of one run's inference results: one growing dataset per column.
 
-    The file is in SWMR mode, so Tiled can read rows while more are appended.
+    The file is in SWMR mode, so Tiled can read rows while more are appended.  Every
+    column grows by the same rows in one :meth:`append`, which flushes them before it
+    returns, so the rows that the stream's ``stream_datum`` documents announce are
+    in the file even if the process dies the next instant.  While it is open the
+    writer holds a shared ``flock`` on the file (:func:`writer_alive` asks for it):
+    the catalog can tell a run whose writer died from one still being written.
     """
 
     def __init__(self, path: Path, image_shape: tuple[int, int], amplitude: bool) -> None:
@@ -90,6 +96,8 @@ class InferenceFile:
         for key, (_, dtype, _, _) in SCALARS.items():
             self._file.create_dataset(key, (0,), dtype, maxshape=(None,), chunks=(1024,))
         self._file.swmr_mode = True
+        self._alive = open(path, "rb")  # noqa: SIM115 -- held until close()
+        fcntl.flock(self._alive, fcntl.LOCK_SH | fcntl.LOCK_NB)
 
     @property
     def columns(self) -> list[str]:
@@ -151,6 +159,19 @@ class InferenceFile:
 
     def close(self) -> None:
         self._file.close()
+        self._alive.close()
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process still holds the HDF5 file at ``path`` open as its writer."""
+    try:
+        with open(path, "rb") as probe:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # gone or unreadable: nobody writes it
+        return False
+    return False
 
 
 class ResultSource(Protocol):

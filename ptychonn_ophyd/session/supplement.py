@@ -17,15 +17,19 @@ come from the RunEngine, so nothing has to sit between it and its subscribers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import bluesky.plan_stubs as bps
 from bluesky.preprocessors import plan_mutator
-from bluesky.utils import Msg
+from bluesky.run_engine import WaitForTimeoutError
+from bluesky.utils import FailedStatus, Msg
 
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.session.stream import ACCOUNTING_STREAM, METADATA_KEY, STREAM, FrameAccounting
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ptychonn_ophyd.session.device import PtychoNNDetector
@@ -83,10 +87,26 @@ class InferenceSupplement:
         return uid
 
     def _close(self, msg: Msg) -> Plan:
-        yield from bps.trigger(self.stream, wait=True)
+        yield from self._settle()
         yield from bps.collect(self.stream, name=STREAM)
         self.accounting.set(self.stream.end())
         yield from bps.create(ACCOUNTING_STREAM)
         yield from bps.read(self.accounting)
         yield from bps.save()
         return (yield msg)
+
+    def _settle(self) -> Plan:
+        """Wait for the frames still being inferred (up to the stream's grace period).
+
+        In a run that is failing, the RunEngine may end this wait at once with
+        ``WaitForTimeoutError``; the run is closed all the same, with the reason that
+        made it fail rather than that one.
+        """
+        try:
+            yield from bps.trigger(self.stream, wait=True)
+        except (WaitForTimeoutError, FailedStatus) as err:
+            log.warning(
+                "%s: the wait for results in flight at the end of the run was cut short (%s)",
+                self.device.name,
+                err,
+            )

@@ -8,18 +8,50 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ptychonn_ophyd.engines import InferenceEngine
+from ptychonn_ophyd.engines import InferenceEngine, Prediction
+from ptychonn_ophyd.errors import ModelError
 from ptychonn_ophyd.models import ModelFile
 
 EngineFactory = Callable[[ModelFile], InferenceEngine]
 
 
 def warmed_up(engine: InferenceEngine) -> InferenceEngine:
-    """Run ``engine`` once at its largest and smallest batch so first frames pay no set-up."""
+    """Run ``engine`` once at its largest and smallest batch so first frames pay no set-up.
+
+    The probe batches also check what the model gives: one image of the frame's shape
+    per frame and head.  A model that does not (say 128x128 in, 64x64 out) is refused
+    here, at start and on a swap, before a result could claim the wrong dimensions.
+    The engine is closed when it is refused.
+
+    Raises
+    ------
+    ModelError
+        The model's results do not have its input's shape; the message names both.
+    """
     h, w = engine.input_shape
-    for n in sorted({engine.max_batch, 1}, reverse=True):
-        engine.infer(np.zeros((n, h, w), np.float32))
+    try:
+        for n in sorted({engine.max_batch, 1}, reverse=True):
+            _check_output_shape(engine, n, engine.infer(np.zeros((n, h, w), np.float32)))
+    except BaseException:
+        engine.close()
+        raise
     return engine
+
+
+def _check_output_shape(engine: InferenceEngine, n: int, prediction: Prediction) -> None:
+    expected = (n, *engine.input_shape)
+    for head, values in (("phase", prediction.phase), ("amplitude", prediction.amplitude)):
+        if values is not None and tuple(values.shape) != expected:
+            raise ModelError(
+                engine.model.path,
+                f"takes {_shape(engine.input_shape)} frames but gives {head} results of "
+                f"{_shape(values.shape[1:])} (for a batch of {n}); a PtychoNN model's results "
+                "have its input's shape",
+            )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
 
 
 class EngineSlot:
@@ -84,6 +116,10 @@ class EngineSlot:
         began = time.perf_counter()
         try:
             self._engine = warmed_up(self._factory(model))
+        except ModelError as err:  # its message names the file already
+            self.error = f"cannot start the engine: {err}"
+            self.failed.set()
+            return
         except Exception as err:  # any failure to build an engine ends the worker
             self.error = f"cannot start the engine for {model.path}: {err}"
             self.failed.set()
