@@ -167,7 +167,7 @@ def test_model_whose_results_are_smaller_than_its_frames_is_refused_on_swap(
     assert collector.wait_for(3, timeout=10)
     assert sorted(collector.ids()) == ids
     model_hash = pool.facts()["model_hash"]
-    assert {r.attributes["modelHash"] for r in collector.results} == {model_hash}
+    assert {r.model_hash for r in collector.results} == {model_hash}
     assert all(r.image.shape == (128, 128) for r in collector.results)
 
 
