@@ -248,3 +248,23 @@ def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, s
     parent.send_signal(sig)
     parent.wait(15)
     assert wait_until(lambda: all(process_gone(pid) for pid in pids), 15)
+
+
+def test_cli_pool_on_a_channel_nobody_serves_says_so_and_gives_up_after_runtime(
+    channel_prefix, small_phase_onnx, tmp_path
+):
+    channel = f"{channel_prefix}:nobody"
+    command = [
+        *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(small_phase_onnx)),
+        *("--input-channel", channel, "--output-prefix", channel_prefix),
+        *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(tmp_path)),
+        *("--start-timeout", "300", "--runtime", "12"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert lines[0].startswith("waiting for worker 1 (pid "), done.stderr
+    assert any(f"not connected to input channel {channel} (" in line for line in lines[:-1])
+    assert lines[-1].startswith("error: worker 1 (pid "), done.stderr
+    assert f"not ready after 12 s: not connected to input channel {channel}; its log: " in lines[-1]

@@ -16,10 +16,12 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,12 @@ from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
 from ptychonn_ophyd.settings import PoolConfig
 from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FIRST_S = 2.0
+PROGRESS_PERIOD_S = 5.0
+"""A start still waiting says what it waits for after this long, then this often."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,12 @@ class ConsumerPool:
         """The workers' log files (pvapy's output and the processor's log lines)."""
         return [w.log_path for w in self._workers]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> None:
         """Start the workers and wait until every one reports its engine ready.
+
+        While it waits, ``progress`` (default: this module's logger at INFO) is told
+        every few seconds which worker it waits for and why, so a start that cannot
+        finish (no server on the input channel) is not silent.
 
         Raises
         ------
@@ -124,7 +136,7 @@ class ConsumerPool:
         try:
             for worker in self._workers:
                 worker.launch()
-            self._wait_ready(timeout)
+            self._wait_ready(timeout, progress or log.info)
         except BaseException:
             self.stop()
             raise
@@ -243,8 +255,10 @@ class ConsumerPool:
         log_path = log_dir / f"worker-{consumer_id}.log"
         return Worker(consumer_id, command, log_path, self._channels[consumer_id - 1])
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        next_report = started + PROGRESS_FIRST_S
         pending = list(self._workers)
         while pending:
             for worker in pending:
@@ -256,12 +270,12 @@ class ConsumerPool:
                     )
             waiting = {w: self._not_ready(w) for w in pending}
             pending = [w for w, why in waiting.items() if why]
-            if pending and time.monotonic() > deadline:
-                worker = pending[0]
-                raise PoolStartError(
-                    f"{worker.name} not ready after {timeout} s: {waiting[worker]}; its last "
-                    f"log lines ({worker.log_path}):\n{worker.log_tail()}"
-                )
+            now = time.monotonic()
+            if pending and now > deadline:
+                raise PoolStartError(_not_ready_error(pending[0], waiting[pending[0]], timeout))
+            if pending and now >= next_report:
+                progress(_waiting_line(pending, waiting[pending[0]], now - started))
+                next_report = now + PROGRESS_PERIOD_S
             if pending:
                 time.sleep(0.1)
 
@@ -304,3 +318,21 @@ class ConsumerPool:
             "error": status.error,
             "output_channel": worker.channels.output,
         }
+
+
+def _waiting_line(pending: list[Worker], why: str, waited: float) -> str:
+    """One line saying which worker a start waits for, why, and for how long."""
+    others = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+    return f"waiting for {pending[0].name}{others}: {why} ({waited:.0f} s)"
+
+
+def _not_ready_error(worker: Worker, why: str, timeout: float) -> str:
+    """The message of a start that timed out.
+
+    Not hearing the input channel is the whole story (nobody serves it yet), so it is
+    one line naming the log; anything else quotes the log, where the worker says more.
+    """
+    head = f"{worker.name} not ready after {timeout:g} s: {why}"
+    if why.startswith("not connected to input channel"):
+        return f"{head}; its log: {worker.log_path}"
+    return f"{head}; its last log lines ({worker.log_path}):\n{worker.log_tail()}"
