@@ -268,3 +268,27 @@ def test_cli_pool_on_a_channel_nobody_serves_says_so_and_gives_up_after_runtime(
     assert any(f"not connected to input channel {channel} (" in line for line in lines[:-1])
     assert lines[-1].startswith("error: worker 1 (pid "), done.stderr
     assert f"not ready after 12 s: not connected to input channel {channel}; its log: " in lines[-1]
+
+
+def test_clean_stop_removes_the_logs_it_made_under_ptychonn_logs(
+    make_pool, source, tmp_path, monkeypatch
+):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("PTYCHONN_LOGS", str(logs))
+    pool = make_pool(log_dir=None)
+    pool.start(timeout=60)
+    assert pool.log_dir.parent == logs and pool.log_paths[0].is_file()
+    pool.stop()
+    assert list(logs.iterdir()) == []
+
+
+def test_failed_start_keeps_the_logs_it_names(make_pool, source, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("PTYCHONN_LOGS", str(logs))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    pool = make_pool(model=broken, log_dir=None)
+    with pytest.raises(PoolStartError) as raised:
+        pool.start(timeout=30)
+    assert pool.log_dir.parent == logs
+    assert f"({pool.log_paths[0]})" in str(raised.value) and pool.log_paths[0].is_file()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import weakref
@@ -29,6 +30,7 @@ import pvaccess as pva
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.paths import logs_dir
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
 from ptychonn_ophyd.settings import PoolConfig
 from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
@@ -81,6 +83,9 @@ class ConsumerPool:
         self._channels = [WorkerChannels.of(prefix, k) for k in range(1, config.n_workers + 1)]
         self._workers: list[Worker] = []
         self._finalizer: weakref.finalize | None = None
+        self._log_dir: Path | None = None
+        self._own_log_dir = False
+        self._failed = False
 
     @property
     def output_channels(self) -> list[str]:
@@ -129,8 +134,7 @@ class ConsumerPool:
         """
         if self._workers:
             raise RuntimeError("this pool was started already; make a new one")
-        log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="ptychonn-pool-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = self._make_log_dir()
         self._workers = [self._worker(k, log_dir) for k in range(1, self.config.n_workers + 1)]
         self._finalizer = weakref.finalize(self, terminate, list(self._workers), 10.0)
         try:
@@ -138,8 +142,28 @@ class ConsumerPool:
                 worker.launch()
             self._wait_ready(timeout, progress or log.info)
         except BaseException:
+            self._failed = True
             self.stop()
             raise
+
+    @property
+    def log_dir(self) -> Path | None:
+        """The folder of the workers' logs: ``config.log_dir``, or a new one under
+        :func:`~ptychonn_ophyd.paths.logs_dir` that a clean :meth:`stop` removes."""
+        return self._log_dir
+
+    def _make_log_dir(self) -> Path:
+        if self.config.log_dir is not None:
+            self._log_dir = self.config.log_dir
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            root = logs_dir()
+            root.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = f"{stamp}-{self.config.output_prefix}-"
+            self._log_dir = Path(tempfile.mkdtemp(prefix=name, dir=root))
+            self._own_log_dir = True
+        return self._log_dir
 
     def stats(self) -> PoolStats:
         """Counts, rate and latency summed over the workers (see :class:`PoolStats`)."""
@@ -169,6 +193,7 @@ class ConsumerPool:
         for worker in self._workers:
             code = worker.exit_code()
             if code is not None:
+                self._failed = True
                 raise WorkerDiedError(
                     f"{worker.name} died with exit status {code}; its last log lines "
                     f"({worker.log_path}):\n{worker.log_tail()}"
@@ -233,9 +258,27 @@ class ConsumerPool:
         """Stop every worker: SIGINT, then SIGKILL after ``timeout`` s.  Idempotent."""
         if self._finalizer is None or not self._finalizer.detach():
             return
+        died = [w.name for w in self._workers if w.exit_code() is not None]
         terminate(self._workers, timeout)
         for worker in self._workers:
             worker.close()
+        self._tidy_logs(died)
+
+    def _tidy_logs(self, died: list[str]) -> None:
+        """Remove the logs of a clean run; keep them, and say where, after a failure.
+
+        A folder the user chose (``config.log_dir``) is always kept.
+        """
+        if not self._own_log_dir:
+            return
+        if died and not self._failed:
+            log.warning(
+                "%s ended before stop; worker logs kept in %s", ", ".join(died), self._log_dir
+            )
+        elif self._failed:
+            log.info("worker logs kept in %s", self._log_dir)
+        else:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> ConsumerPool:
         return self
