@@ -115,3 +115,25 @@ def test_a_tiled_server_is_written_through_the_same_writer(tmp_path, monkeypatch
         run = open_catalog()[uid]
         np.testing.assert_array_equal(run["inference"]["x"].read(), [0.0, 0.1, 0.2])
         assert run["inference"]["phase"].read()[2].max() == 2
+
+
+def test_opening_an_embedded_catalog_prints_nothing_of_tiled_even_verbose(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        from ptychonn_ophyd.cli import configure_logging
+        configure_logging(verbose=True)
+        from ptychonn_ophyd.session.catalog import open_catalog
+        catalog = open_catalog({str(tmp_path / "catalog")!r})
+        print(len(catalog))
+        catalog.context.close()
+        """
+    )
+    for _ in ("new", "existing"):
+        done = subprocess.run(
+            [sys.executable, "-W", "default", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (done.stdout, done.stderr) == ("0\n", "")

@@ -12,7 +12,9 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 from bluesky_tiled_plugins import TiledWriter
@@ -75,6 +77,7 @@ def _open_embedded(folder: Path) -> Container:
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
+    _quiet_tiled()
     folder = folder.resolve()
     for sub in ("data", "assets"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -87,6 +90,22 @@ def _open_embedded(folder: Path) -> Container:
         specs=[RUNS_SPEC],
     )
     return from_context(Context.from_app(build_app(adapter)))
+
+
+def _quiet_tiled() -> None:
+    """Keep Tiled's start-up chatter off the user's terminal; only this project speaks there.
+
+    The in-process server logs ``Tiled version ...`` at INFO through a handler of its own
+    (twice once the root logger has one too), and Tiled's use of Starlette's test client
+    warns that ``httpx`` is deprecated there: neither is anything a user can act on.
+    ``tiled.server.app`` sets its level when imported, so this runs after that import.
+    """
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Using `httpx` with `starlette\.testclient` is deprecated",
+        module=r"tiled\.client\.context",
+    )
 
 
 def assets_directory(path_or_uri: str | Path | None = None) -> Path:
