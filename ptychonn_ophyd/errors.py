@@ -59,3 +59,11 @@ class InferenceTimeoutError(TimeoutError):
 
 class StreamWiringError(RuntimeError):
     """The inference stream would be lost or written twice; the message says how to wire it."""
+
+
+class CatalogNotFoundError(LookupError):
+    """A catalog to read from does not exist; the message names where it was looked for."""
+
+
+class RunLookupError(LookupError):
+    """No run, or more than one, matches what was asked; the message names the catalog."""

@@ -20,6 +20,8 @@ from pathlib import Path
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
+from ptychonn_ophyd.errors import CatalogNotFoundError
+
 DEFAULT_CATALOG = Path("~/.local/share/ptychonn-ophyd/catalog")
 """The embedded catalog used when neither an argument nor the environment names one."""
 
@@ -70,6 +72,25 @@ def open_catalog(path_or_uri: str | Path | None = None, *, api_key: str | None =
 
         return from_uri(location, api_key=api_key or os.environ.get("TILED_API_KEY"))
     return _open_embedded(location)
+
+
+def open_existing_catalog(
+    path_or_uri: str | Path | None = None, *, api_key: str | None = None
+) -> Container:
+    """Open a catalog to read from it, never making one (replay, analysis).
+
+    Located as by :func:`open_catalog`; a folder holding no catalog is an error naming
+    it, rather than a new empty catalog in which every run is then "not found".
+
+    Raises
+    ------
+    CatalogNotFoundError
+        The embedded catalog's folder has no ``catalog.db``.
+    """
+    location = resolve_location(path_or_uri)
+    if isinstance(location, Path) and not (location / "catalog.db").is_file():
+        raise CatalogNotFoundError(f"no catalog at {location} (no catalog.db there)")
+    return open_catalog(location, api_key=api_key)
 
 
 def _open_embedded(folder: Path) -> Container:
