@@ -9,16 +9,17 @@ with the object pixel size of the start document, and draw the result.
 
 import argparse
 
-from ptychonn_ophyd.analysis.replay import load_inference, save_png, stitch_run
-from ptychonn_ophyd.session.catalog import open_catalog
+from ptychonn_ophyd.analysis.replay import find_run, load_inference, save_png, stitch_run
+from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("uid", nargs="?", default="-1", help="run uid or -1 (latest)")
 parser.add_argument("--pixel-size", type=float, help="object pixel size in micrometres")
 args = parser.parse_args()
 
-catalog = open_catalog()
-run = catalog[int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid]
+catalog = open_existing_catalog()
+run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
+run = find_run(catalog, run_id, str(resolve_location()))
 data = load_inference(run)
 phase, amplitude = stitch_run(data, args.pixel_size)
 print(f"{len(data.phase)} frames -> {phase.image.shape[1]}x{phase.image.shape[0]} pixels")

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ptychonn_ophyd.analysis.replay import replay
-from ptychonn_ophyd.session.catalog import open_catalog
+from ptychonn_ophyd.session.catalog import open_existing_catalog
 from ptychonn_ophyd.session.stream import frame_accounting
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -19,7 +19,7 @@ parser.add_argument("folder", type=Path, help="folder of an embedded catalog")
 parser.add_argument("--output-dir", type=Path, default=Path("."))
 args = parser.parse_args()
 
-catalog = open_catalog(args.folder)
+catalog = open_existing_catalog(args.folder)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 for uid, run in catalog.items():
     start, stop = run.metadata["start"], run.metadata["stop"] or {}

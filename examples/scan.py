@@ -1,11 +1,15 @@
 """Scan the simulated sample with live PtychoNN inference and store it in a catalog.
 
-    python examples/scan.py [--catalog FOLDER_OR_URI] [--model MODEL.onnx] [--fly]
+    .venv/bin/python examples/scan.py [--catalog FOLDER_OR_URI] [--model MODEL.onnx] [--fly]
+                                      [--plots]
 
 Runs a 7x7 step scan (or, with --fly, a 15x15 fly scan at 200 frames/s) over the
 simulated held-out object. The run, with its ``inference`` stream, goes into the
 catalog (default: the embedded one in ~/.local/share/ptychonn-ophyd/catalog); replay it
-with ``python examples/replay.py``.
+with ``.venv/bin/python examples/replay.py``. Scan ids go on from the last scan of the
+IPython profile or of this example (the RunEngine's metadata persists in the same
+place). The live table is printed; live plots, which cost more than the scan, only
+with --plots.
 """
 
 import argparse
@@ -16,9 +20,11 @@ use_loopback(force=False)
 
 from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.best_effort import BestEffortCallback  # noqa: E402
+from bluesky.utils import PersistentDict  # noqa: E402
 from ophyd.sim import SynAxis  # noqa: E402
 
 from ptychonn_ophyd.models.bundled import demo_model_path  # noqa: E402
+from ptychonn_ophyd.paths import run_engine_metadata  # noqa: E402
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation  # noqa: E402
 from ptychonn_ophyd.physics.objects import held_out_object  # noqa: E402
 from ptychonn_ophyd.physics.probe import make_probe  # noqa: E402
@@ -36,6 +42,7 @@ def main() -> None:
     parser.add_argument("--fly", action="store_true", help="fly scan instead of step scan")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--channel", default="example:image", help="detector PV name")
+    parser.add_argument("--plots", action="store_true", help="live plots besides the table")
     args = parser.parse_args()
 
     sx, sy = SynAxis(name="sx"), SynAxis(name="sy")  # micrometres
@@ -52,8 +59,12 @@ def main() -> None:
     )
 
     RE = RunEngine()
+    RE.md = PersistentDict(run_engine_metadata())  # scan ids go on from the last session
     catalog = connect(RE, inference, args.catalog)
-    RE.subscribe(BestEffortCallback())
+    bec = BestEffortCallback()
+    if not args.plots:
+        bec.disable_plots()
+    RE.subscribe(bec)
 
     if args.fly:
         det.fly_rate_hz = 200
@@ -61,7 +72,8 @@ def main() -> None:
     else:
         plan = scan_with_inference(det, inference, sy, -1, 1, 7, sx, -1, 1, 7)
     (uid,) = RE(plan)
-    print(f"run {uid}: {frame_accounting(catalog[uid])}")
+    run = catalog[uid]
+    print(f"scan {run.metadata['start']['scan_id']} run {uid}: {frame_accounting(run)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ catalog, stitched, and judged against the simulation's ground truth.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,17 @@ class DemoSummary:
     def lost(self) -> int:
         return self.sent - self.inferred
 
+    @property
+    def replay_command(self) -> str:
+        """The command that replays this run from this catalog, ready to paste."""
+        return f"ptychonn-ophyd replay {self.uid} --catalog {shlex.quote(str(self.catalog))}"
+
     def lines(self) -> list[str]:
         return [
             f"run uid: {self.uid}",
             f"picture: {self.picture}",
             f"catalog: {self.catalog}",
+            f"replay: {self.replay_command}",
             f"frames: {self.sent} sent, {self.inferred} inferred, {self.lost} lost",
             f"ssim: {self.ssim:.3f}",
             f"phase rms error: {self.phase_rms:.3f} rad",

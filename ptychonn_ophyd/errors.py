@@ -65,3 +65,11 @@ class StreamWiringError(RuntimeError):
 class CatalogError(RuntimeError):
     """The catalog cannot be used (a folder or database that cannot be written, ...);
     the message is one line naming the path."""
+
+
+class CatalogNotFoundError(LookupError):
+    """A catalog to read from does not exist; the message names where it was looked for."""
+
+
+class RunLookupError(LookupError):
+    """No run, or more than one, matches what was asked; the message names the catalog."""

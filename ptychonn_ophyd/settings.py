@@ -182,7 +182,11 @@ class PoolConfig(InferenceSettings):
     wait_for_input: bool = Field(
         True, description="start() also waits until every worker hears the input channel"
     )
-    log_dir: Path | None = Field(None, description="folder for worker-<k>.log files")
+    log_dir: Path | None = Field(
+        None,
+        description="folder for worker-<k>.log files, kept; default: a new one under "
+        "$PTYCHONN_LOGS or ~/.local/state/ptychonn-ophyd/logs, removed after a clean stop",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="pvapy's log level in the workers"
     )

@@ -216,3 +216,25 @@ def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
     for child, (out, err) in zip(children, outcomes, strict=True):
         assert child.returncode == 0, err[-2000:]
         assert out.strip() == "0"
+
+
+def test_opening_an_embedded_catalog_prints_nothing_of_tiled_even_verbose(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        from ptychonn_ophyd.cli import configure_logging
+        configure_logging(verbose=True)
+        from ptychonn_ophyd.session.catalog import open_catalog
+        catalog = open_catalog({str(tmp_path / "catalog")!r})
+        print(len(catalog))
+        catalog.context.close()
+        """
+    )
+    for _ in ("new", "existing"):
+        done = subprocess.run(
+            [sys.executable, "-W", "default", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (done.stdout, done.stderr) == ("0\n", "")

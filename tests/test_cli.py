@@ -121,3 +121,18 @@ def test_bench_engines_prints_a_row_per_backend_and_batch(small_phase_onnx):
     rows = [line for line in done.stdout.splitlines() if "onnxruntime CPU" in line]
     assert [row.split()[-4] for row in rows] == ["1", "2"]
     assert "skipped tensorrt" in done.stdout or "tensorrt" in done.stdout
+
+
+def test_infer_refuses_an_output_folder_that_does_not_exist_before_inferring(
+    small_phase_onnx, tmp_path
+):
+    np.save(tmp_path / "frames.npy", poisson_frames(1))
+    output = tmp_path / "nonexistent" / "dir" / "y.npz"
+    done = ptychonn_ophyd(
+        "infer", "--model", small_phase_onnx, "--input", tmp_path / "frames.npy", "--output", output
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {output}: cannot write the output, folder {output.parent} does not exist"
+    ]
+    assert "frames/s" not in done.stdout

@@ -35,3 +35,20 @@ def test_small_demo_reconstructs_the_held_out_object_without_losing_frames(tmp_p
     assert float(summary["ssim"]) > 0.6
     assert float(summary["phase rms error"].removesuffix(" rad")) < 0.3
     assert re.fullmatch(r"[0-9a-f-]{36}", summary["run uid"])
+    replay = summary["replay"].split()
+    assert replay == [
+        "ptychonn-ophyd",
+        "replay",
+        summary["run uid"],
+        "--catalog",
+        summary["catalog"],
+    ]
+    png = tmp_path / "replayed.png"
+    again = subprocess.run(
+        [sys.executable, "-m", "ptychonn_ophyd", *replay[1:], "-o", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert png.stat().st_size > 10_000

@@ -64,7 +64,7 @@ def test_truncated_checkpoint_error_names_it(make_checkpoint, tmp_path):
     pth, _ = make_checkpoint("small_phase")
     cut = tmp_path / "cut.pth"
     cut.write_bytes(pth.read_bytes()[:5000])
-    with pytest.raises(ModelError, match=r"cut\.pth: cannot read as a PyTorch checkpoint"):
+    with pytest.raises(ModelError, match=r"cut\.pth: a truncated or damaged PyTorch checkpoint"):
         open_model(cut)
 
 
@@ -116,4 +116,25 @@ def test_unknown_extension_is_refused(tmp_path):
     path = tmp_path / "model.h5"
     path.write_bytes(b"x")
     with pytest.raises(ModelError, match="unknown model format"):
+        open_model(path)
+
+
+def test_random_bytes_pth_error_says_it_is_no_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.default_rng(3).bytes(4096).replace(b"\x80", b"\x00", 1))
+    with pytest.raises(ModelError) as raised:
+        open_model(path)
+    assert str(raised.value) == (
+        f"{path}: not a PyTorch checkpoint (no zip archive or pickle inside)"
+    )
+
+
+def test_pickle_of_python_objects_pth_error_says_to_save_a_state_dict(tmp_path):
+    pytest.importorskip("torch")
+    import pickle
+
+    path = tmp_path / "objects.pth"
+    path.write_bytes(pickle.dumps({"model": ModelError}, protocol=2))
+    with pytest.raises(ModelError, match=r"objects\.pth: a pickle, but not a PyTorch checkpoint"):
         open_model(path)

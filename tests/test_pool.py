@@ -323,3 +323,47 @@ def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, s
     parent.send_signal(sig)
     parent.wait(15)
     assert wait_until(lambda: all(process_gone(pid) for pid in pids), 15)
+
+
+def test_cli_pool_on_a_channel_nobody_serves_says_so_and_gives_up_after_runtime(
+    channel_prefix, small_phase_onnx, tmp_path
+):
+    channel = f"{channel_prefix}:nobody"
+    command = [
+        *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(small_phase_onnx)),
+        *("--input-channel", channel, "--output-prefix", channel_prefix),
+        *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(tmp_path)),
+        *("--start-timeout", "300", "--runtime", "12"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert lines[0].startswith("waiting for worker 1 (pid "), done.stderr
+    assert any(f"not connected to input channel {channel} (" in line for line in lines[:-1])
+    assert lines[-1].startswith("error: worker 1 (pid "), done.stderr
+    assert f"not ready after 12 s: not connected to input channel {channel}; its log: " in lines[-1]
+
+
+def test_clean_stop_removes_the_logs_it_made_under_ptychonn_logs(
+    make_pool, source, tmp_path, monkeypatch
+):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("PTYCHONN_LOGS", str(logs))
+    pool = make_pool(log_dir=None)
+    pool.start(timeout=60)
+    assert pool.log_dir.parent == logs and pool.log_paths[0].is_file()
+    pool.stop()
+    assert list(logs.iterdir()) == []
+
+
+def test_failed_start_keeps_the_logs_it_names(make_pool, source, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("PTYCHONN_LOGS", str(logs))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    pool = make_pool(model=broken, log_dir=None)
+    with pytest.raises(PoolStartError) as raised:
+        pool.start(timeout=30)
+    assert pool.log_dir.parent == logs
+    assert f"({pool.log_paths[0]})" in str(raised.value) and pool.log_paths[0].is_file()

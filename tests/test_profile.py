@@ -56,18 +56,29 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
 
     again = run([*ipython, "-c", "print('scan_id', RE.md['scan_id'])"], user_env, tmp_path)
     assert "scan_id 1" in again  # the RunEngine metadata persisted
+    banner = again.splitlines()[:4]
+    assert banner[0].startswith("ptychonn-ophyd: RE (scan ids in ") and "inference" in banner[0]
+    assert banner[1].startswith(f"model {user_env['PTYCHONN_MODEL']}, backend auto, 1 worker")
+    assert banner[2] == f"catalog {state / 'catalog'}"
+    assert banner[3].startswith("try: RE(scan_with_inference(det, inference, sy")
 
 
-def test_examples_scan_then_replay(tmp_path, user_env, channel_prefix, small_phase_onnx):
+def test_examples_scan_twice_with_going_on_scan_ids_then_replay(
+    tmp_path, user_env, channel_prefix, small_phase_onnx
+):
     python = [sys.executable]
     channel = ["--channel", f"{channel_prefix}:image"]
+    scan = [*python, str(EXAMPLES / "scan.py"), "--model", str(small_phase_onnx), *channel]
 
-    out = run(
-        [*python, str(EXAMPLES / "scan.py"), "--model", str(small_phase_onnx), *channel],
-        user_env,
-        tmp_path,
-    )
-    assert "'stored': 49" in out
+    for scan_id in (1, 2):  # RE.md persists where the IPython profile keeps it
+        done = subprocess.run(
+            scan, env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"scan {scan_id} run " in done.stdout and "'stored': 49" in done.stdout
+        assert "Attempting to set identical" not in done.stderr  # no live plots unless asked
+    state = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd"
+    assert (state / "runengine-metadata").is_dir()
     out = run([*python, str(EXAMPLES / "replay.py")], user_env, tmp_path)
     assert "49 frames" in out and "wrote replay-" in out
 
@@ -83,5 +94,5 @@ def test_examples_scan_then_replay(tmp_path, user_env, channel_prefix, small_pha
         user_env,
         tmp_path,
     )
-    assert "49 of 49 frames inferred" in out
-    assert len(list((tmp_path / "pngs").glob("*.png"))) == 1
+    assert out.count("49 of 49 frames inferred") == 2
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 2

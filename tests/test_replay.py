@@ -1,16 +1,19 @@
 """Replay: a run's inference stream read back from the catalog, stitched, drawn."""
 
+import os
 import subprocess
 import sys
 import uuid
 
+import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky_world import beamline
 from matplotlib.image import imread
 
-from ptychonn_ophyd.analysis.replay import load_inference, replay, stitch_run
+from ptychonn_ophyd.analysis.replay import find_run, load_inference, replay, stitch_run
 from ptychonn_ophyd.analysis.stitch import stitch
+from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.session.plans import scan_with_inference
 
@@ -69,4 +72,35 @@ def test_command_line_replays_a_saved_catalog_in_a_new_process(scanned, tmp_path
         [*command[:4], "no-such-run", *catalog], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 2
-    assert "no-such-run" in missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"error: no run 'no-such-run' in the catalog {world.catalog_folder}"
+    ]
+
+
+def test_replay_of_a_catalog_that_does_not_exist_names_it_and_makes_none(tmp_path):
+    absent = tmp_path / "no" / "catalog"
+    command = [sys.executable, "-m", "ptychonn_ophyd", "replay", "-1"]
+    env = {**os.environ, "PTYCHONN_CATALOG": str(absent)}
+    env.pop("TILED_URI", None)
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: no catalog at {absent} (no catalog.db there)"
+    ]
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_scan_id_several_runs_share_names_them_and_picks_none(scanned):
+    world, uid = scanned
+    scan_id = world.catalog[uid].metadata["start"]["scan_id"]
+    world.RE.md["scan_id"] = scan_id - 1
+    (other,) = world.RE(bp.count([world.sx]))
+
+    with pytest.raises(RunLookupError) as raised:
+        find_run(world.catalog, scan_id)
+
+    message = str(raised.value)
+    assert message.startswith(f"scan id {scan_id} is ambiguous in the catalog ")
+    assert uid in message and other in message and "\n" not in message

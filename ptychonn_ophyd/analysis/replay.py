@@ -16,7 +16,8 @@ import numpy as np
 
 from ptychonn_ophyd.analysis.reconstruction import stitch_aligned
 from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
-from ptychonn_ophyd.session.catalog import open_catalog
+from ptychonn_ophyd.errors import RunLookupError
+from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
 from ptychonn_ophyd.session.stream import STREAM
 
@@ -131,19 +132,57 @@ def replay(
     Parameters
     ----------
     catalog
-        A catalog client node, or a folder / Tiled URI for
-        :func:`~ptychonn_ophyd.session.catalog.open_catalog` (``None``: the default catalog).
+        A catalog client node, or a folder / Tiled URI of an existing catalog for
+        :func:`~ptychonn_ophyd.session.catalog.open_existing_catalog` (``None``: the
+        default catalog).
     output
         PNG path (default ``scan-<scan_id>-<uid8>.png`` in the current folder).
     pixel_size_um, window
         As for :func:`stitch_run`.
     """
+    where = _describe_catalog(catalog)
     if catalog is None or isinstance(catalog, str | Path):
-        catalog = open_catalog(catalog)
-    data = load_inference(catalog[run_id])
+        catalog = open_existing_catalog(catalog)
+    data = load_inference(find_run(catalog, run_id, where))
     phase, amplitude = stitch_run(data, pixel_size_um, window)
     start = data.start
     name = f"scan-{start.get('scan_id', 0)}-{start['uid'][:8]}"
     model = start.get("ptychonn", {}).get("model_hash", "")
     title = f"{name}: {len(data.phase)} frames" + (f", model {model}" if model else "")
     return save_png(output or f"{name}.png", phase, amplitude, data.positions_um, title)
+
+
+def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
+    """The run ``run_id`` names in ``catalog`` (uid, partial uid, scan id, or -1).
+
+    A scan id that several runs share (a RunEngine without persistent metadata starts
+    again at 1) names them and picks none: the latest of them, Tiled's choice, is
+    often not the run meant.
+
+    Raises
+    ------
+    RunLookupError
+        No run matches, or the scan id is ambiguous; the message names ``where``
+        (default: the catalog's URI).
+    """
+    where = where or _describe_catalog(catalog)
+    if isinstance(run_id, int) and run_id > 0:
+        from tiled.queries import Eq
+
+        shared = list(catalog.search(Eq("start.scan_id", run_id)).keys())
+        if len(shared) > 1:
+            raise RunLookupError(
+                f"scan id {run_id} is ambiguous in the catalog {where}: {len(shared)} runs "
+                f"have it ({', '.join(shared)}); give a uid"
+            )
+    try:
+        return catalog[run_id]
+    except (KeyError, IndexError):
+        raise RunLookupError(f"no run {run_id!r} in the catalog {where}") from None
+
+
+def _describe_catalog(catalog: Any) -> str:
+    """Where ``catalog`` (a location, ``None`` or a client node) is, for messages."""
+    if catalog is None or isinstance(catalog, str | Path):
+        return str(resolve_location(catalog))
+    return str(getattr(catalog, "uri", catalog))

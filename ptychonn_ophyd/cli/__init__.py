@@ -26,8 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     return args.handler(args)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Warnings from everything; with ``-v`` this project's INFO lines too.
+
+    Only ``ptychonn_ophyd`` loggers get INFO: the libraries below it (Tiled, alembic,
+    httpx, numexpr) log at INFO what a user cannot act on.
+    """
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if verbose:
+        logging.getLogger("ptychonn_ophyd").setLevel(logging.INFO)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_output(args.output)
         frames = _load_frames(args.input)
         engine = create_engine(args.model, engine_config(args))
         preprocess = Preprocessor(preprocess_config(args), engine.input_shape)
@@ -55,6 +57,17 @@ def run(args: argparse.Namespace) -> int:
         f"{engine.description} [{engine.selection_reason}]: {len(frames) / elapsed:.0f} frames/s"
     )
     return 0
+
+
+def _check_output(path: Path) -> None:
+    """Refuse an output the results could not be written to, before any inference runs."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{path}: cannot write the output, folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot write the output, folder {folder} is not writable")
+    if path.is_dir():
+        raise ValueError(f"{path}: cannot write the output, it is a folder")
 
 
 def _load_frames(path: Path) -> np.ndarray:

@@ -24,7 +24,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_settings_options(parser, defaults={"input_channel": "ad:image"})
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--report-period", type=float, default=5.0, help="seconds")
-    parser.add_argument("--runtime", type=float, default=0.0, help="seconds; 0: until Ctrl-C")
+    parser.add_argument(
+        "--runtime",
+        type=float,
+        default=0.0,
+        help="seconds to run once ready (0: until Ctrl-C); the start gives up after as long",
+    )
     return parser
 
 
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with ConsumerPool(config) as pool:
         try:
-            pool.start(timeout=args.start_timeout)
+            pool.start(timeout=_start_timeout(args), progress=_progress)
             print(_describe(pool.facts()), flush=True)
             _watch(pool, args.report_period, args.runtime)
         except (PoolStartError, WorkerDiedError) as err:
@@ -46,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
             pass
         print(_summary(pool.stats()), flush=True)
     return 0
+
+
+def _start_timeout(args: argparse.Namespace) -> float:
+    """How long the start may wait: ``--start-timeout``, and never past ``--runtime``."""
+    if args.runtime > 0:
+        return min(args.start_timeout, args.runtime)
+    return args.start_timeout
+
+
+def _progress(line: str) -> None:
+    """Say what the start waits for on stderr; stdout keeps the ready and stats lines."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _watch(pool: ConsumerPool, period: float, runtime: float) -> None:

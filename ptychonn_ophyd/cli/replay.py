@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
     try:
         path = replay(run_id, args.catalog, args.output, args.pixel_size)
-    except (KeyError, ValueError) as err:
+    except (LookupError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,11 +149,35 @@ def _read_pth(path: Path) -> dict:
         raise ModelError(
             path, "reading .pth files needs PyTorch: pip install 'ptychonn-ophyd[torch]'"
         ) from None
+    data = path.read_bytes()
     try:
-        obj = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged zip or pickle
-        raise ModelError(path, f"cannot read as a PyTorch checkpoint ({err})") from None
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types, with pages of text, for a foreign file
+        raise ModelError(path, _why_not_a_checkpoint(data)) from None
     return _unwrap_state_dict(path, obj)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+"""First bytes of PyTorch's two formats: a zip archive (since 1.6) or a pickle (before)."""
+
+
+def _why_not_a_checkpoint(data: bytes) -> str:
+    """Say what a file torch could not load is not, from its first bytes.
+
+    torch's own messages (an unpickler opcode, a miniz error, a paragraph about
+    ``weights_only``) do not tell a user whether the file is damaged or something else.
+    """
+    if data.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            return "a truncated or damaged PyTorch checkpoint (a zip archive without its end)"
+        return "a zip archive, but not a PyTorch checkpoint (no tensors readable inside)"
+    if data[0] == _PICKLE_PROTO:
+        return (
+            "a pickle, but not a PyTorch checkpoint of tensors only "
+            "(save the model's state_dict with torch.save)"
+        )
+    return "not a PyTorch checkpoint (no zip archive or pickle inside)"
 
 
 def _unwrap_state_dict(path: Path, obj: object) -> dict:

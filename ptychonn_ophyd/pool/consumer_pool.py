@@ -16,10 +16,13 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +30,16 @@ import pvaccess as pva
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.paths import logs_dir
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
 from ptychonn_ophyd.settings import PoolConfig
 from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FIRST_S = 2.0
+PROGRESS_PERIOD_S = 5.0
+"""A start still waiting says what it waits for after this long, then this often."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,9 @@ class ConsumerPool:
         self._channels = [WorkerChannels.of(prefix, k) for k in range(1, config.n_workers + 1)]
         self._workers: list[Worker] = []
         self._finalizer: weakref.finalize | None = None
+        self._log_dir: Path | None = None
+        self._own_log_dir = False
+        self._failed = False
 
     @property
     def output_channels(self) -> list[str]:
@@ -106,8 +119,12 @@ class ConsumerPool:
         """The workers' log files (pvapy's output and the processor's log lines)."""
         return [w.log_path for w in self._workers]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> None:
         """Start the workers and wait until every one reports its engine ready.
+
+        While it waits, ``progress`` (default: this module's logger at INFO) is told
+        every few seconds which worker it waits for and why, so a start that cannot
+        finish (no server on the input channel) is not silent.
 
         Raises
         ------
@@ -117,17 +134,36 @@ class ConsumerPool:
         """
         if self._workers:
             raise RuntimeError("this pool was started already; make a new one")
-        log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="ptychonn-pool-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = self._make_log_dir()
         self._workers = [self._worker(k, log_dir) for k in range(1, self.config.n_workers + 1)]
         self._finalizer = weakref.finalize(self, terminate, list(self._workers), 10.0)
         try:
             for worker in self._workers:
                 worker.launch()
-            self._wait_ready(timeout)
+            self._wait_ready(timeout, progress or log.info)
         except BaseException:
+            self._failed = True
             self.stop()
             raise
+
+    @property
+    def log_dir(self) -> Path | None:
+        """The folder of the workers' logs: ``config.log_dir``, or a new one under
+        :func:`~ptychonn_ophyd.paths.logs_dir` that a clean :meth:`stop` removes."""
+        return self._log_dir
+
+    def _make_log_dir(self) -> Path:
+        if self.config.log_dir is not None:
+            self._log_dir = self.config.log_dir
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            root = logs_dir()
+            root.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = f"{stamp}-{self.config.output_prefix}-"
+            self._log_dir = Path(tempfile.mkdtemp(prefix=name, dir=root))
+            self._own_log_dir = True
+        return self._log_dir
 
     def stats(self) -> PoolStats:
         """Counts, rate and latency summed over the workers (see :class:`PoolStats`)."""
@@ -157,6 +193,7 @@ class ConsumerPool:
         for worker in self._workers:
             code = worker.exit_code()
             if code is not None:
+                self._failed = True
                 raise WorkerDiedError(
                     f"{worker.name} died with exit status {code} "
                     f"({_counts(self._status(worker))}); its last log lines "
@@ -222,9 +259,27 @@ class ConsumerPool:
         """Stop every worker: SIGINT, then SIGKILL after ``timeout`` s.  Idempotent."""
         if self._finalizer is None or not self._finalizer.detach():
             return
+        died = [w.name for w in self._workers if w.exit_code() is not None]
         terminate(self._workers, timeout)
         for worker in self._workers:
             worker.close()
+        self._tidy_logs(died)
+
+    def _tidy_logs(self, died: list[str]) -> None:
+        """Remove the logs of a clean run; keep them, and say where, after a failure.
+
+        A folder the user chose (``config.log_dir``) is always kept.
+        """
+        if not self._own_log_dir:
+            return
+        if died and not self._failed:
+            log.warning(
+                "%s ended before stop; worker logs kept in %s", ", ".join(died), self._log_dir
+            )
+        elif self._failed:
+            log.info("worker logs kept in %s", self._log_dir)
+        else:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> ConsumerPool:
         return self
@@ -244,8 +299,10 @@ class ConsumerPool:
         log_path = log_dir / f"worker-{consumer_id}.log"
         return Worker(consumer_id, command, log_path, self._channels[consumer_id - 1])
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        next_report = started + PROGRESS_FIRST_S
         pending = list(self._workers)
         while pending:
             for worker in pending:
@@ -257,12 +314,12 @@ class ConsumerPool:
                     )
             waiting = {w: self._not_ready(w) for w in pending}
             pending = [w for w, why in waiting.items() if why]
-            if pending and time.monotonic() > deadline:
-                worker = pending[0]
-                raise PoolStartError(
-                    f"{worker.name} not ready after {timeout} s: {waiting[worker]}; its last "
-                    f"log lines ({worker.log_path}):\n{worker.log_tail()}"
-                )
+            now = time.monotonic()
+            if pending and now > deadline:
+                raise PoolStartError(_not_ready_error(pending[0], waiting[pending[0]], timeout))
+            if pending and now >= next_report:
+                progress(_waiting_line(pending, waiting[pending[0]], now - started))
+                next_report = now + PROGRESS_PERIOD_S
             if pending:
                 time.sleep(0.1)
 
@@ -314,3 +371,21 @@ def _counts(status: WorkerStatus) -> str:
         f"{status.dropped} dropped, {sum(status.rejected.values())} rejected, "
         f"{status.queue_depth} queued"
     )
+
+
+def _waiting_line(pending: list[Worker], why: str, waited: float) -> str:
+    """One line saying which worker a start waits for, why, and for how long."""
+    others = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+    return f"waiting for {pending[0].name}{others}: {why} ({waited:.0f} s)"
+
+
+def _not_ready_error(worker: Worker, why: str, timeout: float) -> str:
+    """The message of a start that timed out.
+
+    Not hearing the input channel is the whole story (nobody serves it yet), so it is
+    one line naming the log; anything else quotes the log, where the worker says more.
+    """
+    head = f"{worker.name} not ready after {timeout:g} s: {why}"
+    if why.startswith("not connected to input channel"):
+        return f"{head}; its log: {worker.log_path}"
+    return f"{head}; its last log lines ({worker.log_path}):\n{worker.log_tail()}"

@@ -18,13 +18,14 @@ import fcntl
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
-from ptychonn_ophyd.errors import CatalogError
+from ptychonn_ophyd.errors import CatalogError, CatalogNotFoundError
 from ptychonn_ophyd.session.stream import STREAM, writer_alive
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,31 @@ def open_catalog(path_or_uri: str | Path | None = None, *, api_key: str | None =
     return _open_embedded(location)
 
 
+def open_existing_catalog(
+    path_or_uri: str | Path | None = None, *, api_key: str | None = None
+) -> Container:
+    """Open a catalog to read from it, never making one (replay, analysis).
+
+    Located as by :func:`open_catalog`; a folder holding no catalog is an error naming
+    it, rather than a new empty catalog in which every run is then "not found".
+
+    Raises
+    ------
+    CatalogNotFoundError
+        The embedded catalog's folder has no ``catalog.db``.
+    """
+    location = resolve_location(path_or_uri)
+    if isinstance(location, Path) and not (location / "catalog.db").is_file():
+        raise CatalogNotFoundError(f"no catalog at {location} (no catalog.db there)")
+    return open_catalog(location, api_key=api_key)
+
+
 def _open_embedded(folder: Path) -> Container:
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
+    _quiet_tiled()
     folder = folder.resolve()
     _check_writable(folder)
     database = folder / "catalog.db"
@@ -230,6 +251,22 @@ def _leading_chunks(chunks: tuple[int, ...], rows: int) -> tuple[int, ...]:
         kept.append(min(size, rows - total))
         total += kept[-1]
     return tuple(kept) or (0,)
+
+
+def _quiet_tiled() -> None:
+    """Keep Tiled's start-up chatter off the user's terminal; only this project speaks there.
+
+    The in-process server logs ``Tiled version ...`` at INFO through a handler of its own
+    (twice once the root logger has one too), and Tiled's use of Starlette's test client
+    warns that ``httpx`` is deprecated there: neither is anything a user can act on.
+    ``tiled.server.app`` sets its level when imported, so this runs after that import.
+    """
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Using `httpx` with `starlette\.testclient` is deprecated",
+        module=r"tiled\.client\.context",
+    )
 
 
 def assets_directory(path_or_uri: str | Path | None = None) -> Path:

@@ -1,0 +1,25 @@
+"""A short banner: what this session made, and one scan line to start from."""
+
+# ruff: noqa: F821 (names made by the startup files before this one)
+
+from ptychonn_ophyd.paths import run_engine_metadata
+from ptychonn_ophyd.session.catalog import resolve_location
+
+
+def _banner() -> str:
+    """Names at the prompt, the model and backend, the catalog, and an example scan."""
+    workers = inference.n_workers.get()
+    return "\n".join(
+        [
+            f"ptychonn-ophyd: RE (scan ids in {run_engine_metadata()}), "
+            f"det on {det.channel.get()}, motors sx sy, inference, catalog",
+            f"model {inference.model.get() or '(none: set PTYCHONN_MODEL)'}, "
+            f"backend {inference.backend.get()}, {workers} worker{'s' * (workers != 1)}",
+            f"catalog {resolve_location()}",
+            "try: RE(scan_with_inference(det, inference, sy, -1, 1, 9, sx, -1, 1, 9)); "
+            "replay(-1, catalog)",
+        ]
+    )
+
+
+print(_banner())
