@@ -56,6 +56,28 @@ def make_simulation() -> PtychoSimulation:
     return PtychoSimulation(held_out_object(OBJECT_SIZE), make_probe(), detector=DetectorConfig())
 
 
+def make_devices(
+    tmp_path: Path, prefix: str, model: Path, frames_per_point: int = 1, **kw: Any
+) -> tuple[SynAxis, SynAxis, SimPtychoDetector, PtychoNNDetector]:
+    """Motors, the simulated detector on ``<prefix>:image`` and a CPU inference device."""
+    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
+    det = SimPtychoDetector(
+        make_simulation(), sx, sy, f"{prefix}:image", frames_per_point, name="det"
+    )
+    inference = PtychoNNDetector(
+        name="inference",
+        model=str(model),
+        backend="onnxruntime",
+        input_channel=f"{prefix}:image",
+        output_prefix=f"{prefix}:inference",
+        source=det,
+        threads=1,
+        log_dir=tmp_path / "logs",
+        **kw,
+    )
+    return sx, sy, det, inference
+
+
 @contextlib.contextmanager
 def beamline(
     tmp_path: Path,
@@ -68,21 +90,8 @@ def beamline(
     **kw: Any,
 ):
     """Yield a :class:`Beamline`; afterwards no worker process of it is left running."""
-    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
-    det = SimPtychoDetector(
-        make_simulation(), sx, sy, f"{prefix}:image", frames_per_point, name="det"
-    )
-    inference = PtychoNNDetector(
-        name="inference",
-        model=str(model),
-        backend="onnxruntime",
-        n_workers=n_workers,
-        input_channel=f"{prefix}:image",
-        output_prefix=f"{prefix}:inference",
-        source=det,
-        threads=1,
-        log_dir=tmp_path / "logs",
-        **kw,
+    sx, sy, det, inference = make_devices(
+        tmp_path, prefix, model, frames_per_point, n_workers=n_workers, **kw
     )
     RE = RunEngine()
     catalog = connect(RE, inference, tmp_path / "catalog", grace=grace)

@@ -6,33 +6,19 @@ import bluesky.plans as bp
 import pytest
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
-from bluesky_world import assert_gone, make_simulation
-from ophyd.sim import SynAxis
+from bluesky_world import assert_gone, make_devices
 
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.session.catalog import assets_directory, open_catalog
-from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.stream import frame_accounting
 from ptychonn_ophyd.session.supplement import InferenceSupplement
 from ptychonn_ophyd.session.wiring import connect
-from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
 
 @contextlib.contextmanager
 def devices(tmp_path, prefix, model):
     """A simulated detector and an inference device on it, unstaged afterwards."""
-    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
-    det = SimPtychoDetector(make_simulation(), sx, sy, f"{prefix}:image", name="det")
-    inference = PtychoNNDetector(
-        name="inference",
-        model=str(model),
-        backend="onnxruntime",
-        input_channel=f"{prefix}:image",
-        output_prefix=f"{prefix}:inference",
-        source=det,
-        threads=1,
-        log_dir=tmp_path / "logs",
-    )
+    _, _, det, inference = make_devices(tmp_path, prefix, model)
     pids = set()
     try:
         yield det, inference, pids
