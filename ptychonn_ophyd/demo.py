@@ -135,8 +135,12 @@ def _progress_bar(RE, total: int):
 
     bar = tqdm(total=total, desc="scan", unit="point")
 
+    primary: set[str] = set()
+
     def advance(name: str, doc: dict) -> None:
-        if name == "event":
+        if name == "descriptor" and doc["name"] == "primary":
+            primary.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in primary:
             bar.update(1)
 
     token = RE.subscribe(advance)

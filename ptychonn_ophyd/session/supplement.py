@@ -9,15 +9,17 @@ plan of your own) and whoever listens to the RunEngine::
     RE.subscribe(TiledWriter(client))
 
 In a run that names the device among its ``detectors`` (or carries the ``ptychonn``
-start key), it declares the stream after ``open_run``, collects the new rows after each
-event, and before ``close_run`` waits for the frames still being inferred, collects the
-last rows and reads the frame accounting into ``inference_accounting``.  The documents
+start key), it declares the stream after ``open_run``, collects the new rows after an
+event (at most every ``collect_period`` seconds), and before ``close_run`` waits for the
+frames still being inferred, collects the last rows and reads the frame accounting into
+``inference_accounting``.  The documents
 come from the RunEngine, so nothing has to sit between it and its subscribers.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,9 @@ class InferenceSupplement:
         The inference device; one supplement per device.
     grace
         Seconds the end of a run waits for frames still being inferred.
+    collect_period
+        Least seconds between two collects during a run: each collect announces its rows
+        with one ``stream_datum`` per column, which a ``TiledWriter`` writes one by one.
 
     Raises
     ------
@@ -53,7 +58,9 @@ class InferenceSupplement:
         ``device`` has a supplement already: a second would write every row twice.
     """
 
-    def __init__(self, device: PtychoNNDetector, grace: float = 5.0) -> None:
+    def __init__(
+        self, device: PtychoNNDetector, grace: float = 5.0, collect_period: float = 0.5
+    ) -> None:
         if device.supplement is not None:
             raise StreamWiringError(
                 f"{device.name} already has an InferenceSupplement; a second one would store "
@@ -64,6 +71,8 @@ class InferenceSupplement:
         self.stream = device.stream
         self.stream.grace = grace
         self.accounting = FrameAccounting(f"{device.name}_accounting")
+        self.collect_period = collect_period
+        self._collected_at = 0.0
 
     def __call__(self, plan: Plan) -> Plan:
         return (yield from plan_mutator(plan, self._insert))
@@ -71,11 +80,19 @@ class InferenceSupplement:
     def _insert(self, msg: Msg) -> tuple[Plan | None, Plan | None]:
         if msg.command == "open_run" and self._uses_device(msg.kwargs):
             return self._open(msg), None
-        if msg.command == "save" and self.stream.open:
+        if msg.command == "save" and self.stream.open and self._due():
             return None, bps.collect(self.stream, name=STREAM)
         if msg.command == "close_run" and self.stream.open:
             return self._close(msg), None
         return None, None
+
+    def _due(self) -> bool:
+        """Whether ``collect_period`` has passed since the last collect (then it restarts)."""
+        now = time.monotonic()
+        if now - self._collected_at < self.collect_period:
+            return False
+        self._collected_at = now
+        return True
 
     def _uses_device(self, md: dict) -> bool:
         return self.device.name in md.get("detectors", ()) or METADATA_KEY in md
