@@ -152,7 +152,8 @@ def _progress_bar(RE, total: int):
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    from ptychonn_ophyd.analysis.reconstruction import compare_phase, stitch_aligned
+    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+    from ptychonn_ophyd.analysis.reconstruction import compare_phase
     from ptychonn_ophyd.analysis.replay import load_inference
     from ptychonn_ophyd.physics.probe import probe_weight
     from ptychonn_ophyd.session.catalog import open_catalog
@@ -161,9 +162,9 @@ def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simul
     data = load_inference(catalog[uid])
     truth = simulation.obj.phase
     weight = probe_weight(simulation.probe)
-    image = stitch_aligned(
-        data.phase, data.positions_um, simulation.obj.pixel_size_um, truth.shape, weight
-    )
+    image = stitch_in_order(data.phase, data.positions_um, simulation.obj.pixel_size_um, weight)[
+        0
+    ].on_grid(truth.shape)
     region = image.weight >= 0.2 * image.weight.max()
     ssim, rms = compare_phase(image.image, truth, region)
     picture = _save_picture(config.output_dir / f"demo-{uid[:8]}.png", truth, image.image, region)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.reconstruction import stitch_aligned
-from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
+from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
@@ -61,11 +61,12 @@ def load_inference(run: Any) -> InferenceData:
 def stitch_run(
     data: InferenceData, pixel_size_um: float | None = None, window: np.ndarray | None = None
 ) -> tuple[StitchedImage, StitchedImage | None]:
-    """Phase (and amplitude) patches averaged at their positions.
+    """Phase (and amplitude) patches stitched in the stream's row order.
 
-    Each phase patch first gets the constant offset that makes it agree with its
-    neighbours (:func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets`): no frame tells its
-    patch's absolute phase, and unaligned guesses blotch the image.
+    Each phase patch gets the constant offset that makes it agree with the patches
+    before it (:class:`~ptychonn_ophyd.analysis.mosaic.Mosaic`, the live view's
+    stitcher): no frame tells its patch's absolute phase, and unaligned guesses blotch
+    the image.
 
     ``pixel_size_um`` defaults to the start document's ``object_pixel_size_um``; frames
     without a position are left out (and logged). ``window`` weighs each patch's pixels,
@@ -82,12 +83,7 @@ def stitch_run(
         log.warning(
             "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
         )
-    positions = data.positions_um[placed]
-    phase = stitch_aligned(data.phase[placed], positions, pixel_size_um, weight=window)
-    amplitude = None
-    if data.amplitude is not None:
-        amplitude = stitch(data.amplitude[placed], positions, pixel_size_um, window=window)
-    return phase, amplitude
+    return stitch_in_order(data.phase, data.positions_um, pixel_size_um, window, data.amplitude)
 
 
 def save_png(
