@@ -35,7 +35,7 @@ class MosaicFigure(QtAwareCallback):
         self._drawn: tuple[str, int] | None = None
 
     def start(self, doc: dict) -> None:
-        if not self.live_view.settings.enabled:
+        if not (self.live_view.settings.enabled and self.live_view.figure_wanted):
             return
         if self.figure is None or not _open(self.figure):
             self._make_figure()

@@ -66,8 +66,7 @@ def connect(
     RE.subscribe(catalog_writer(client))
     if live_view is not None:
         live_view.publish_on(inference.output_prefix.get())  # viewers can connect now
-        if live_view.figure_wanted:
-            RE.subscribe(MosaicFigure(live_view))
+        RE.subscribe(MosaicFigure(live_view))  # draws only where a figure is wanted
     return client
 
 
