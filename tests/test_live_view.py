@@ -132,3 +132,26 @@ def test_a_headless_run_makes_no_window_and_no_error(tmp_path, channel_prefix, s
         assert run.metadata["stop"]["exit_status"] == "success"
         assert load_inference(run).mosaic.frames == 4
     assert plt.get_fignums() == []
+
+
+def test_the_figure_draws_the_latest_mosaic_and_dims_where_the_scan_has_not_been():
+    import matplotlib.pyplot as plt
+
+    from ptychonn_ophyd.analysis.mosaic import Mosaic
+    from ptychonn_ophyd.session.live_view import Snapshot
+    from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
+
+    matplotlib.use("Agg")
+    live = LiveView(probe_weight(make_probe()), figure=True, channel=False)
+    mosaic = Mosaic(0.01, live.window)
+    mosaic.add(np.zeros((2, 128, 128)), [(0, 0), (0.3, 0)])
+    live.latest = Snapshot("uid-1", mosaic.phase(), None, mosaic.frames, mosaic.window)
+    figure = MosaicFigure(live)
+    try:
+        figure("start", {"uid": "uid-1", "time": 0.0})
+        figure("stop", {"uid": "s", "run_start": "uid-1", "time": 1.0, "exit_status": "success"})
+        shown = figure._image.get_array()
+        assert shown.shape == mosaic.phase().image.shape
+        assert np.ma.is_masked(shown)  # NaN where no patch landed is masked, not drawn
+    finally:
+        plt.close("all")

@@ -137,6 +137,12 @@ class LiveView:
         if run is not None:
             run.results.put(result)
 
+    @property
+    def backlog(self) -> int:
+        """Results of the current run queued but not stitched yet."""
+        run = self._run
+        return run.results.qsize() if run is not None else 0
+
     def finish(self) -> Snapshot | None:
         """Stitch what is still queued, publish the final mosaic and return it."""
         run, self._run = self._run, None

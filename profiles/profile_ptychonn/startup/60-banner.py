@@ -16,10 +16,10 @@ def _banner() -> str:
             f"model {inference.model.get() or '(none: set PTYCHONN_MODEL)'}, "
             f"backend {inference.backend.get()}, {workers} worker{'s' * (workers != 1)}",
             f"catalog {resolve_location()}",
-            f"live view {'on' if live_view.settings.enabled else 'off'}: "
-            f"{live_view.settings.figure} figure, PVA {inference.output_prefix.get()}:mosaic",
             "try: RE(scan_with_inference(det, inference, sy, -1, 1, 9, sx, -1, 1, 9)); "
             "replay(-1, catalog)",
+            f"live view {'on' if live_view.settings.enabled else 'off'}: "
+            f"{live_view.settings.figure} figure, PVA {inference.output_prefix.get()}:mosaic",
         ]
     )
 
