@@ -188,7 +188,7 @@ class LiveView:
         )
         self.latest = snapshot
         if self._channel is not None and snapshot.frames:
-            self._channel.publish(snapshot)
+            self._channel.publish(snapshot.uid, snapshot.phase, snapshot.frames)
 
 
 NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}

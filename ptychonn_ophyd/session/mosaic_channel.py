@@ -9,15 +9,12 @@ patches in it and the pixel of scan position ``(0, 0)`` as attributes
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pvaccess as pva
 
+from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.wire import MOSAIC_ATTRIBUTES, make_ntndarray, mosaic_channel
-
-if TYPE_CHECKING:
-    from ptychonn_ophyd.session.live_view import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +39,11 @@ class MosaicChannel:
             self._records.add(self.channel)
             log.info("serving the live mosaic on %s", self.channel)
 
-    def publish(self, snapshot: Snapshot) -> None:
-        """Post the snapshot's phase on the channel."""
+    def publish(self, uid: str, phase: StitchedImage, frames: int) -> None:
+        """Post run ``uid``'s phase mosaic of ``frames`` patches on the channel."""
         if self._server is None or self.channel is None:
             return
-        phase = snapshot.phase
-        values = (phase.pixel_size_um, snapshot.uid, snapshot.frames, *phase.center)
+        values = (phase.pixel_size_um, uid, frames, *phase.center)
         self.updates += 1
         array = make_ntndarray(
             np.ascontiguousarray(phase.image, dtype=np.float32),
