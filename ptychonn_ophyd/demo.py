@@ -2,7 +2,8 @@
 
 A scan over the held-out object (one the demo model never saw in training) runs through
 the whole system as at a beamline; the reconstruction is then read back from the
-catalog, stitched, and judged against the simulation's ground truth.
+catalog (the mosaic the live view stitched during the scan and stored with the run) and
+judged against the simulation's ground truth.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def _scan(config: DemoConfig, catalog_location: str):
     from ptychonn_ophyd.models.bundled import demo_model_path
     from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
     from ptychonn_ophyd.physics.objects import held_out_object
-    from ptychonn_ophyd.physics.probe import make_probe
+    from ptychonn_ophyd.physics.probe import make_probe, probe_weight
     from ptychonn_ophyd.session.device import PtychoNNDetector
+    from ptychonn_ophyd.session.live_view import LiveView
     from ptychonn_ophyd.session.plans import scan_with_inference
     from ptychonn_ophyd.session.wiring import connect
     from ptychonn_ophyd.sim.detector import SimPtychoDetector
@@ -117,7 +119,8 @@ def _scan(config: DemoConfig, catalog_location: str):
         log_dir=config.output_dir / "logs",
     )
     RE = RunEngine()
-    catalog = connect(RE, inference, catalog_location)
+    live_view = LiveView(probe_weight(simulation.probe), figure=False)
+    catalog = connect(RE, inference, catalog_location, live_view=live_view)
     half, n = SIZES[config.size]
     with _progress_bar(RE, n * n):
         (uid,) = RE(
@@ -125,6 +128,7 @@ def _scan(config: DemoConfig, catalog_location: str):
                 det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
             )
         )
+    live_view.close()
     catalog.context.close()
     return uid, int(det.frames_sent.get()), simulation
 
@@ -152,7 +156,8 @@ def _progress_bar(RE, total: int):
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    from ptychonn_ophyd.analysis.reconstruction import compare_phase, stitch_aligned
+    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+    from ptychonn_ophyd.analysis.reconstruction import compare_phase
     from ptychonn_ophyd.analysis.replay import load_inference
     from ptychonn_ophyd.physics.probe import probe_weight
     from ptychonn_ophyd.session.catalog import open_catalog
@@ -161,9 +166,9 @@ def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simul
     data = load_inference(catalog[uid])
     truth = simulation.obj.phase
     weight = probe_weight(simulation.probe)
-    image = stitch_aligned(
-        data.phase, data.positions_um, simulation.obj.pixel_size_um, truth.shape, weight
-    )
+    image = stitch_in_order(data.phase, data.positions_um, simulation.obj.pixel_size_um, weight)[
+        0
+    ].on_grid(truth.shape)
     region = image.weight >= 0.2 * image.weight.max()
     ssim, rms = compare_phase(image.image, truth, region)
     picture = _save_picture(config.output_dir / f"demo-{uid[:8]}.png", truth, image.image, region)

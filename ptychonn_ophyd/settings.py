@@ -249,6 +249,26 @@ class PoolConfig(InferenceSettings):
         return validated(cls, {k: _from_signal(v) for k, v in values.items()})
 
 
+class LiveViewSettings(BaseModel):
+    """What the live view of a scan shows (:class:`~ptychonn_ophyd.session.live_view.LiveView`).
+
+    The stitching window itself is an array, given to ``LiveView`` and stored with each
+    run so that replay stitches with the same one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="stitch each run's results as they arrive")
+    figure: bool | Literal["auto"] = Field(
+        "auto", description="a matplotlib figure; auto: only where there is a display"
+    )
+    channel: bool = Field(True, description="publish the mosaic on <output_prefix>:mosaic")
+    store: bool = Field(True, description="store the final mosaic with the run")
+    update_period: float = Field(
+        0.25, gt=0, description="seconds between two updates of the figure and channel"
+    )
+
+
 def signal_value(value: object) -> object:
     """A setting as an ophyd signal can hold and describe it (see ``signal_values``)."""
     plain = to_jsonable_python(value)

@@ -10,7 +10,7 @@ by ``scale``, while the saved weights still take raw counts.  The loss is weight
 probe intensity: where the beam is dark no frame says anything about the object.
 
 No frame reveals its patch's constant phase offset either, so the loss counts it little,
-and :func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets` makes overlapping predictions
+and :class:`~ptychonn_ophyd.analysis.mosaic.Mosaic` makes overlapping predictions
 agree before they are compared with the truth: without it, per-patch offset guesses
 dominate the stitched error.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.reconstruction import align_offsets, compare_phase
+from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.physics.held_out import DemoScan
 from ptychonn_ophyd.physics.objects import (
@@ -421,21 +421,25 @@ def _save(model, config: TrainingConfig, out_dir: Path) -> dict[str, str]:
 def held_out_check(model, config: TrainingConfig, device) -> dict[str, float]:
     """Reconstruct the held-out object from the demo scan and compare with the truth.
 
-    Predicted phase patches are stitched (:func:`ptychonn_ophyd.analysis.stitch.stitch`) with
-    probe-intensity weights, both as they are (``plain``) and after
-    :func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets` (``aligned``).  The comparison
+    Predicted phase patches are stitched with probe-intensity weights, both as they are
+    (:func:`ptychonn_ophyd.analysis.stitch.stitch`, ``plain``) and offset by offset in scan
+    order (:class:`~ptychonn_ophyd.analysis.mosaic.Mosaic`, ``aligned``).  The comparison
     covers pixels whose summed weight reaches 20% of its maximum, after removing one
     constant phase offset.
     """
+    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
     from ptychonn_ophyd.analysis.stitch import stitch
 
     sim = config.demo.simulation(config.probe, config.style)
     predicted = predict(model, sim.frames(), device)["phase"]
     weight = probe_weight(sim.probe)
-    offsets = align_offsets(predicted, sim.patch_corners, weight)
+    pixel, shape = sim.obj.pixel_size_um, sim.obj.shape
+    images = {
+        "plain": stitch(predicted, sim.positions_um, pixel, shape, weight),
+        "aligned": stitch_in_order(predicted, sim.positions_um, pixel, weight)[0].on_grid(shape),
+    }
     metrics: dict[str, float] = {"held_out_points": len(sim)}
-    for name, patches in (("plain", predicted), ("aligned", predicted + offsets[:, None, None])):
-        image = stitch(patches, sim.positions_um, sim.obj.pixel_size_um, sim.obj.shape, weight)
+    for name, image in images.items():
         region = image.weight >= 0.2 * image.weight.max()
         ssim, rms = compare_phase(image.image, sim.obj.phase, region)
         metrics[f"held_out_ssim_{name}"] = ssim

@@ -71,6 +71,16 @@ def sibling_channel(output_channel: str | None, name: str) -> str | None:
     return f"{output_channel.removesuffix(':output')}:{name}"
 
 
+def mosaic_channel(prefix: str) -> str:
+    """``<prefix>:mosaic``: the live stitched phase of the scan of the pool at ``prefix``."""
+    return f"{prefix}:mosaic"
+
+
+MOSAIC_ATTRIBUTES = ("pixel_size_um", "scan_uid", "frames", "center_row", "center_col")
+"""Attributes of a mosaic NTNDArray: object pixel size (micrometres), the run's uid,
+patches stitched so far, and the pixel that scan position ``(0, 0)`` lights."""
+
+
 # -- NTNDArrays --------------------------------------------------------------------------
 
 VALUE_FIELDS = {

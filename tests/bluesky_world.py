@@ -25,6 +25,7 @@ from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.stream import InferenceStream
 from ptychonn_ophyd.session.wiring import connect
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
@@ -87,14 +88,18 @@ def beamline(
     n_workers: int = 1,
     grace: float = 5.0,
     frames_per_point: int = 1,
+    live_view: LiveView | None = None,
     **kw: Any,
 ):
-    """Yield a :class:`Beamline`; afterwards no worker process of it is left running."""
+    """Yield a :class:`Beamline`; afterwards no worker process of it is left running.
+
+    With ``live_view``, runs are stitched live (and its channel is stopped afterwards).
+    """
     sx, sy, det, inference = make_devices(
         tmp_path, prefix, model, frames_per_point, n_workers=n_workers, **kw
     )
     RE = RunEngine()
-    catalog = connect(RE, inference, tmp_path / "catalog", grace=grace)
+    catalog = connect(RE, inference, tmp_path / "catalog", grace=grace, live_view=live_view)
     world = Beamline(RE, sx, sy, det, inference, inference.stream, catalog, tmp_path / "catalog")
     RE.subscribe(lambda name, doc: world.documents.append((name, doc)))
     RE.subscribe(lambda name, doc: world.remember_workers())
@@ -106,6 +111,8 @@ def beamline(
             with contextlib.suppress(Exception):
                 device.unstage()
         inference.shutdown()
+        if live_view is not None:
+            live_view.close()
         catalog.context.close()
         assert_gone(world.pids)
 

@@ -56,11 +56,12 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
 
     again = run([*ipython, "-c", "print('scan_id', RE.md['scan_id'])"], user_env, tmp_path)
     assert "scan_id 1" in again  # the RunEngine metadata persisted
-    banner = again.splitlines()[:4]
+    banner = again.splitlines()[:5]
     assert banner[0].startswith("ptychonn-ophyd: RE (scan ids in ") and "inference" in banner[0]
     assert banner[1].startswith(f"model {user_env['PTYCHONN_MODEL']}, backend auto, 1 worker")
     assert banner[2] == f"catalog {state / 'catalog'}"
     assert banner[3].startswith("try: RE(scan_with_inference(det, inference, sy")
+    assert banner[4].startswith("live view on: auto figure, PVA ")
 
 
 def test_examples_scan_twice_with_going_on_scan_ids_then_replay(

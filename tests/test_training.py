@@ -12,13 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs PyTorch")
 
-from ptychonn_ophyd.analysis.reconstruction import align_offsets
 from ptychonn_ophyd.models import PRESETS, build_torch_model, open_model
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.physics.held_out import DemoScan
-from ptychonn_ophyd.physics.objects import held_out_object
-from ptychonn_ophyd.physics.probe import make_probe, probe_weight
-from ptychonn_ophyd.physics.scan import fermat_spiral
 from ptychonn_ophyd.training import (
     TrainingConfig,
     held_out_check,
@@ -73,15 +68,6 @@ def test_phase_error_ignores_a_constant_offset_per_patch():
     shifted = truth + np.array([0.5, -1.0, 2.0])[:, None, None]
     assert phase_rms_error(shifted, truth, lit) == pytest.approx(0.0, abs=1e-12)
     assert phase_rms_error(truth + rng.normal(0, 0.1, truth.shape), truth, lit) > 0.05
-
-
-def test_offset_alignment_recovers_planted_patch_offsets():
-    sim = PtychoSimulation(held_out_object(size=256), make_probe(), fermat_spiral(0.4, 0.1))
-    phase, _ = sim.ground_truth()
-    planted = np.random.default_rng(1).normal(0, 0.5, len(sim))
-    weight = probe_weight(sim.probe)
-    offsets = align_offsets(phase + planted[:, None, None], sim.patch_corners, weight)
-    np.testing.assert_allclose(offsets, -(planted - planted.mean()), atol=1e-4)
 
 
 def test_shipped_demo_model_reconstructs_the_held_out_object():

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.reconstruction import stitch_aligned
-from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
+from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
+from ptychonn_ophyd.session.live_view import MOSAIC_STREAM
 from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
 from ptychonn_ophyd.session.stream import STREAM
 
@@ -35,11 +36,41 @@ class InferenceData:
     y: np.ndarray
     phase: np.ndarray
     amplitude: np.ndarray | None
+    mosaic: StoredMosaic | None = None
 
     @property
     def positions_um(self) -> np.ndarray:
         """``(N, 2)`` scan positions ``(x, y)`` in micrometres."""
         return np.stack([self.x, self.y], axis=1)
+
+
+@dataclass(frozen=True)
+class StoredMosaic:
+    """A run's final mosaic as the live view stored it (the ``mosaic`` stream)."""
+
+    phase: StitchedImage
+    amplitude: StitchedImage | None
+    window: np.ndarray
+    frames: int
+
+
+def load_mosaic(run: Any) -> StoredMosaic | None:
+    """The final mosaic stored with a run, or ``None`` for a run stitched without one."""
+    if MOSAIC_STREAM not in run:
+        return None
+    stream = run[MOSAIC_STREAM]
+
+    def last(key: str) -> Any:
+        return np.asarray(stream[key].read())[-1]
+
+    pixel = float(last("pixel_size_um"))
+    center = (int(last("center_row")), int(last("center_col")))
+    weight = last("weight")
+    phase = StitchedImage(last("stitched_phase"), weight, center, pixel)
+    amplitude = None
+    if "stitched_amplitude" in stream:
+        amplitude = StitchedImage(last("stitched_amplitude"), weight, center, pixel)
+    return StoredMosaic(phase, amplitude, last("window"), int(last("frames")))
 
 
 def load_inference(run: Any) -> InferenceData:
@@ -55,21 +86,24 @@ def load_inference(run: Any) -> InferenceData:
         y=stream["y"].read(),
         phase=stream["phase"].read(),
         amplitude=stream["amplitude"].read() if "amplitude" in stream else None,
+        mosaic=load_mosaic(run),
     )
 
 
 def stitch_run(
     data: InferenceData, pixel_size_um: float | None = None, window: np.ndarray | None = None
 ) -> tuple[StitchedImage, StitchedImage | None]:
-    """Phase (and amplitude) patches averaged at their positions.
+    """Phase (and amplitude) patches stitched in the stream's row order.
 
-    Each phase patch first gets the constant offset that makes it agree with its
-    neighbours (:func:`~ptychonn_ophyd.analysis.reconstruction.align_offsets`): no frame tells its
-    patch's absolute phase, and unaligned guesses blotch the image.
+    Each phase patch gets the constant offset that makes it agree with the patches
+    before it (:class:`~ptychonn_ophyd.analysis.mosaic.Mosaic`, the live view's
+    stitcher): no frame tells its patch's absolute phase, and unaligned guesses blotch
+    the image.
 
     ``pixel_size_um`` defaults to the start document's ``object_pixel_size_um``; frames
     without a position are left out (and logged). ``window`` weighs each patch's pixels,
-    e.g. ``ptychonn_ophyd.physics.probe.probe_weight(probe)`` to trust where the beam was.
+    e.g. ``ptychonn_ophyd.physics.probe.probe_weight(probe)`` to trust where the beam was;
+    it defaults to the window the live view stored with the run (flat without one).
     """
     pixel_size_um = pixel_size_um or data.start.get(PIXEL_SIZE_KEY)
     if not pixel_size_um:
@@ -77,17 +111,14 @@ def stitch_run(
             f"run {data.start['uid']} has no {PIXEL_SIZE_KEY} in its start document; "
             "give the object pixel size"
         )
+    if window is None and data.mosaic is not None:
+        window = data.mosaic.window
     placed = np.isfinite(data.x) & np.isfinite(data.y)
     if not placed.all():
         log.warning(
             "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
         )
-    positions = data.positions_um[placed]
-    phase = stitch_aligned(data.phase[placed], positions, pixel_size_um, weight=window)
-    amplitude = None
-    if data.amplitude is not None:
-        amplitude = stitch(data.amplitude[placed], positions, pixel_size_um, window=window)
-    return phase, amplitude
+    return stitch_in_order(data.phase, data.positions_um, pixel_size_um, window, data.amplitude)
 
 
 def save_png(
@@ -126,8 +157,8 @@ def replay(
     pixel_size_um: float | None = None,
     window: np.ndarray | None = None,
 ) -> Path:
-    """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), stitch its
-    phase patches, and save a PNG.
+    """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), take the
+    mosaic stored with it (or stitch its phase patches), and save a PNG.
 
     Parameters
     ----------
@@ -138,13 +169,17 @@ def replay(
     output
         PNG path (default ``scan-<scan_id>-<uid8>.png`` in the current folder).
     pixel_size_um, window
-        As for :func:`stitch_run`.
+        As for :func:`stitch_run`; either one stitches again instead of taking the
+        stored mosaic.
     """
     where = _describe_catalog(catalog)
     if catalog is None or isinstance(catalog, str | Path):
         catalog = open_existing_catalog(catalog)
     data = load_inference(find_run(catalog, run_id, where))
-    phase, amplitude = stitch_run(data, pixel_size_um, window)
+    if data.mosaic is not None and pixel_size_um is None and window is None:
+        phase, amplitude = data.mosaic.phase, data.mosaic.amplitude
+    else:
+        phase, amplitude = stitch_run(data, pixel_size_um, window)
     start = data.start
     name = f"scan-{start.get('scan_id', 0)}-{start['uid'][:8]}"
     model = start.get("ptychonn", {}).get("model_hash", "")

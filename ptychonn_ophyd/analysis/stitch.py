@@ -43,6 +43,23 @@ class StitchedImage:
         cy, cx = self.center
         return ((-cx - 0.5) * p, (w - cx - 0.5) * p, (h - cy - 0.5) * p, (-cy - 0.5) * p)
 
+    def on_grid(self, shape: tuple[int, int]) -> StitchedImage:
+        """The same image on a grid of ``shape`` whose centre pixel ``shape // 2`` is
+        position ``(0, 0)`` (an object's grid); cut where it overflows, NaN where empty."""
+        image = np.full(shape, np.nan, np.float32)
+        weight = np.zeros(shape, np.float32)
+        shift = np.array(shape) // 2 - np.array(self.center)
+        rows = slice(max(shift[0], 0), min(shift[0] + self.image.shape[0], shape[0]))
+        cols = slice(max(shift[1], 0), min(shift[1] + self.image.shape[1], shape[1]))
+        source = np.s_[
+            rows.start - shift[0] : rows.stop - shift[0],
+            cols.start - shift[1] : cols.stop - shift[1],
+        ]
+        image[rows, cols] = self.image[source]
+        weight[rows, cols] = self.weight[source]
+        center = tuple(int(v) for v in np.array(shape) // 2)
+        return StitchedImage(image, weight, center, self.pixel_size_um)
+
 
 def patch_corners(
     positions_um: np.ndarray, pixel_size_um: float, patch_shape: tuple[int, int]

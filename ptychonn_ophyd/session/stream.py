@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -208,6 +208,7 @@ class _Run:
         self.file: InferenceFile | None = None
         self.datum_factories: dict[str, Any] = {}
         self.error: BaseException | None = None
+        self.sealed = False
 
     def drain(self, limit: int) -> list[InferenceResult]:
         batch = []
@@ -232,7 +233,11 @@ class InferenceStream:
     grace
         Seconds the end of a run waits for frames still being inferred.
     max_rows
-        Most rows one collect writes (the rest wait for the next).
+        Most rows one collect writes (the rest wait for the next) until the run is
+        sealed.
+
+    ``followers`` are called with every result that becomes a row, in row order (the
+    live view stitches them in the order replay reads them).
     """
 
     def __init__(
@@ -247,6 +252,7 @@ class InferenceStream:
         self.grace = grace
         self.max_rows = max_rows
         self.late: Counter[str] = Counter()
+        self.followers: list[Callable[[InferenceResult], None]] = []
         self._run: _Run | None = None
         self._ended: tuple[str | None, int, int] = (None, 0, -1)
         self._lock = threading.Lock()
@@ -284,13 +290,28 @@ class InferenceStream:
         """Queue ``result`` for the run it belongs to (called in a pvapy thread)."""
         with self._lock:
             run = self._run
-            if run is not None and (self.device.source is None or result.unique_id >= run.first_id):
+            if (
+                run is not None
+                and not run.sealed
+                and (self.device.source is None or result.unique_id >= run.first_id)
+            ):
                 run.received += 1
                 run.results.put(result)
+                for follow in self.followers:
+                    follow(result)
                 return
         uid, first_id, last_id = self._ended
-        if uid is not None and first_id <= result.unique_id <= last_id:
+        if run is not None and run.sealed and result.unique_id >= run.first_id:
+            self._count_late(run.uid, 1)
+        elif uid is not None and first_id <= result.unique_id <= last_id:
             self._count_late(uid, 1)
+
+    def seal(self) -> None:
+        """Take no more results into this run: the next collect writes every one taken,
+        and later ones count as late.  So the rows are exactly what the followers saw."""
+        with self._lock:
+            if self._run is not None:
+                self._run.sealed = True
 
     def _count_late(self, uid: str, n: int) -> None:
         self.late[uid] += n
@@ -320,7 +341,7 @@ class InferenceStream:
             opening = run.file is None
             if opening:
                 yield from self._open_file(run)
-            batch = run.drain(self.max_rows)
+            batch = run.drain(run.results.qsize() if run.sealed else self.max_rows)
             if not batch and not opening:
                 return
             start, stop = run.file.append(batch)

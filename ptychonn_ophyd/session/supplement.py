@@ -12,7 +12,9 @@ In a run that names the device among its ``detectors`` (or carries the ``ptychon
 start key), it declares the stream after ``open_run``, collects the new rows after an
 event (at most every ``collect_period`` seconds), and before ``close_run`` waits for the
 frames still being inferred, collects the last rows and reads the frame accounting into
-``inference_accounting``.  The documents
+``inference_accounting``.  With a :class:`~ptychonn_ophyd.session.live_view.LiveView`
+it starts the run's live mosaic after ``open_run`` and reads its final image into the
+one-row stream ``mosaic`` before ``close_run``.  The documents
 come from the RunEngine, so nothing has to sit between it and its subscribers.
 """
 
@@ -29,6 +31,8 @@ from bluesky.run_engine import WaitForTimeoutError
 from bluesky.utils import FailedStatus, Msg
 
 from ptychonn_ophyd.errors import StreamWiringError
+from ptychonn_ophyd.session.live_view import MOSAIC_STREAM, LiveView, MosaicReading
+from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
 from ptychonn_ophyd.session.stream import ACCOUNTING_STREAM, METADATA_KEY, STREAM, FrameAccounting
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class InferenceSupplement:
         with one ``stream_datum`` per column, which a ``TiledWriter`` writes one by one
         in the RunEngine's thread (about a second for all columns of an embedded catalog
         on the 2-core machine), so collecting often slows the scan.
+    live_view
+        Stitches each run's results as they arrive, and its final image is stored.
 
     Raises
     ------
@@ -61,7 +67,11 @@ class InferenceSupplement:
     """
 
     def __init__(
-        self, device: PtychoNNDetector, grace: float = 5.0, collect_period: float = 2.0
+        self,
+        device: PtychoNNDetector,
+        grace: float = 5.0,
+        collect_period: float = 2.0,
+        live_view: LiveView | None = None,
     ) -> None:
         if device.supplement is not None:
             raise StreamWiringError(
@@ -75,6 +85,10 @@ class InferenceSupplement:
         self.accounting = FrameAccounting(f"{device.name}_accounting")
         self.collect_period = collect_period
         self._collected_at = 0.0
+        self.live_view = live_view
+        self.mosaic = MosaicReading(f"{device.name}_mosaic")
+        if live_view is not None:
+            self.stream.followers.append(live_view.take)
 
     def __call__(self, plan: Plan) -> Plan:
         return (yield from plan_mutator(plan, self._insert))
@@ -101,18 +115,41 @@ class InferenceSupplement:
 
     def _open(self, msg: Msg) -> Plan:
         uid = yield msg
+        if self.live_view is not None:  # before the stream takes its first result
+            self._begin_mosaic(uid, msg.kwargs)
         self.stream.begin(uid)
         yield from bps.declare_stream(self.stream, name=STREAM, collect=True)
         return uid
 
+    def _begin_mosaic(self, uid: str, md: dict) -> None:
+        live, device = self.live_view, self.device
+        if live.begin(
+            uid, md.get(PIXEL_SIZE_KEY), device.image_shape(), "amplitude" in device.heads
+        ):
+            live.publish_on(device.output_prefix.get())
+
     def _close(self, msg: Msg) -> Plan:
         yield from self._settle()
+        self.stream.seal()
         yield from bps.collect(self.stream, name=STREAM)
         self.accounting.set(self.stream.end())
         yield from bps.create(ACCOUNTING_STREAM)
         yield from bps.read(self.accounting)
         yield from bps.save()
+        yield from self._store_mosaic()
         return (yield msg)
+
+    def _store_mosaic(self) -> Plan:
+        """Read the run's final mosaic into :data:`MOSAIC_STREAM` (when it has one)."""
+        if self.live_view is None:
+            return
+        final = self.live_view.finish()
+        if final is None or not final.frames or not self.live_view.settings.store:
+            return
+        self.mosaic.set(final)
+        yield from bps.create(MOSAIC_STREAM)
+        yield from bps.read(self.mosaic)
+        yield from bps.save()
 
     def _settle(self) -> Plan:
         """Wait for the frames still being inferred (up to the stream's grace period).

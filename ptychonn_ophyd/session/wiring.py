@@ -21,6 +21,8 @@ from tiled.client.container import Container
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.session.catalog import assets_directory, catalog_writer, open_catalog
 from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.session.live_view import LiveView
+from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
 from ptychonn_ophyd.session.supplement import InferenceSupplement
 
 
@@ -30,6 +32,7 @@ def connect(
     catalog: str | Path | None = None,
     *,
     grace: float = 5.0,
+    live_view: LiveView | None = None,
 ) -> Container:
     """Store every run of ``RE``, with ``inference``'s stream, in ``catalog``; return it.
 
@@ -40,6 +43,10 @@ def connect(
         :func:`~ptychonn_ophyd.session.catalog.open_catalog`).
     grace
         Seconds the end of a run waits for frames still being inferred.
+    live_view
+        Stitch each run's results as they arrive: a figure (where there is a display),
+        the ``<prefix>:mosaic`` channel and the run's ``mosaic`` stream, as its settings
+        say.
 
     Raises
     ------
@@ -55,8 +62,11 @@ def connect(
         )
     client = open_catalog(catalog)
     inference.stream.assets_dir = assets_directory(catalog)
-    RE.preprocessors.append(InferenceSupplement(inference, grace))
+    RE.preprocessors.append(InferenceSupplement(inference, grace, live_view=live_view))
     RE.subscribe(catalog_writer(client))
+    if live_view is not None:
+        live_view.publish_on(inference.output_prefix.get())  # viewers can connect now
+        RE.subscribe(MosaicFigure(live_view))  # draws only where a figure is wanted
     return client
 
 

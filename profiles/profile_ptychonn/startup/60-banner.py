@@ -18,6 +18,8 @@ def _banner() -> str:
             f"catalog {resolve_location()}",
             "try: RE(scan_with_inference(det, inference, sy, -1, 1, 9, sx, -1, 1, 9)); "
             "replay(-1, catalog)",
+            f"live view {'on' if live_view.settings.enabled else 'off'}: "
+            f"{live_view.settings.figure} figure, PVA {inference.output_prefix.get()}:mosaic",
         ]
     )
 

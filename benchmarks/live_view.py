@@ -1,0 +1,136 @@
+"""What the live mosaic costs per frame and the highest result rate it keeps.
+
+A :class:`~ptychonn_ophyd.session.live_view.LiveView` (the demo probe's window, the
+PVA channel on loopback) stitches 128x128 float32 results on a grid scan:
+
+1. ``ceiling``: all results queued at once, then ``finish()``; the stitching thread's
+   cost per frame and so the highest rate one core sustains;
+2. for each ``--rates``: a producer thread calls ``take()`` at that rate (as the result
+   monitor's pvapy thread does) for ``--seconds``; reported: the rate reached, the
+   producer's time per ``take()``, the queue's largest backlog, and how long
+   ``finish()`` waited after the last result.  Kept: every frame in the mosaic and the
+   wait under 0.5 s.
+
+    python benchmarks/live_view.py --rates 5000 10000 20000 40000 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from ptychonn_ophyd.loopback import use_loopback
+from ptychonn_ophyd.physics.probe import make_probe, probe_weight
+from ptychonn_ophyd.session.live_view import LiveView
+from ptychonn_ophyd.session.results import InferenceResult
+
+PIXEL_UM = 0.01
+STEP_UM = 0.05
+
+
+def results(n: int, seed: int = 0) -> list[InferenceResult]:
+    """``n`` results on a snake-free square grid, random phase (16 distinct patches)."""
+    side = int(np.ceil(np.sqrt(n)))
+    rng = np.random.default_rng(seed)
+    patches = rng.normal(0, 0.3, (16, 128, 128)).astype(np.float32)
+    made = []
+    for i in range(n):
+        row, col = divmod(i, side)
+        made.append(
+            InferenceResult(
+                unique_id=i + 1,
+                phase=patches[i % 16],
+                amplitude=None,
+                consumer_id=1,
+                latency_s=0.0,
+                x=(col - side / 2) * STEP_UM,
+                y=(row - side / 2) * STEP_UM,
+                point=i,
+                timestamp=0.0,
+                model_hash="",
+            )
+        )
+    return made
+
+
+def new_run(live: LiveView, prefix: str) -> None:
+    live.begin(uuid.uuid4().hex, PIXEL_UM, (128, 128), amplitude=False)
+    live.publish_on(prefix)
+
+
+def ceiling(live: LiveView, prefix: str, n: int) -> None:
+    batch = results(n)
+    new_run(live, prefix)
+    start = time.perf_counter()
+    for result in batch:
+        live.take(result)
+    queued = time.perf_counter()
+    final = live.finish()
+    done = time.perf_counter()
+    assert final is not None and final.frames == n
+    per_frame = (done - start) / n
+    print(
+        f"ceiling: {n} frames, take {(queued - start) / n * 1e6:.2f} µs/frame, stitched "
+        f"in {done - start:.2f} s = {per_frame * 1e6:.1f} µs/frame = {1 / per_frame:,.0f} frames/s"
+    )
+
+
+def paced(live: LiveView, prefix: str, rate: float, seconds: float) -> None:
+    n = int(rate * seconds)
+    batch = results(n)
+    new_run(live, prefix)
+    backlog = [0]
+    taking = [0.0]
+
+    def produce() -> None:
+        t0 = time.perf_counter()
+        for i, result in enumerate(batch):
+            ahead = t0 + i / rate - time.perf_counter()
+            if ahead > 0.001:
+                time.sleep(ahead)
+            t = time.perf_counter()
+            live.take(result)
+            taking[0] += time.perf_counter() - t
+            if i % 256 == 0:
+                backlog[0] = max(backlog[0], live.backlog)
+
+    start = time.perf_counter()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join()
+    sent = time.perf_counter()
+    final = live.finish()
+    done = time.perf_counter()
+    used = final.frames if final else 0
+    wait = done - sent
+    kept = used == n and wait < 0.5
+    print(
+        f"rate {rate:>6,.0f}/s: sent {n / (sent - start):>7,.0f}/s, take "
+        f"{taking[0] / n * 1e6:.2f} µs, largest backlog {backlog[0]}, finish waited "
+        f"{wait:.2f} s, {used}/{n} frames used: {'kept' if kept else 'NOT kept'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[5000, 10000, 20000, 40000])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--ceiling-frames", type=int, default=20000)
+    args = parser.parse_args()
+    use_loopback()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    live = LiveView(probe_weight(make_probe()), figure=False)
+    try:
+        ceiling(live, prefix, args.ceiling_frames)
+        for rate in args.rates:
+            paced(live, prefix, rate, args.seconds)
+    finally:
+        live.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The live view of a scan: its results stitched as they arrive, shown, and stored.
+
+The inference stream hands each result that becomes a row of the run to
+:meth:`LiveView.take`, in row order, from the pvapy thread that received it; that
+only queues it.  A background thread adds the queued results in batches to the run's
+:class:`~ptychonn_ophyd.analysis.mosaic.Mosaic` (every frame is used) and, at most
+every ``update_period`` seconds, publishes a snapshot on the PVA channel
+``<prefix>:mosaic`` and keeps it for the figure.  At the end of the run
+:meth:`LiveView.finish` adds what is still queued; the supplement stores the final
+image, its weights and the window in the one-row stream ``mosaic``, so replay and a
+Tiled client read it without stitching again, and replay stitches with the same window
+when it does.
+
+>>> live = LiveView(probe_weight(probe))          # figure where there is a display
+>>> catalog = connect(RE, inference, live_view=live)
+>>> live.settings.enabled = False                 # the next runs are not stitched
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ptychonn_ophyd.analysis.mosaic import Mosaic, check_window
+from ptychonn_ophyd.analysis.stitch import StitchedImage
+from ptychonn_ophyd.session.mosaic_channel import MosaicChannel
+from ptychonn_ophyd.session.results import InferenceResult
+from ptychonn_ophyd.settings import LiveViewSettings, validated
+
+log = logging.getLogger(__name__)
+
+MOSAIC_STREAM = "mosaic"
+"""Name of the one-row stream holding a run's final stitched image."""
+BATCH = 512
+"""Most results the stitching thread takes from the queue at once."""
+_END = None
+"""Queued after the last result of a run."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The mosaic at one moment: phase (and amplitude) so far, patches in it, and the
+    window they were stitched with."""
+
+    uid: str
+    phase: StitchedImage
+    amplitude: StitchedImage | None
+    frames: int
+    window: np.ndarray
+
+
+class _Run:
+    """One run's mosaic, queue and stitching thread."""
+
+    def __init__(self, uid: str, mosaic: Mosaic, channel: str | None) -> None:
+        self.uid = uid
+        self.mosaic = mosaic
+        self.channel = channel
+        self.results: queue.SimpleQueue[InferenceResult | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+
+class LiveView:
+    """Stitches each run's inference results as they arrive; shows and stores the mosaic.
+
+    Parameters
+    ----------
+    window
+        ``(h, w)`` trust of each patch pixel, e.g.
+        ``ptychonn_ophyd.physics.probe.probe_weight(probe)``; ``None``: flat.  It is
+        stored with each run (the ``mosaic`` stream's ``window``) for replay.
+    **settings
+        Fields of :class:`~ptychonn_ophyd.settings.LiveViewSettings` (``figure``,
+        ``channel``, ``store``, ``update_period``, ``enabled``).
+    """
+
+    def __init__(self, window: np.ndarray | None = None, **settings: Any) -> None:
+        self.window = None if window is None else check_window(window)
+        self.settings: LiveViewSettings = validated(LiveViewSettings, settings)
+        self.latest: Snapshot | None = None
+        self._run: _Run | None = None
+        self._channel: MosaicChannel | None = None
+
+    @property
+    def figure_wanted(self) -> bool:
+        """Whether to draw a figure: ``figure=True``, or ``"auto"`` with a display."""
+        if self.settings.figure == "auto":
+            import matplotlib
+
+            return matplotlib.get_backend().lower() not in NON_INTERACTIVE
+        return bool(self.settings.figure)
+
+    # -- a run -------------------------------------------------------------------------
+
+    def begin(
+        self, uid: str, pixel_size_um: float | None, patch_shape: tuple[int, int], amplitude: bool
+    ) -> bool:
+        """Start the mosaic of run ``uid``; returns whether it is stitched.
+
+        A run is not stitched when the view is disabled or the run's start document
+        has no object pixel size.
+        """
+        self.finish()
+        if not self.settings.enabled:
+            return False
+        if not pixel_size_um:
+            log.info("run %s has no object pixel size: no live mosaic", uid)
+            return False
+        window = check_window(self.window, patch_shape) if self.window is not None else None
+        mosaic = Mosaic(pixel_size_um, window, patch_shape=patch_shape, amplitude=amplitude)
+        run = _Run(uid, mosaic, None)
+        self.latest = None
+        self._run = run
+        run.thread = threading.Thread(target=self._stitch, args=(run,), name="live-mosaic")
+        run.thread.daemon = True
+        run.thread.start()
+        return True
+
+    def publish_on(self, prefix: str) -> None:
+        """Publish the mosaics on ``<prefix>:mosaic`` (when ``channel`` is on)."""
+        if not self.settings.channel:
+            return
+        if self._channel is None:
+            self._channel = MosaicChannel()
+        self._channel.serve(prefix)
+
+    def take(self, result: InferenceResult) -> None:
+        """Queue a result of the run (called in a pvapy thread, in row order)."""
+        run = self._run
+        if run is not None:
+            run.results.put(result)
+
+    @property
+    def backlog(self) -> int:
+        """Results of the current run queued but not stitched yet."""
+        run = self._run
+        return run.results.qsize() if run is not None else 0
+
+    def finish(self) -> Snapshot | None:
+        """Stitch what is still queued, publish the final mosaic and return it."""
+        run, self._run = self._run, None
+        if run is None:
+            return None
+        run.results.put(_END)
+        run.thread.join()
+        if run.error is not None:
+            log.error("the live mosaic of run %s failed: %s", run.uid, run.error)
+            return None
+        return self.latest
+
+    def close(self) -> None:
+        """End the current run's mosaic and stop serving the channel."""
+        self.finish()
+        if self._channel is not None:
+            self._channel.stop()
+            self._channel = None
+
+    # -- the stitching thread ----------------------------------------------------------
+
+    def _stitch(self, run: _Run) -> None:
+        period = self.settings.update_period
+        shown_at, shown_frames = time.monotonic(), -1
+        try:
+            ending = False
+            while not ending:
+                batch, ending = _drain(run.results, max(shown_at + period - time.monotonic(), 0))
+                if batch:
+                    _add(run.mosaic, batch)
+                now = time.monotonic()
+                if ending or (now - shown_at >= period and run.mosaic.frames != shown_frames):
+                    self._show(run)
+                    shown_at, shown_frames = now, run.mosaic.frames
+        except Exception as error:  # the scan goes on; the run has no mosaic
+            run.error = error
+            log.exception("stitching the live mosaic of run %s failed", run.uid)
+
+    def _show(self, run: _Run) -> None:
+        mosaic = run.mosaic
+        snapshot = Snapshot(
+            run.uid, mosaic.phase(), mosaic.amplitude(), mosaic.frames, mosaic.window
+        )
+        self.latest = snapshot
+        if self._channel is not None and snapshot.frames:
+            self._channel.publish(snapshot.uid, snapshot.phase, snapshot.frames)
+
+
+NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
+"""Matplotlib backends that draw no window."""
+
+
+def _drain(
+    results: queue.SimpleQueue[InferenceResult | None], wait: float
+) -> tuple[list[InferenceResult], bool]:
+    """Up to :data:`BATCH` queued results (waiting up to ``wait`` s for the first), and
+    whether the run's end came."""
+    batch: list[InferenceResult] = []
+    try:
+        item = results.get(timeout=wait) if wait > 0 else results.get_nowait()
+        while True:
+            if item is _END:
+                return batch, True
+            batch.append(item)
+            if len(batch) >= BATCH:
+                return batch, False
+            item = results.get_nowait()
+    except queue.Empty:
+        return batch, False
+
+
+def _add(mosaic: Mosaic, batch: list[InferenceResult]) -> None:
+    phase = np.stack([r.phase for r in batch])
+    positions = np.array([(r.x, r.y) for r in batch], dtype=np.float64)
+    amplitude = None
+    if mosaic.has_amplitude and all(r.amplitude is not None for r in batch):
+        amplitude = np.stack([r.amplitude for r in batch])
+    mosaic.add(phase, positions, amplitude)
+
+
+class MosaicReading:
+    """The final mosaic of a run as a ``Readable``, read into :data:`MOSAIC_STREAM`.
+
+    ``stitched_phase`` (and ``stitched_amplitude``) with ``weight`` are the stitched
+    images (NaN where no patch landed), ``window`` the patch trust they were stitched
+    with, ``center_row``/``center_col`` the pixel scan position ``(0, 0)`` lights.  The
+    images are not called ``phase``/``amplitude``: bluesky-tiled-plugins' ``TiledWriter``
+    remembers which keys are external per run, not per stream, and would take them for
+    the inference stream's external columns.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.parent = None
+        self._values: dict[str, Any] = {}
+        self._time = 0.0
+
+    def set(self, snapshot: Snapshot) -> None:
+        phase = snapshot.phase
+        self._values = {
+            "stitched_phase": phase.image,
+            "weight": phase.weight,
+            **({"stitched_amplitude": snapshot.amplitude.image} if snapshot.amplitude else {}),
+            "window": snapshot.window,
+            "center_row": phase.center[0],
+            "center_col": phase.center[1],
+            "pixel_size_um": phase.pixel_size_um,
+            "frames": snapshot.frames,
+        }
+        self._time = time.time()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        return {k: {"value": v, "timestamp": self._time} for k, v in self._values.items()}
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {k: _data_key(self.name, v) for k, v in self._values.items()}
+
+
+def _data_key(name: str, value: Any) -> dict[str, Any]:
+    source = f"ptychonn:{name}"
+    if isinstance(value, np.ndarray):
+        return {
+            "source": source,
+            "dtype": "array",
+            "dtype_numpy": value.dtype.str,
+            "shape": list(value.shape),
+        }
+    kind = "integer" if isinstance(value, int) else "number"
+    return {"source": source, "dtype": kind, "shape": []}

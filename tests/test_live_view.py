@@ -1,0 +1,157 @@
+"""The live view: a scan's results stitched as they arrive, on a PVA channel, stored
+with the run, and equal to what replay stitches from the stored rows."""
+
+import threading
+import time
+
+import matplotlib
+import numpy as np
+import pvaccess as pva
+import pytest
+from bluesky_world import beamline
+
+from ptychonn_ophyd.analysis.replay import load_inference, stitch_run
+from ptychonn_ophyd.physics.probe import make_probe, probe_weight
+from ptychonn_ophyd.session.live_view import LiveView
+from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.wire import mosaic_channel, parse_ntndarray
+
+
+class MosaicWatcher:
+    """Every update of a mosaic channel, and how many came before the run's stop."""
+
+    def __init__(self, channel: str, timeout: float = 30.0) -> None:
+        self.updates: list = []
+        self.before_stop: list[int] = []
+        self._lock = threading.Lock()
+        self._channel = pva.Channel(channel)
+        self._channel.monitor(self._receive, "field()")
+        deadline = time.monotonic() + timeout
+        while not self._channel.getMonitorCounters().get("nReceived", 0):
+            assert time.monotonic() < deadline, f"no connection to {channel}"
+            time.sleep(0.05)
+
+    def _receive(self, pv) -> None:
+        if not pv["uniqueId"]:
+            return
+        array = parse_ntndarray(pv)
+        with self._lock:
+            self.updates.append((array.attributes, array.image.copy()))
+
+    def on_document(self, name, doc) -> None:
+        if name == "stop":
+            with self._lock:
+                self.before_stop = [int(a["frames"]) for a, _ in self.updates]
+
+    def final(self, frames: int, timeout: float = 30.0):
+        """The update holding ``frames`` patches (waiting for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                done = [u for u in self.updates if int(u[0]["frames"]) == frames]
+            if done:
+                return done[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no mosaic update with {frames} frames in {timeout} s")
+
+    def close(self) -> None:
+        self._channel.stopMonitor()
+
+
+def live_view(**settings) -> LiveView:
+    return LiveView(probe_weight(make_probe()), figure=False, update_period=0.05, **settings)
+
+
+def check_live_equals_replay(world, watcher, uid, frames):
+    run = world.catalog[uid]
+    assert frame_accounting(run)["stored"] == frames
+    data = load_inference(run)
+    stored = data.mosaic
+    assert stored is not None and stored.frames == frames
+    np.testing.assert_array_equal(stored.window, probe_weight(make_probe()))
+    replayed, _ = stitch_run(data)  # with the window stored in the run
+    attributes, image = watcher.final(frames)
+    assert attributes["scan_uid"] == uid
+    assert attributes["pixel_size_um"] == pytest.approx(0.01)
+    assert (attributes["center_row"], attributes["center_col"]) == replayed.center
+    assert stored.phase.center == replayed.center
+    for live in (image, stored.phase.image):
+        np.testing.assert_array_equal(np.isnan(live), np.isnan(replayed.image))
+        np.testing.assert_allclose(live, replayed.image, rtol=1e-5, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(stored.phase.weight, replayed.weight, rtol=1e-6)
+    assert np.isnan(image).any() and np.isfinite(image).any()  # coverage shows
+
+
+def test_step_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    live = live_view()
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live) as w:
+        watcher = MosaicWatcher(mosaic_channel(f"{channel_prefix}:inference"))
+        w.RE.subscribe(watcher.on_document)
+        try:
+            (uid,) = w.RE(
+                scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 5, w.sx, -0.2, 0.2, 5)
+            )
+            assert any(0 < n < 25 for n in watcher.before_stop), watcher.before_stop
+            check_live_equals_replay(w, watcher, uid, 25)
+        finally:
+            watcher.close()
+
+
+def test_fly_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    live = live_view()
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live) as w:
+        watcher = MosaicWatcher(mosaic_channel(f"{channel_prefix}:inference"))
+        w.RE.subscribe(watcher.on_document)
+        w.det.fly_rate_hz = 40
+        try:
+            (uid,) = w.RE(
+                scan_with_inference(
+                    w.det, w.inference, w.sy, -0.3, 0.3, 7, w.sx, -0.3, 0.3, 7, mode="fly"
+                )
+            )
+            assert any(0 < n < 49 for n in watcher.before_stop), watcher.before_stop
+            check_live_equals_replay(w, watcher, uid, 49)
+        finally:
+            watcher.close()
+
+
+def test_a_headless_run_makes_no_window_and_no_error(tmp_path, channel_prefix, small_phase_onnx):
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    live = LiveView(probe_weight(make_probe()), channel=False)  # figure="auto"
+    assert not live.figure_wanted
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live) as w:
+        (uid,) = w.RE(scan_with_inference(w.det, w.inference, w.sx, -0.2, 0.2, w.sy, 0, 0, num=4))
+        run = w.catalog[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert load_inference(run).mosaic.frames == 4
+    assert plt.get_fignums() == []
+
+
+def test_the_figure_draws_the_latest_mosaic_and_dims_where_the_scan_has_not_been():
+    import matplotlib.pyplot as plt
+
+    from ptychonn_ophyd.analysis.mosaic import Mosaic
+    from ptychonn_ophyd.session.live_view import Snapshot
+    from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
+
+    matplotlib.use("Agg")
+    live = LiveView(probe_weight(make_probe()), figure=True, channel=False)
+    mosaic = Mosaic(0.01, live.window)
+    mosaic.add(np.zeros((2, 128, 128)), [(0, 0), (0.3, 0)])
+    live.latest = Snapshot("uid-1", mosaic.phase(), None, mosaic.frames, mosaic.window)
+    figure = MosaicFigure(live)
+    try:
+        figure("start", {"uid": "uid-1", "time": 0.0})
+        figure("stop", {"uid": "s", "run_start": "uid-1", "time": 1.0, "exit_status": "success"})
+        shown = figure._image.get_array()
+        assert shown.shape == mosaic.phase().image.shape
+        assert np.ma.is_masked(shown)  # NaN where no patch landed is masked, not drawn
+    finally:
+        plt.close("all")
