@@ -7,7 +7,6 @@ catalog, stitched, and judged against the simulation's ground truth.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -99,6 +98,7 @@ def _scan(config: DemoConfig, catalog_location: str):
     from ptychonn_ophyd.physics.probe import make_probe
     from ptychonn_ophyd.session.device import PtychoNNDetector
     from ptychonn_ophyd.session.plans import scan_with_inference
+    from ptychonn_ophyd.session.progress import show_progress
     from ptychonn_ophyd.session.wiring import connect
     from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
@@ -118,37 +118,15 @@ def _scan(config: DemoConfig, catalog_location: str):
     )
     RE = RunEngine()
     catalog = connect(RE, inference, catalog_location)
+    show_progress(RE, inference)
     half, n = SIZES[config.size]
-    with _progress_bar(RE, n * n):
-        (uid,) = RE(
-            scan_with_inference(
-                det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
-            )
+    (uid,) = RE(
+        scan_with_inference(
+            det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
         )
+    )
     catalog.context.close()
     return uid, int(det.frames_sent.get()), simulation
-
-
-@contextlib.contextmanager
-def _progress_bar(RE, total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="scan", unit="point")
-
-    primary: set[str] = set()
-
-    def advance(name: str, doc: dict) -> None:
-        if name == "descriptor" and doc["name"] == "primary":
-            primary.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in primary:
-            bar.update(1)
-
-    token = RE.subscribe(advance)
-    try:
-        yield bar
-    finally:
-        RE.unsubscribe(token)
-        bar.close()
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):

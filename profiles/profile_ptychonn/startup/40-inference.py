@@ -35,4 +35,5 @@ inference = PtychoNNDetector(
     keep_warm=True,  # scans after the first start at once; inference.shutdown() stops them
 )
 catalog = connect(RE, inference)
+progress.follow(inference)  # says when the workers start and are ready; fly scans' frames
 """``catalog[-1]`` is the latest run; ``catalog[uid]["inference"].read()`` its results."""
