@@ -130,6 +130,7 @@ def _scan(config: DemoConfig, catalog_location: str):
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
+    from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase, stitch_aligned
     from ptychonn_ophyd.analysis.replay import load_inference
     from ptychonn_ophyd.physics.probe import probe_weight
@@ -142,34 +143,28 @@ def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simul
     image = stitch_aligned(
         data.phase, data.positions_um, simulation.obj.pixel_size_um, truth.shape, weight
     )
-    region = image.weight >= 0.2 * image.weight.max()
-    ssim, rms = compare_phase(image.image, truth, region)
-    picture = _save_picture(config.output_dir / f"demo-{uid[:8]}.png", truth, image.image, region)
+    ssim, rms = compare_phase(image.image, truth, covered(image.weight))
+    path = config.output_dir / f"demo-{uid[:8]}.png"
+    picture = _save_picture(path, data, truth, image, ssim, rms)
     catalog.context.close()
     return DemoSummary(uid, picture, catalog_location, sent, len(data.phase), ssim, rms)
 
 
-def _save_picture(path: Path, truth: np.ndarray, image: np.ndarray, region: np.ndarray) -> Path:
-    import matplotlib
+def _save_picture(path: Path, data, truth: np.ndarray, image, ssim: float, rms: float) -> Path:
+    """Ground truth, reconstruction and error, on the replay figure's colour scale.
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    The reconstruction gets the phase offset that best matches the truth; both are then
+    shown from the truth's median, as replay shows a phase image from its own.
+    """
+    from ptychonn_ophyd.analysis.figure import Panel, covered, phase_median, run_title, save_figure
 
-    shown = image - np.mean((image - truth)[region])
-    error = np.where(region, shown - truth, np.nan)
-    rows, cols = np.nonzero(region)
-    crop = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    figure = Figure(figsize=(15, 5), layout="constrained")
+    region = covered(image.weight)
+    aligned = image.image - np.mean((image.image - truth)[region])
+    offset = phase_median(truth, region)
     panels = [
-        ("ground-truth phase (rad)", truth, "gray"),
-        ("reconstruction from the catalog (rad)", shown, "gray"),
-        ("error (rad)", error, "coolwarm"),
+        Panel("ground truth", truth - offset, "phase"),
+        Panel("reconstruction from the catalog", aligned - offset, "phase"),
+        Panel("error", aligned - truth, "error"),
     ]
-    low, high = float(truth[crop].min()), float(truth[crop].max())
-    for ax, (title, picture, cmap) in zip(figure.subplots(1, 3), panels, strict=True):
-        limits = (-0.5, 0.5) if cmap == "coolwarm" else (low, high)
-        shown_image = ax.imshow(picture[crop], cmap=cmap, vmin=limits[0], vmax=limits[1])
-        ax.set(title=title, xticks=[], yticks=[])
-        figure.colorbar(shown_image, ax=ax, shrink=0.8)
-    figure.savefig(path, dpi=100)
-    return path
+    accuracy = f"SSIM {ssim:.3f}, phase rms error {rms:.3f} rad against the ground truth"
+    return save_figure(path, panels, image, run_title(data.start, len(data.phase), accuracy))
