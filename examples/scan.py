@@ -30,6 +30,7 @@ from ptychonn_ophyd.physics.objects import held_out_object  # noqa: E402
 from ptychonn_ophyd.physics.probe import make_probe  # noqa: E402
 from ptychonn_ophyd.session.device import PtychoNNDetector  # noqa: E402
 from ptychonn_ophyd.session.plans import scan_with_inference  # noqa: E402
+from ptychonn_ophyd.session.progress import show_progress  # noqa: E402
 from ptychonn_ophyd.session.stream import frame_accounting  # noqa: E402
 from ptychonn_ophyd.session.wiring import connect  # noqa: E402
 from ptychonn_ophyd.sim.detector import SimPtychoDetector  # noqa: E402
@@ -61,6 +62,7 @@ def main() -> None:
     RE = RunEngine()
     RE.md = PersistentDict(run_engine_metadata())  # scan ids go on from the last session
     catalog = connect(RE, inference, args.catalog)
+    show_progress(RE, inference)  # before the table, so its lines print on a clean line
     bec = BestEffortCallback()
     if not args.plots:
         bec.disable_plots()

@@ -8,7 +8,6 @@ judged against the simulation's ground truth.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -101,6 +100,7 @@ def _scan(config: DemoConfig, catalog_location: str):
     from ptychonn_ophyd.session.device import PtychoNNDetector
     from ptychonn_ophyd.session.live_view import LiveView
     from ptychonn_ophyd.session.plans import scan_with_inference
+    from ptychonn_ophyd.session.progress import show_progress
     from ptychonn_ophyd.session.wiring import connect
     from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
@@ -121,82 +121,51 @@ def _scan(config: DemoConfig, catalog_location: str):
     RE = RunEngine()
     live_view = LiveView(probe_weight(simulation.probe), figure=False)
     catalog = connect(RE, inference, catalog_location, live_view=live_view)
+    show_progress(RE, inference)
     half, n = SIZES[config.size]
-    with _progress_bar(RE, n * n):
-        (uid,) = RE(
-            scan_with_inference(
-                det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
-            )
+    (uid,) = RE(
+        scan_with_inference(
+            det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
         )
+    )
     live_view.close()
     catalog.context.close()
     return uid, int(det.frames_sent.get()), simulation
 
 
-@contextlib.contextmanager
-def _progress_bar(RE, total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="scan", unit="point")
-
-    primary: set[str] = set()
-
-    def advance(name: str, doc: dict) -> None:
-        if name == "descriptor" and doc["name"] == "primary":
-            primary.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in primary:
-            bar.update(1)
-
-    token = RE.subscribe(advance)
-    try:
-        yield bar
-    finally:
-        RE.unsubscribe(token)
-        bar.close()
-
-
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+    """Compare the mosaic the live view stored with the run against the ground truth."""
+    from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase
     from ptychonn_ophyd.analysis.replay import load_inference
-    from ptychonn_ophyd.physics.probe import probe_weight
     from ptychonn_ophyd.session.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
     data = load_inference(catalog[uid])
     truth = simulation.obj.phase
-    weight = probe_weight(simulation.probe)
-    image = stitch_in_order(data.phase, data.positions_um, simulation.obj.pixel_size_um, weight)[
-        0
-    ].on_grid(truth.shape)
-    region = image.weight >= 0.2 * image.weight.max()
-    ssim, rms = compare_phase(image.image, truth, region)
-    picture = _save_picture(config.output_dir / f"demo-{uid[:8]}.png", truth, image.image, region)
+    image = data.mosaic.phase.on_grid(truth.shape)
+    ssim, rms = compare_phase(image.image, truth, covered(image.weight))
+    path = config.output_dir / f"demo-{uid[:8]}.png"
+    picture = _save_picture(path, data, truth, image, ssim, rms)
     catalog.context.close()
     return DemoSummary(uid, picture, catalog_location, sent, len(data.phase), ssim, rms)
 
 
-def _save_picture(path: Path, truth: np.ndarray, image: np.ndarray, region: np.ndarray) -> Path:
-    import matplotlib
+def _save_picture(path: Path, data, truth: np.ndarray, image, ssim: float, rms: float) -> Path:
+    """Ground truth, reconstruction and error, on the replay figure's colour scale.
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    The reconstruction gets the phase offset that best matches the truth; both are then
+    shown from the truth's median, as replay shows a phase image from its own.
+    """
+    from ptychonn_ophyd.analysis.figure import Panel, covered, phase_median, run_title, save_figure
 
-    shown = image - np.mean((image - truth)[region])
-    error = np.where(region, shown - truth, np.nan)
-    rows, cols = np.nonzero(region)
-    crop = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    figure = Figure(figsize=(15, 5), layout="constrained")
+    region = covered(image.weight)
+    aligned = image.image - np.mean((image.image - truth)[region])
+    offset = phase_median(truth, region)
     panels = [
-        ("ground-truth phase (rad)", truth, "gray"),
-        ("reconstruction from the catalog (rad)", shown, "gray"),
-        ("error (rad)", error, "coolwarm"),
+        Panel("ground truth", truth - offset, "phase"),
+        Panel("reconstruction from the catalog", aligned - offset, "phase"),
+        Panel("error", aligned - truth, "error"),
     ]
-    low, high = float(truth[crop].min()), float(truth[crop].max())
-    for ax, (title, picture, cmap) in zip(figure.subplots(1, 3), panels, strict=True):
-        limits = (-0.5, 0.5) if cmap == "coolwarm" else (low, high)
-        shown_image = ax.imshow(picture[crop], cmap=cmap, vmin=limits[0], vmax=limits[1])
-        ax.set(title=title, xticks=[], yticks=[])
-        figure.colorbar(shown_image, ax=ax, shrink=0.8)
-    figure.savefig(path, dpi=100)
-    return path
+    accuracy = f"SSIM {ssim:.3f}, phase rms error {rms:.3f} rad against the ground truth"
+    return save_figure(path, panels, image, run_title(data.start, len(data.phase), accuracy))

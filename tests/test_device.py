@@ -119,12 +119,17 @@ def test_workers_kept_warm_take_the_next_scan_with_the_same_settings(
     tmp_path, channel_prefix, small_phase_onnx
 ):
     with beamline(tmp_path, channel_prefix, small_phase_onnx, keep_warm=True) as w:
+        said: list[str] = []
+        w.inference.announce = said.append
         w.RE(bp.count([w.det, w.inference], num=2))
         kept = set(w.pids)
         assert w.inference.pool is None and not any(process_gone(p) for p in kept)
+        assert said[0].startswith("inference: starting 1 worker on ")
+        assert said[-1].startswith("inference: 1 worker ready in ")
 
         (second,) = w.RE(bp.count([w.det, w.inference], num=2))
         assert set(w.pids) == kept  # no new worker started
+        assert said[-1] == "inference: 1 worker kept warm, ready at once"
         assert sorted(w.catalog[second]["inference"]["unique_id"].read()) == [3, 4]
         assert frame_accounting(w.catalog[second])["stored"] == 2
 

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_gone, beamline, validate_all
 
@@ -93,6 +94,38 @@ def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_
         assert run.metadata["start"]["mode"] == "fly"
         assert frame_accounting(run)["stored"] == 25
         validate_all(w.documents)
+
+
+def last_table_row(printed: str) -> dict[str, str]:
+    """The last row of the last table BestEffortCallback printed, by column name."""
+    lines = [line for line in printed.splitlines() if line.startswith("|")]
+    header = next(line for line in reversed(lines) if "seq_num" in line)
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    values = [cell.strip() for cell in lines[-1].strip("|").split("|")]
+    return dict(zip(names, values, strict=True))
+
+
+def test_the_live_table_counts_frames_of_this_scan_on_both_sides(
+    tmp_path, channel_prefix, small_phase_onnx, capsys
+):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx) as w:
+        bec = BestEffortCallback()
+        bec.disable_plots()
+        w.RE.subscribe(bec)
+        w.RE(scan_with_inference(w.det, w.inference, w.sy, -0.3, 0.3, 2, w.sx, -0.3, 0.3, 2))
+        w.det.fly_rate_hz = 200
+        capsys.readouterr()
+
+        w.RE(
+            scan_with_inference(
+                w.det, w.inference, w.sy, -0.3, 0.3, 3, w.sx, -0.3, 0.3, 3, mode="fly"
+            )
+        )
+
+        row = last_table_row(capsys.readouterr().out)
+        assert row["det_frames_sent"] == row["inference_inferred"] == "9"
+        assert "det_last_unique_id" not in row  # 13 here: it runs on across scans
+        assert w.det.last_unique_id.get() == 13
 
 
 def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):

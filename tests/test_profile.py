@@ -1,6 +1,7 @@
 """The IPython profile and the examples, run as a new user runs them (fresh HOME)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,12 @@ def user_env(tmp_path, small_phase_onnx):
 
 
 def run(command: list[str], env: dict, cwd: Path, timeout: float = 240) -> str:
+    """``command``'s output, stdout then stderr (where progress goes)."""
     done = subprocess.run(
         command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
@@ -50,6 +52,10 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
         "RunEngine,CatalogOfBlueskyRuns,BestEffortCallback,ProgressBarManager,det,inference" in out
     )
     assert "stored 4" in out
+    said = out.splitlines()
+    assert any(line.startswith("inference: starting 1 worker on ") for line in said)
+    assert any(re.match(r"inference: 1 worker ready in \d+\.\d s ", line) for line in said)
+    assert any(re.match(r"scan 1: 100%\|.*\| 4/4 \[", line) for line in said)
     assert len(list(tmp_path.glob("scan-1-*.png"))) == 1
     state = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd"
     assert (state / "catalog" / "catalog.db").exists()

@@ -1,9 +1,11 @@
 """Replay: a run's inference stream read back from the catalog, stitched, drawn."""
 
 import os
+import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import bluesky.plans as bp
 import numpy as np
@@ -11,9 +13,12 @@ import pytest
 from bluesky_world import beamline
 from matplotlib.image import imread
 
+from ptychonn_ophyd.analysis.figure import covered, relative_phase, replay_accuracy, run_title
 from ptychonn_ophyd.analysis.replay import find_run, load_inference, replay, stitch_run
 from ptychonn_ophyd.analysis.stitch import stitch
 from ptychonn_ophyd.errors import RunLookupError
+from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.models.bundled import demo_model_path
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.session.plans import scan_with_inference
 
@@ -104,3 +109,45 @@ def test_a_scan_id_several_runs_share_names_them_and_picks_none(scanned):
     message = str(raised.value)
     assert message.startswith(f"scan id {scan_id} is ambiguous in the catalog ")
     assert uid in message and other in message and "\n" not in message
+
+
+def orange_pixels(png) -> int:
+    """Pixels of the scan positions' colour (matplotlib's tab:orange) in a PNG."""
+    rgb = imread(png)[..., :3]
+    return int(np.sum((rgb[..., 0] > 0.9) & (abs(rgb[..., 1] - 0.5) < 0.1) & (rgb[..., 2] < 0.2)))
+
+
+def test_the_figure_marks_positions_only_when_asked(scanned, tmp_path):
+    world, uid = scanned
+    command = [sys.executable, "-m", "ptychonn_ophyd", "replay", uid, "--catalog"]
+    command += [str(world.catalog_folder), "-o"]
+
+    for png, extra in ((tmp_path / "plain.png", []), (tmp_path / "dots.png", ["--positions"])):
+        done = subprocess.run(
+            [*command, str(png), *extra], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+
+    assert orange_pixels(tmp_path / "plain.png") == 0
+    assert orange_pixels(tmp_path / "dots.png") > 9  # nine positions, a few pixels each
+
+
+def test_the_figure_shows_the_covered_region_relative_and_names_the_run(scanned):
+    world, uid = scanned
+    data = load_inference(world.catalog[uid])
+    phase, _ = stitch_run(data)
+    region = covered(phase.weight)
+
+    assert region.any() and not region.all()  # the border one or two patches lit is cut
+    assert np.all(phase.weight[region] >= 0.2 * phase.weight.max())
+    assert np.median(relative_phase(phase.image, region)[region]) == pytest.approx(0, abs=1e-6)
+    title = run_title(data.start, len(data.phase), replay_accuracy(data.start))
+    model = open_model(world.inference.model.get())
+    assert uid in title and "9 frames" in title and model.model_hash[:12] in title
+    assert f"model {Path(world.inference.model.get()).name}" in title
+    assert replay_accuracy(data.start) == ""  # a model without a training recipe
+
+
+def test_the_bundled_model_brings_its_recorded_accuracy():
+    accuracy = replay_accuracy({"ptychonn": {"model": str(demo_model_path())}})
+    assert re.fullmatch(r"trained to held-out SSIM 0\.\d\d, phase rms 0\.\d\d rad", accuracy)

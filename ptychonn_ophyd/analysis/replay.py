@@ -14,6 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from ptychonn_ophyd.analysis.figure import (
+    Panel,
+    covered,
+    relative_phase,
+    replay_accuracy,
+    run_title,
+    save_figure,
+)
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.errors import RunLookupError
@@ -123,31 +131,19 @@ def stitch_run(
 
 def save_png(
     path: str | Path,
+    data: InferenceData,
     phase: StitchedImage,
     amplitude: StitchedImage | None = None,
-    positions_um: np.ndarray | None = None,
-    title: str = "",
+    positions: bool = False,
 ) -> Path:
-    """Draw the stitched phase (and amplitude) with the scan positions; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    panels = [("phase (rad)", phase)] + ([("amplitude", amplitude)] if amplitude else [])
-    figure = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
-    for ax, (label, image) in zip(
-        figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
-    ):
-        shown = ax.imshow(image.image, extent=image.extent_um, cmap="gray")
-        if positions_um is not None:
-            ax.plot(positions_um[:, 0], positions_um[:, 1], ".", color="tab:orange", ms=2)
-        ax.set(xlabel="x (µm)", ylabel="y (µm)", title=label)
-        figure.colorbar(shown, ax=ax, shrink=0.8)
-    figure.suptitle(title)
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    return path
+    """Draw the run's stitched phase (and amplitude) with its uid, model and recorded
+    accuracy in the title, and its scan positions if ``positions``; returns the path."""
+    region = covered(phase.weight)
+    panels = [Panel("phase", relative_phase(phase.image, region), "phase")]
+    if amplitude is not None:
+        panels.append(Panel("amplitude", amplitude.image, "amplitude"))
+    title = run_title(data.start, len(data.phase), replay_accuracy(data.start))
+    return save_figure(path, panels, phase, title, data.positions_um if positions else None)
 
 
 def replay(
@@ -156,6 +152,7 @@ def replay(
     output: str | Path | None = None,
     pixel_size_um: float | None = None,
     window: np.ndarray | None = None,
+    positions: bool = False,
 ) -> Path:
     """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), take the
     mosaic stored with it (or stitch its phase patches), and save a PNG.
@@ -171,6 +168,8 @@ def replay(
     pixel_size_um, window
         As for :func:`stitch_run`; either one stitches again instead of taking the
         stored mosaic.
+    positions
+        Mark the scan positions on the picture.
     """
     where = _describe_catalog(catalog)
     if catalog is None or isinstance(catalog, str | Path):
@@ -180,11 +179,8 @@ def replay(
         phase, amplitude = data.mosaic.phase, data.mosaic.amplitude
     else:
         phase, amplitude = stitch_run(data, pixel_size_um, window)
-    start = data.start
-    name = f"scan-{start.get('scan_id', 0)}-{start['uid'][:8]}"
-    model = start.get("ptychonn", {}).get("model_hash", "")
-    title = f"{name}: {len(data.phase)} frames" + (f", model {model}" if model else "")
-    return save_png(output or f"{name}.png", phase, amplitude, data.positions_um, title)
+    name = f"scan-{data.start.get('scan_id', 0)}-{data.start['uid'][:8]}"
+    return save_png(output or f"{name}.png", data, phase, amplitude, positions)
 
 
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:

@@ -21,6 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--pixel-size", type=float, help="object pixel size in µm (default: from the run)"
     )
+    parser.add_argument("--positions", action="store_true", help="mark the scan positions")
     return parser
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
     try:
-        path = replay(run_id, args.catalog, args.output, args.pixel_size)
+        path = replay(run_id, args.catalog, args.output, args.pixel_size, positions=args.positions)
     except (LookupError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

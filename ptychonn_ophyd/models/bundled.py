@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -16,3 +17,27 @@ def demo_model_path(name: str = DEMO_MODEL) -> Path:
     if not path.is_file():
         raise ModelError(path, "the bundled demo model is missing from this installation")
     return path
+
+
+DEMO_RECIPE = "demo_model_recipe.json"
+"""How the bundled demo model was made, and what it scored on the held-out object."""
+
+
+def recorded_accuracy(model: str | Path) -> str:
+    """The held-out accuracy that ``model``'s training recipe records, in words, or "".
+
+    ``ptychonn-ophyd train`` writes ``<name>_recipe.json`` beside ``<name>.onnx``; the
+    bundled demo model's recipe is :data:`DEMO_RECIPE`.
+    """
+    path = Path(model)
+    if not path.name:
+        return ""
+    recipe = path.with_name(f"{path.stem}_recipe.json")
+    if path.stem == Path(DEMO_MODEL).stem:
+        recipe = Path(str(files("ptychonn_ophyd").joinpath("data", DEMO_RECIPE)))
+    try:
+        metrics = json.loads(recipe.read_text())["metrics"]
+        ssim, rms = metrics["held_out_ssim_aligned"], metrics["held_out_phase_rms_aligned"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"trained to held-out SSIM {ssim:.2f}, phase rms {rms:.2f} rad"

@@ -14,6 +14,8 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,6 +80,11 @@ class PtychoNNDetector(_Settings):
         Keep the workers running after :meth:`unstage`, so the next :meth:`stage` with
         the same settings takes them at once instead of starting new ones (seconds of
         imports and CUDA set-up); :meth:`shutdown` stops them.
+    announce
+        Told, one line at a time, when the pool starts, what its start waits for, and
+        when it is ready and how long that took, or that workers kept warm take the scan
+        (default: this module's logger at INFO;
+        :func:`~ptychonn_ophyd.session.progress.show_progress` prints them).
     **kwargs
         Initial values of the settings, any field of
         :class:`~ptychonn_ophyd.settings.PoolConfig` (``model``, ``backend``,
@@ -117,6 +124,7 @@ class PtychoNNDetector(_Settings):
         trigger_timeout: float = 30.0,
         start_timeout: float = 60.0,
         keep_warm: bool = False,
+        announce: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         settings = {key: kwargs.pop(key) for key in SETTINGS if key in kwargs}
@@ -127,6 +135,7 @@ class PtychoNNDetector(_Settings):
         self.trigger_timeout = trigger_timeout
         self.start_timeout = start_timeout
         self.keep_warm = keep_warm
+        self.announce = announce or log.info
         self.stream = InferenceStream(self)
         self.supplement: object | None = None
         self.pool: ConsumerPool | None = None
@@ -166,6 +175,11 @@ class PtychoNNDetector(_Settings):
             self._received.add(result.unique_id)
             self._arrived.notify_all()
         self.stream.take(result)
+
+    @property
+    def inferred_count(self) -> int:
+        """Results received since staging: the ``inferred`` reading, live."""
+        return len(self._received)
 
     @property
     def output_channels(self) -> list[str]:
@@ -213,7 +227,7 @@ class PtychoNNDetector(_Settings):
         warm, self._warm = self._warm, None
         if warm is not None and warm[0] == config and _healthy(warm[1]):
             _, self.pool, self._monitor = warm
-            log.info("%s: the workers kept warm take this scan", self.name)
+            self.announce(f"{self.name}: {_workers(config)} kept warm, ready at once")
         else:
             if warm is not None:
                 _close(*warm[1:])
@@ -227,12 +241,23 @@ class PtychoNNDetector(_Settings):
         self._first_id = self.source_last_id() + 1
 
     def _start(self, config: PoolConfig) -> None:
+        self.announce(
+            f"{self.name}: starting {_workers(config)} on {config.input_channel} at "
+            f"{time.strftime('%H:%M:%S')} (model {Path(config.model).name}, {config.backend})"
+        )
+        began = time.monotonic()
         self.pool = ConsumerPool(config)
-        self.pool.start(timeout=self.start_timeout)
+        self.pool.start(
+            timeout=self.start_timeout, progress=lambda line: self.announce(f"{self.name}: {line}")
+        )
         self._monitor = ResultMonitor(
             self.pool.output_channels, self.pool.amplitude_channels, self._on_result
         )
         self._monitor.start()
+        engine = self.pool.facts().get("engine") or config.backend
+        self.announce(
+            f"{self.name}: {_workers(config)} ready in {time.monotonic() - began:.1f} s ({engine})"
+        )
 
     def unstage(self) -> list[object]:
         """Stop the monitor and the pool (the RunEngine calls this on abort and failure too)."""
@@ -351,7 +376,7 @@ class PtychoNNDetector(_Settings):
         if self.pool is None:
             return
         stats = self.pool.stats()
-        self.inferred.put(len(self._received))
+        self.inferred.put(self.inferred_count)
         self.dropped.put(int(stats.dropped))
         self.rejected.put(int(sum(stats.rejected.values())))
         self.rate.put(float(stats.rate_hz))
@@ -368,6 +393,11 @@ def _close(pool: ConsumerPool | None, monitor: ResultMonitor | None) -> None:
             stopping.callback(monitor.stop)
         if pool is not None:
             stopping.callback(pool.stop)
+
+
+def _workers(config: PoolConfig) -> str:
+    """``"1 worker"`` or ``"4 workers"``."""
+    return f"{config.n_workers} worker{'s' * (config.n_workers != 1)}"
 
 
 def _healthy(pool: ConsumerPool) -> bool:

@@ -59,13 +59,15 @@ class SimPtychoDetector(Device):
     last_unique_id, frames_sent
         ``uniqueId`` of the last frame (it keeps counting across stagings, as an IOC's
         array counter does) and frames sent since staging; live during a free run and
-        read by ``read()``, so an inference device can wait for them.
+        read by ``read()``, so an inference device can wait for them. ``frames_sent``
+        is the hinted one: a live table shows it beside the inference device's
+        ``inferred``, both counted in this scan, so the two compare.
     channel, frames_per_point
         Configuration signals.
     """
 
-    last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="hinted")
-    frames_sent = Cpt(_ServerCounter, counter="frames_sent", kind="normal")
+    last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="normal")
+    frames_sent = Cpt(_ServerCounter, counter="frames_sent", kind="hinted")
     channel = Cpt(Signal, value=DEFAULT_CHANNEL, kind="config")
     frames_per_point = Cpt(Signal, value=1, kind="config")
 

@@ -45,4 +45,5 @@ live_view = LiveView(
     figure="auto",  # a window only where there is a display
 )
 catalog = connect(RE, inference, live_view=live_view)
+progress.follow(inference)  # says when the workers start and are ready; fly scans' frames
 """``catalog[-1]`` is the latest run; ``catalog[uid]["inference"].read()`` its results."""
