@@ -12,6 +12,9 @@ inference))``, ``inference.stream.assets_dir = assets_directory(...)`` and
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -22,6 +25,11 @@ from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.session.catalog import assets_directory, catalog_writer, open_catalog
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.supplement import InferenceSupplement
+
+log = logging.getLogger(__name__)
+
+PAUSED_AT_EXIT = "the process ended while the run was paused (Ctrl-C without resume or abort)"
+"""What the log says when :func:`abort_paused_run_at_exit` closes a run."""
 
 
 def connect(
@@ -57,7 +65,31 @@ def connect(
     inference.stream.assets_dir = assets_directory(catalog)
     RE.preprocessors.append(InferenceSupplement(inference, grace))
     RE.subscribe(catalog_writer(client))
+    abort_paused_run_at_exit(RE)
     return client
+
+
+def abort_paused_run_at_exit(RE: RunEngine) -> None:
+    """Close a run that Ctrl-C left paused when the process ends, as ``RE.abort()`` would.
+
+    A script interrupted with Ctrl-C exits with ``RunEngineInterrupted`` and its run
+    paused; without this the run would have no stop document and its last results
+    and frame accounting would be lost.  The run is closed as ``abort`` (the log says
+    :data:`PAUSED_AT_EXIT`), its inference stream and accounting stored, and the
+    workers stopped.  :func:`connect` calls it.
+
+    It runs at thread shutdown, before ``atexit``: the embedded Tiled catalog closes
+    there (Tiled registers its clean-up the same way), and the stop document needs it.
+    Call it after opening the catalog, so that it runs before the catalog closes.
+    """
+    threading._register_atexit(_abort_if_paused, weakref.ref(RE))
+
+
+def _abort_if_paused(ref: weakref.ref[RunEngine]) -> None:
+    RE = ref()
+    if RE is not None and RE.state == "paused":
+        log.warning("closing the paused run as aborted: %s", PAUSED_AT_EXIT)
+        RE.abort(PAUSED_AT_EXIT)
 
 
 def _subscribers(RE: RunEngine) -> list[object]:
