@@ -67,6 +67,11 @@ class CatalogError(RuntimeError):
     the message is one line naming the path."""
 
 
+class StorageFullError(OSError):
+    """The catalog's disk has too little room left to store more results and still close
+    the run; the message is one line naming the path and the room left."""
+
+
 class CatalogNotFoundError(LookupError):
     """A catalog to read from does not exist; the message names where it was looked for."""
 

@@ -89,9 +89,11 @@ def beamline(
     grace: float = 5.0,
     frames_per_point: int = 1,
     live_view: LiveView | None = None,
+    catalog_dir: Path | None = None,
     **kw: Any,
 ):
-    """Yield a :class:`Beamline`; afterwards no worker process of it is left running.
+    """Yield a :class:`Beamline` (its catalog in ``catalog_dir``, else ``tmp_path/catalog``);
+    afterwards no worker process of it is left running.
 
     With ``live_view``, runs are stitched live (and its channel is stopped afterwards).
     """
@@ -99,8 +101,9 @@ def beamline(
         tmp_path, prefix, model, frames_per_point, n_workers=n_workers, **kw
     )
     RE = RunEngine()
-    catalog = connect(RE, inference, tmp_path / "catalog", grace=grace, live_view=live_view)
-    world = Beamline(RE, sx, sy, det, inference, inference.stream, catalog, tmp_path / "catalog")
+    catalog_dir = catalog_dir or tmp_path / "catalog"
+    catalog = connect(RE, inference, catalog_dir, grace=grace, live_view=live_view)
+    world = Beamline(RE, sx, sy, det, inference, inference.stream, catalog, catalog_dir)
     RE.subscribe(lambda name, doc: world.documents.append((name, doc)))
     RE.subscribe(lambda name, doc: world.remember_workers())
     try:

@@ -151,7 +151,8 @@ def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):
     assert stop["exit_status"] == "abort"
     summary = frame_accounting(run)
     assert summary["stored"] >= 3
-    assert summary["stored"] + summary["not_in_time"] + summary["dropped"] == summary["produced"]
+    lost = summary["not_in_time"] + summary["missed"] + summary["dropped"]
+    assert summary["stored"] + lost == summary["produced"]
     assert len(run["inference"]["phase"].read()) == summary["stored"]
 
 

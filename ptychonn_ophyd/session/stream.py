@@ -20,10 +20,12 @@ thread writes them to the file when it collects.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections import Counter
@@ -36,6 +38,7 @@ import numpy as np
 from event_model import ComposeStreamResource
 from ophyd.status import Status
 
+from ptychonn_ophyd.errors import StorageFullError
 from ptychonn_ophyd.pool import PoolStats
 from ptychonn_ophyd.session.results import InferenceResult
 
@@ -65,6 +68,9 @@ IMAGE_CHUNK = 256
 SCALAR_CHUNK = 65536
 WRITE_ROWS = 1024
 """Rows stacked in memory per HDF5 write."""
+RESERVE_BYTES = 1 << 20
+"""Disk room a run leaves free for the catalog's last documents (descriptors, the
+accounting, the stop document): with less, the run stops storing results and fails."""
 
 
 class InferenceFile:
@@ -138,6 +144,11 @@ class InferenceFile:
             return [IMAGE_CHUNK, *self.image_shape]
         return [SCALAR_CHUNK]
 
+    def row_bytes(self) -> int:
+        """Bytes one row takes in the file (before HDF5's own overhead)."""
+        pixels = int(np.prod(self.image_shape))
+        return 4 * pixels * len(self.images) + 8 * len(SCALARS)
+
     def append(self, results: list[InferenceResult]) -> tuple[int, int]:
         """Write ``results`` as new rows; returns the ``(start, stop)`` rows written."""
         start, stop = self.rows, self.rows + len(results)
@@ -158,8 +169,11 @@ class InferenceFile:
             self._file[key][rows] = np.array([get(r) for r in results], dtype=dtype)
 
     def close(self) -> None:
-        self._file.close()
-        self._alive.close()
+        """Close the file (also after a failed write, so HDF5 holds nothing at exit)."""
+        try:
+            self._file.close()
+        finally:
+            self._alive.close()
 
 
 def writer_alive(path: Path) -> bool:
@@ -196,13 +210,60 @@ class ResultSource(Protocol):
     def describe_configuration(self) -> dict[str, Any]: ...
 
 
+SOURCE_PERIOD = 0.05
+"""Seconds between two readings of the source's uniqueId counter during a run."""
+
+
+class SourceCounter:
+    """Frames a source produced during a run, also when it restarts.
+
+    A restarted source (an IOC, the simulator) counts its uniqueIds from 1 again.  The
+    counter is read every :data:`SOURCE_PERIOD` s; a reading below the one before
+    closes an epoch.  The last frames of an epoch can come after its last reading, so
+    the results of frames sent before the restart was seen extend it.
+    """
+
+    def __init__(self, first_id: int, now: float) -> None:
+        self.epochs: list[list[float]] = [[first_id, first_id - 1, now]]
+        """``[first uniqueId, last uniqueId, wall time it was seen to begin]`` each."""
+
+    @property
+    def restarts(self) -> int:
+        return len(self.epochs) - 1
+
+    def observe(self, last_id: int, now: float) -> None:
+        """Take a reading of the source's newest uniqueId."""
+        epoch = self.epochs[-1]
+        if last_id < epoch[1]:
+            self.epochs.append([1, last_id, now])
+        else:
+            epoch[1] = last_id
+
+    def produced(self, seen: set[tuple[int, float]]) -> int:
+        """Frames over every epoch; ``seen`` holds ``(uniqueId, frame time)`` of results."""
+        total = 0
+        for k, (first, last, _) in enumerate(self.epochs):
+            if k + 1 < len(self.epochs):
+                until = self.epochs[k + 1][2]
+                last = max([last, *(i for i, t in seen if t < until and i >= first)])
+            total += max(int(last - first + 1), 0)
+        return total
+
+
 class _Run:
     """What the stream tracks for the run it is writing."""
 
-    def __init__(self, uid: str, first_id: int, stats_at_start: dict[str, Any]) -> None:
+    def __init__(
+        self, uid: str, first_id: int, stats_at_start: dict[str, Any], began: float
+    ) -> None:
         self.uid = uid
         self.first_id = first_id
         self.stats_at_start = stats_at_start
+        self.began = began
+        self.source = SourceCounter(first_id, began)
+        self.seen: set[tuple[int, float]] = set()
+        self.duplicates = 0
+        self.ended = threading.Event()
         self.results: queue.SimpleQueue[InferenceResult] = queue.SimpleQueue()
         self.received = 0
         self.file: InferenceFile | None = None
@@ -235,6 +296,10 @@ class InferenceStream:
     max_rows
         Most rows one collect writes (the rest wait for the next) until the run is
         sealed.
+    reserve_bytes
+        Disk room every write leaves free; a write that would leave less fails the run
+        with :class:`~ptychonn_ophyd.errors.StorageFullError`, so the catalog can still
+        store its accounting and stop document.
 
     ``followers`` are called with every result that becomes a row, in row order (the
     live view stitches them in the order replay reads them).
@@ -246,11 +311,13 @@ class InferenceStream:
         assets_dir: Path | None = None,
         grace: float = 5.0,
         max_rows: int = 65536,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         self.device = device
         self.assets_dir = assets_dir
         self.grace = grace
         self.max_rows = max_rows
+        self.reserve_bytes = reserve_bytes
         self.late: Counter[str] = Counter()
         self.followers: list[Callable[[InferenceResult], None]] = []
         self._run: _Run | None = None
@@ -284,17 +351,46 @@ class InferenceStream:
         if self.assets_dir is None:
             raise RuntimeError(f"{self.name}: no assets folder for the inference stream")
         stats = self.device.pool_stats()
-        self._run = _Run(uid, self.device.source_last_id() + 1, _counts(stats))
+        run = _Run(uid, self.device.source_last_id() + 1, _counts(stats), time.time())
+        self._run = run
+        if self.device.source is not None:
+            threading.Thread(
+                target=self._watch_source, args=(run,), name=f"{self.name}-source", daemon=True
+            ).start()
+
+    def _watch_source(self, run: _Run) -> None:
+        """Read the source's counter until the run ends (restarts show as it going back)."""
+        while not run.ended.wait(SOURCE_PERIOD):
+            self._observe_source(run)
+
+    def _observe_source(self, run: _Run) -> None:
+        try:
+            last = self.device.source_last_id()
+        except Exception:  # a source that cannot be read now is read again soon
+            log.debug("reading the source's counter failed", exc_info=True)
+            return
+        with self._lock:
+            before = run.source.restarts
+            run.source.observe(last, time.time())
+        if run.source.restarts > before:
+            log.warning(
+                "run %s: the source restarted (its uniqueId went back to %d)", run.uid, last
+            )
 
     def take(self, result: InferenceResult) -> None:
-        """Queue ``result`` for the run it belongs to (called in a pvapy thread)."""
+        """Queue ``result`` for the run it belongs to (called in a pvapy thread).
+
+        A result of a frame already taken (same uniqueId and frame time: a frame that
+        two workers received) is counted as a duplicate and not stored again.
+        """
         with self._lock:
             run = self._run
-            if (
-                run is not None
-                and not run.sealed
-                and (self.device.source is None or result.unique_id >= run.first_id)
-            ):
+            if run is not None and not run.sealed and self._belongs(run, result):
+                key = (result.unique_id, result.timestamp)
+                if key in run.seen:
+                    run.duplicates += 1
+                    return
+                run.seen.add(key)
                 run.received += 1
                 run.results.put(result)
                 for follow in self.followers:
@@ -312,6 +408,14 @@ class InferenceStream:
         with self._lock:
             if self._run is not None:
                 self._run.sealed = True
+
+    def _belongs(self, run: _Run, result: InferenceResult) -> bool:
+        """Whether ``result`` is of a frame produced during ``run``: its uniqueId is new,
+        or the source restarted (its ids start at 1 again) and the frame is newer than
+        the run (this compares the source's clock with this host's)."""
+        if self.device.source is None or result.unique_id >= run.first_id:
+            return True
+        return run.source.restarts > 0 and result.timestamp >= run.began
 
     def _count_late(self, uid: str, n: int) -> None:
         self.late[uid] += n
@@ -333,24 +437,59 @@ class InferenceStream:
         return run.file.rows if run is not None and run.file is not None else 0
 
     def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
-        """Write the queued results and yield the documents that announce the new rows."""
+        """Write the queued results and yield the documents that announce the new rows.
+
+        Raises
+        ------
+        StorageFullError
+            The disk is (nearly) full: the run stops here and fails, with the rows
+            stored so far announced.
+        """
         run = self._run
         if run is None or run.error is not None:
             return
         try:
             opening = run.file is None
             if opening:
+                self._check_room(run, 0)
                 yield from self._open_file(run)
             batch = run.drain(run.results.qsize() if run.sealed else self.max_rows)
             if not batch and not opening:
                 return
+            self._check_room(run, len(batch))
             start, stop = run.file.append(batch)
+        except StorageFullError as error:
+            run.error = error
+            raise
+        except OSError as error:
+            run.error = error
+            if error.errno == errno.ENOSPC:
+                raise self._full(run, 0) from None
+            log.exception("writing the inference stream of run %s failed", run.uid)
+            return
         except Exception as error:  # keep the run going; its accounting shows the gap
             run.error = error
             log.exception("writing the inference stream of run %s failed", run.uid)
             return
         for compose in run.datum_factories.values():
             yield "stream_datum", compose(indices={"start": start, "stop": stop})
+
+    def _check_room(self, run: _Run, rows: int) -> None:
+        """Raise :class:`StorageFullError` unless ``rows`` more rows leave the reserve free."""
+        needed = self.reserve_bytes
+        if run.file is not None:
+            needed += rows * run.file.row_bytes()
+        if shutil.disk_usage(self.assets_dir).free < needed:
+            raise self._full(run, rows)
+
+    def _full(self, run: _Run, rows: int) -> StorageFullError:
+        free = shutil.disk_usage(self.assets_dir).free
+        stored = run.file.rows if run.file is not None else 0
+        return StorageFullError(
+            f"{self.assets_dir}: disk full ({free / 2**20:.2f} MiB free, "
+            f"{self.reserve_bytes / 2**20:.2f} MiB kept to close the run): run {run.uid} "
+            f"stops with {stored} result(s) stored, {rows} not stored"
+        )
 
     def _open_file(self, run: _Run) -> Iterator[tuple[str, dict]]:
         path = self.assets_dir / f"{run.uid}-{STREAM}.h5"
@@ -392,12 +531,20 @@ class InferenceStream:
 
     def end(self) -> dict[str, Any]:
         """Close the file, count later results as late, and return the run's accounting."""
-        with self._lock:
-            run, self._run = self._run, None
+        run = self._run
         if run is None:
             return {}
+        run.ended.set()
+        if self.device.source is not None:
+            self._observe_source(run)
+        with self._lock:
+            self._run = None
         if run.file is not None:
-            run.file.close()
+            try:
+                run.file.close()
+            except OSError as error:  # a full disk: the accounting still goes out
+                run.error = run.error or error
+                log.warning("closing %s failed: %s", run.file.path, error)
         summary = self._reconcile(run)
         self._ended = (run.uid, run.first_id, run.first_id + summary["produced"] - 1)
         if leftover := run.results.qsize():  # came after the last collect
@@ -405,20 +552,29 @@ class InferenceStream:
         return summary
 
     def _reconcile(self, run: _Run) -> dict[str, Any]:
+        """The run's frame accounting: ``produced == inferred + dropped + rejected +
+        missed + not_in_time`` (see the README's table of the counters)."""
         produced = self._produced(run)
         now = _counts(self.device.pool_stats())
         dropped = now["dropped"] - run.stats_at_start["dropped"]
         rejected = Counter(now["rejected"])
         rejected.subtract(run.stats_at_start["rejected"])
+        n_rejected = sum(rejected.values())
+        received = now["received"] - run.stats_at_start["received"] - run.duplicates
         stored = run.file.rows if run.file is not None else 0
         summary = {
             "produced": produced,
+            "received": received,
             "inferred": run.received,
             "stored": stored,
+            "not_stored": run.received - stored,
             "dropped": dropped,
-            "rejected": sum(rejected.values()),
+            "rejected": n_rejected,
             "rejected_reasons": {k: v for k, v in rejected.items() if v},
-            "not_in_time": max(produced - stored - dropped - sum(rejected.values()), 0),
+            "missed": max(produced - received, 0),
+            "not_in_time": max(min(received, produced) - run.received - dropped - n_rejected, 0),
+            "duplicates": run.duplicates,
+            "source_restarts": run.source.restarts,
             "monitor_overruns": self.device.monitor_overruns,
             "grace_s": self.grace,
             "file": str(run.file.path) if run.file is not None else "",
@@ -436,9 +592,12 @@ class InferenceStream:
         return summary
 
     def _produced(self, run: _Run) -> int:
+        """Frames the source produced during ``run`` (those the pool received without one)."""
         if self.device.source is None:
-            return _counts(self.device.pool_stats())["received"] - run.stats_at_start["received"]
-        return self.device.source_last_id() - run.first_id + 1
+            received = _counts(self.device.pool_stats())["received"]
+            return received - run.stats_at_start["received"] - run.duplicates
+        with self._lock:
+            return run.source.produced(run.seen)
 
     def _lost(self, run: _Run) -> int:
         now = _counts(self.device.pool_stats())

@@ -12,6 +12,9 @@ inference))``, ``inference.stream.assets_dir = assets_directory(...)`` and
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -24,6 +27,11 @@ from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
 from ptychonn_ophyd.session.supplement import InferenceSupplement
+
+log = logging.getLogger(__name__)
+
+PAUSED_AT_EXIT = "the process ended while the run was paused (Ctrl-C without resume or abort)"
+"""What the log says when :func:`abort_paused_run_at_exit` closes a run."""
 
 
 def connect(
@@ -67,7 +75,31 @@ def connect(
     if live_view is not None:
         live_view.publish_on(inference.output_prefix.get())  # viewers can connect now
         RE.subscribe(MosaicFigure(live_view))  # draws only where a figure is wanted
+    abort_paused_run_at_exit(RE)
     return client
+
+
+def abort_paused_run_at_exit(RE: RunEngine) -> None:
+    """Close a run that Ctrl-C left paused when the process ends, as ``RE.abort()`` would.
+
+    A script interrupted with Ctrl-C exits with ``RunEngineInterrupted`` and its run
+    paused; without this the run would have no stop document and its last results
+    and frame accounting would be lost.  The run is closed as ``abort`` (the log says
+    :data:`PAUSED_AT_EXIT`), its inference stream and accounting stored, and the
+    workers stopped.  :func:`connect` calls it.
+
+    It runs at thread shutdown, before ``atexit``: the embedded Tiled catalog closes
+    there (Tiled registers its clean-up the same way), and the stop document needs it.
+    Call it after opening the catalog, so that it runs before the catalog closes.
+    """
+    threading._register_atexit(_abort_if_paused, weakref.ref(RE))
+
+
+def _abort_if_paused(ref: weakref.ref[RunEngine]) -> None:
+    RE = ref()
+    if RE is not None and RE.state == "paused":
+        log.warning("closing the paused run as aborted: %s", PAUSED_AT_EXIT)
+        RE.abort(PAUSED_AT_EXIT)
 
 
 def _subscribers(RE: RunEngine) -> list[object]:
