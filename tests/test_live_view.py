@@ -155,3 +155,13 @@ def test_the_figure_draws_the_latest_mosaic_and_dims_where_the_scan_has_not_been
         assert np.ma.is_masked(shown)  # NaN where no patch landed is masked, not drawn
     finally:
         plt.close("all")
+
+
+def test_an_idle_mosaic_thread_waits_instead_of_spinning():
+    view = LiveView(None, channel=False, figure=False, update_period=0.05)
+    assert view.begin("idle-run", 0.01, (128, 128), amplitude=False)
+    busy_before, wall_before = time.process_time(), time.monotonic()
+    time.sleep(1.0)  # measuring idleness itself: no result arrives in this second
+    busy = time.process_time() - busy_before
+    assert busy < 0.3 * (time.monotonic() - wall_before), f"{busy:.2f} s of CPU while idle"
+    assert view.finish().frames == 0

@@ -174,9 +174,11 @@ class LiveView:
                 if batch:
                     _add(run.mosaic, batch)
                 now = time.monotonic()
-                if ending or (now - shown_at >= period and run.mosaic.frames != shown_frames):
-                    self._show(run)
-                    shown_at, shown_frames = now, run.mosaic.frames
+                if ending or now - shown_at >= period:
+                    if ending or run.mosaic.frames != shown_frames:
+                        self._show(run)
+                        shown_frames = run.mosaic.frames
+                    shown_at = now  # with nothing new, block for the next period
         except Exception as error:  # the scan goes on; the run has no mosaic
             run.error = error
             log.exception("stitching the live mosaic of run %s failed", run.uid)
