@@ -13,7 +13,6 @@ from ptychonn_ophyd.physics.objects import (
     ComplexObject,
     ObjectStyle,
     held_out_object,
-    random_training_object,
 )
 from ptychonn_ophyd.physics.probe import ProbeConfig, make_probe, probe_weight
 from ptychonn_ophyd.physics.scan import fermat_spiral, raster_scan, to_micrometres, to_pixels
@@ -35,17 +34,6 @@ def flat_object(size: int = 256, phase: float = 0.0, amplitude: float = 1.0) -> 
 def test_held_out_images_are_never_training_images():
     assert HELD_OUT_PHASE not in TRAINING_IMAGES
     assert HELD_OUT_AMPLITUDE not in TRAINING_IMAGES
-
-
-def test_training_object_is_deterministic_given_seed_and_within_style_ranges():
-    style = ObjectStyle(phase_range=(-1.0, 0.5), amplitude_range=(0.7, 0.9))
-    a = random_training_object(np.random.default_rng(7), 160, style)
-    b = random_training_object(np.random.default_rng(7), 160, style)
-    np.testing.assert_array_equal(a.phase, b.phase)
-    assert a.name == b.name
-    assert a.phase.min() >= -1.0 - 1e-5 and a.phase.max() <= 0.5 + 1e-5
-    assert a.amplitude.min() >= 0.7 - 1e-5 and a.amplitude.max() <= 0.9 + 1e-5
-    assert a.phase.std() > 0.05, "a natural image must give a structured phase"
 
 
 def test_held_out_object_has_requested_size_and_structure():

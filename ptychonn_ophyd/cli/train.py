@@ -1,9 +1,10 @@
 """``ptychonn-ophyd train``: train a PtychoNN model on simulated ptychography.
 
-Simulates Poisson-noisy diffraction frames of random views of the training images,
-trains the chosen small model (GPU when present), reports the validation phase error
-and the held-out demo reconstruction, and writes ``<model>.pth``, ``<model>.onnx`` and
-``<model>_recipe.json`` into ``--out``.
+Draws fresh Poisson-noisy diffraction frames of random objects on the training device
+(a GPU when present), trains the chosen small model with a progress bar, reports each
+epoch's training and validation loss and, at the end, the held-out demo scan's SSIM and
+phase error, and writes ``<model>.pth``, ``<model>.onnx`` and ``<model>_recipe.json``
+into ``--out``.  The defaults are the recipe of the shipped demo model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,22 @@ import logging
 import sys
 from pathlib import Path
 
-from ptychonn_ophyd.training import PRESETS_TRAINED, TrainingConfig, train
+from ptychonn_ophyd.training import PRESETS_TRAINED, TrainingConfig
+
+OPTIONS = {
+    "--model": ("preset", "architecture"),
+    "--nconv": ("nconv", "width of the first encoder block"),
+    "--epochs": ("epochs", "training epochs"),
+    "--frames-per-epoch": ("frames_per_epoch", "freshly drawn frames per epoch"),
+    "--validation-frames": ("n_validation_frames", "frames of the fixed validation set"),
+    "--batch-size": ("batch_size", "frames per optimiser step"),
+    "--lr": ("learning_rate", "peak Adam learning rate"),
+    "--seed": ("seed", "seeds every draw, the validation set and the weights"),
+    "--device": ("device", "auto (CUDA when present), cpu or cuda"),
+    "--check-every": ("check_every", "epochs between held-out checks (0: at the end only)"),
+    "--initial-weights": ("initial_weights", "checkpoint to start from (default: fresh weights)"),
+}
+"""Each option and the :class:`TrainingConfig` field it sets (its type and default)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,40 +39,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="train PtychoNN on simulated frames", description=__doc__
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the model files")
-    parser.add_argument("--frames", type=int, default=defaults.n_frames, help="training frames")
-    parser.add_argument("--validation-frames", type=int, default=defaults.n_validation_frames)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--model", choices=PRESETS_TRAINED, default=defaults.preset)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument(
-        "--lr", type=float, default=defaults.learning_rate, help="peak Adam learning rate"
+        "--name", default=None, help="file name stem: NAME.pth, NAME.onnx, NAME_recipe.json"
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="simulation processes (default: one per CPU)"
-    )
+    for flag, (name, text) in OPTIONS.items():
+        default = getattr(defaults, name)
+        choices = {"preset": PRESETS_TRAINED, "device": ("auto", "cpu", "cuda")}.get(name)
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=type(default),
+            default=default,
+            choices=choices,
+            help=f"{text} (default {default})",
+        )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = TrainingConfig(
-            preset=args.model,
-            n_frames=args.frames,
-            n_validation_frames=args.validation_frames,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            seed=args.seed,
-            device=args.device,
-        )
+        config = TrainingConfig(**{name: getattr(args, name) for name, _ in OPTIONS.values()})
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        from ptychonn_ophyd.training.recipe import train
+    except ImportError as err:
+        print(
+            f"error: training needs PyTorch (pip install 'ptychonn-ophyd[torch]'): {err}",
+            file=sys.stderr,
+        )
+        return 2
     logging.getLogger("ptychonn_ophyd.training").setLevel(logging.INFO)
-    result = train(config, args.out, workers=args.workers)
+    result = train(config, args.out, args.name, progress=not args.quiet)
     print(json.dumps(result.metrics, indent=2))
     files = ", ".join(str(args.out / name) for name in result.files.values())
-    print(f"trained on {result.device} in {result.seconds:.0f} s; wrote {files}")
+    print(f"trained on {result.machine['device']} in {result.seconds:.0f} s; wrote {files}")
     return 0

@@ -19,8 +19,9 @@ def demo_model_path(name: str = DEMO_MODEL) -> Path:
     return path
 
 
-DEMO_RECIPE = "demo_model_recipe.json"
-"""How the bundled demo model was made, and what it scored on the held-out object."""
+DEMO_RECIPE = f"{Path(DEMO_MODEL).stem}_recipe.json"
+"""How the bundled demo model was made (the recipe ``ptychonn-ophyd train`` wrote with
+it), and what it scored on the held-out object."""
 
 
 def recorded_accuracy(model: str | Path) -> str:

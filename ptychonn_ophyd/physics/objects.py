@@ -19,16 +19,21 @@ TRAINING_IMAGES: tuple[str, ...] = (
     "brick",
     "cell",
     "chelsea",
+    "checkerboard",
     "clock",
     "coffee",
     "coins",
+    "colorwheel",
     "grass",
     "gravel",
+    "horse",
     "hubble_deep_field",
     "immunohistochemistry",
+    "logo",
     "page",
     "retina",
     "rocket",
+    "shepp_logan_phantom",
     "text",
 )
 """Images that training objects draw their phase and amplitude from."""
@@ -40,9 +45,6 @@ HELD_OUT_AMPLITUDE = "moon"
 HELD_OUT_SIZE = 384
 HELD_OUT_MAGNIFICATION = 3.0
 """The demo object is the central 128x128 image pixels of each, shown 3x larger."""
-
-TRAINING_MAGNIFICATION_RANGE = (2.0, 4.0)
-"""Object pixels per image pixel of training views: features a few to tens of pixels."""
 
 DEFAULT_PHASE_RANGE = (-np.pi / 2, np.pi / 2)
 """Phase span in radians: strong enough to scatter well, well inside ``pi * tanh``."""
@@ -114,38 +116,23 @@ def load_image(name: str) -> np.ndarray:
         image = skimage.color.rgb2gray(image[..., :3])
     image = image.astype(np.float32)
     low, high = np.percentile(image, (0.5, 99.5))
-    return np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def square_view(
-    image: np.ndarray,
-    size: int,
-    magnification: float | None = None,
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """A square ``size`` x ``size`` view of an image, resampled with anti-aliasing.
+def square_view(image: np.ndarray, size: int, magnification: float | None = None) -> np.ndarray:
+    """A centred square ``size`` x ``size`` view of an image, resampled with anti-aliasing.
 
     ``magnification`` is object pixels per image pixel, so the view covers
     ``size / magnification`` image pixels (at most the image's short side; ``None``
-    takes the whole short side).  Without ``rng`` the view is centred; with it, the
-    view sits at a random place and is randomly flipped and turned by a multiple of
-    90 degrees: cheap augmentation that keeps the statistics of a natural image.
+    takes the whole short side).
     """
     from skimage.transform import resize
 
     short = min(image.shape)
     side = short if magnification is None else min(short, max(4, round(size / magnification)))
-    if rng is None:
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-    else:
-        top = int(rng.integers(0, image.shape[0] - side + 1))
-        left = int(rng.integers(0, image.shape[1] - side + 1))
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     view = image[top : top + side, left : left + side]
     view = resize(view, (size, size), anti_aliasing=side > size, preserve_range=True)
-    if rng is not None:
-        view = np.rot90(view, int(rng.integers(4)))
-        if rng.random() < 0.5:
-            view = view[:, ::-1]
     return np.ascontiguousarray(view, dtype=np.float32)
 
 
@@ -214,29 +201,11 @@ def held_out_object(
     return named_object(HELD_OUT_PHASE, HELD_OUT_AMPLITUDE, size, magnification, style)
 
 
-def random_training_object(
-    rng: np.random.Generator,
-    size: int = 256,
-    style: ObjectStyle = ObjectStyle(),
-    magnification_range: tuple[float, float] = TRAINING_MAGNIFICATION_RANGE,
-) -> ComplexObject:
-    """A training object: two different training images in random views, seeded by ``rng``.
-
-    Each view's magnification is drawn log-uniformly from ``magnification_range``.
-    """
-    phase_name, amplitude_name = rng.choice(TRAINING_IMAGES, size=2, replace=False)
-    views = []
-    for name in (phase_name, amplitude_name):
-        magnification = float(np.exp(rng.uniform(*np.log(magnification_range))))
-        views.append(square_view(_cached_image(name), size, magnification, rng))
-    return make_object(*views, style, f"{phase_name}/{amplitude_name}")
-
-
 _IMAGE_CACHE: dict[str, np.ndarray] = {}
 
 
 def _cached_image(name: str) -> np.ndarray:
-    """:func:`load_image`, decoded once per process (training draws the same images often)."""
+    """:func:`load_image`, decoded once per process."""
     if name not in _IMAGE_CACHE:
         _IMAGE_CACHE[name] = load_image(name)
     return _IMAGE_CACHE[name]
