@@ -136,7 +136,7 @@ def test_shipped_demo_model_reconstructs_the_held_out_object(demo_recipe):
     model_file = open_model(DATA / demo_recipe["files"]["pth"])
     model = build_torch_model(model_file.spec, model_file.state_dict())
     metrics = HeldOutCheck(TrainingConfig(demo=DemoScan(radius_um=0.6)))(model)
-    assert metrics["held_out_ssim_aligned"] > 0.65
+    assert metrics["held_out_ssim_aligned"] > 0.62
     assert metrics["held_out_phase_rms_aligned"] < 0.12
     # trained for the phase about the lit mean, its patches stitch fairly even unaligned
     assert metrics["held_out_ssim_plain"] > 0.35
