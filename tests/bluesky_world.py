@@ -26,7 +26,7 @@ from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
-from ptychonn_ophyd.session.stream import InferenceStream
+from ptychonn_ophyd.session.stream import OUTCOMES, InferenceStream
 from ptychonn_ophyd.session.wiring import connect
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
@@ -141,3 +141,9 @@ def validate_all(documents: list[tuple[str, dict]]) -> None:
     """Check every document against event-model's schema for its kind."""
     for name, doc in documents:
         schema_validators[DocumentNames[name]].validate(doc)
+
+
+def assert_every_frame_counted(summary: dict[str, Any]) -> None:
+    """The frame accounting balances: every produced frame has exactly one outcome."""
+    outcomes = {name: summary[name] for name in OUTCOMES}
+    assert summary["produced"] == sum(outcomes.values()), (summary["produced"], outcomes)

@@ -268,13 +268,13 @@ def test_cli_runs_a_pool_and_reports(source, channel_prefix, small_phase_onnx, t
         *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(small_phase_onnx)),
         *("--input-channel", source.channel, "--output-prefix", channel_prefix),
         *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(tmp_path)),
-        *("--report-period", "1", "--runtime", "3"),
+        *("--report-period", "1", "--runtime", "10"),
     ]
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         ready_line = cli.stdout.readline()
         source.publish_frames(poisson_frames(10, seed=4), rate_hz=100)
-        out, _ = cli.communicate(timeout=30)
+        out, _ = cli.communicate(timeout=90)
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -29,7 +29,7 @@ def frames_then_stop(det, inference):
     return (yield from inner())
 
 
-@pytest.mark.parametrize("grace", [5.0, 0.0])
+@pytest.mark.parametrize("grace", [30.0, 0.0])
 def test_results_after_the_stop_document(tmp_path, channel_prefix, small_phase_onnx, grace):
     with beamline(tmp_path, channel_prefix, small_phase_onnx, grace=grace, frames_per_point=6) as w:
         (uid,) = w.RE(frames_then_stop(w.det, w.inference))

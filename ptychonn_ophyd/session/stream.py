@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STREAM = "inference"
 """Name of the stream of per-frame results."""
+OUTCOMES = ("inferred", "dropped", "rejected", "missed", "not_in_time")
+"""The frame accounting's counters of which every produced frame is in exactly one."""
 ACCOUNTING_STREAM = "inference_accounting"
 """Name of the one-row stream holding a run's frame accounting."""
 METADATA_KEY = "ptychonn"
@@ -523,6 +525,8 @@ class InferenceStream:
         run, deadline = self._run, time.monotonic() + self.grace
         try:
             while run is not None and time.monotonic() < deadline and self.device.pool:
+                if self.device.source is not None:
+                    self._observe_source(run)  # the watcher reads it only every period
                 if run.received + self._lost(run) >= self._produced(run):
                     break
                 time.sleep(0.02)
@@ -552,15 +556,18 @@ class InferenceStream:
         return summary
 
     def _reconcile(self, run: _Run) -> dict[str, Any]:
-        """The run's frame accounting: ``produced == inferred + dropped + rejected +
-        missed + not_in_time`` (see the README's table of the counters)."""
+        """The run's frame accounting: ``produced`` is the sum of the :data:`OUTCOMES`
+        (see the README's table of the counters)."""
         produced = self._produced(run)
         now = _counts(self.device.pool_stats())
         dropped = now["dropped"] - run.stats_at_start["dropped"]
         rejected = Counter(now["rejected"])
         rejected.subtract(run.stats_at_start["rejected"])
         n_rejected = sum(rejected.values())
-        received = now["received"] - run.stats_at_start["received"] - run.duplicates
+        # The pool's counters come with its status updates, which lag on a busy machine;
+        # a frame that has an outcome in the workers was received, whatever they say yet.
+        counted = now["received"] - run.stats_at_start["received"] - run.duplicates
+        received = max(counted, run.received + dropped + n_rejected)
         stored = run.file.rows if run.file is not None else 0
         summary = {
             "produced": produced,
