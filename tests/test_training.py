@@ -114,6 +114,15 @@ def test_train_command_refuses_an_epoch_shorter_than_a_batch(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_train_command_refuses_initial_weights_of_another_network(tmp_path, capsys):
+    wide = str(DATA / "ptychonn_demo_small_phase.pth")
+    code = cli(["train", "--out", str(tmp_path), "--nconv", "8", "--initial-weights", wide])
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and wide in line and "not ArchitectureSpec" in line
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def demo_recipe() -> dict:
     return json.loads((DATA / DEMO_RECIPE).read_text())

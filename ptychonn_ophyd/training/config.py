@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ptychonn_ophyd.errors import ModelError
 from ptychonn_ophyd.models.architecture import PRESETS, ArchitectureSpec
 from ptychonn_ophyd.physics.held_out import DemoScan
 from ptychonn_ophyd.physics.objects import ObjectStyle
@@ -133,6 +134,22 @@ class TrainingConfig:
             raise ValueError("need learning rate > 0 and check_every >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.initial_weights:
+            self._check_initial_weights()
+
+    def _check_initial_weights(self) -> None:
+        """The starting checkpoint opens and has this recipe's architecture.
+
+        Raises
+        ------
+        ModelError
+            It does not (a ``ValueError``; the message names the file).
+        """
+        from ptychonn_ophyd.models import open_model
+
+        start = open_model(self.initial_weights)
+        if start.spec != self.spec:
+            raise ModelError(start.path, f"its network is {start.spec}, not {self.spec}")
 
     @property
     def spec(self) -> ArchitectureSpec:

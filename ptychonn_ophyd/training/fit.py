@@ -35,22 +35,12 @@ def new_model(config: TrainingConfig, sampler: FrameSampler) -> tuple[PtychoNN, 
     take raw counts as the published checkpoints do.  With ``config.initial_weights``
     the network starts from that checkpoint (already in raw counts) and only the
     first convolution's step is scaled.
-
-    Raises
-    ------
-    ValueError
-        The initial weights are not of ``config.spec``'s architecture.
     """
     model = PtychoNN(config.spec).to(sampler.device)
     scale = float(sampler.draw(config.batch_size).frames.std())
-    if config.initial_weights:
-        start = open_model(config.initial_weights)
-        if start.spec != config.spec:
-            raise ValueError(
-                f"initial weights {config.initial_weights} are {start.spec}, not {config.spec}"
-            )
-        state = {k: torch.as_tensor(v) for k, v in start.state_dict().items()}
-        model.load_state_dict(state)
+    if config.initial_weights:  # its architecture was checked with the recipe
+        start = open_model(config.initial_weights).state_dict()
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in start.items()})
     else:
         with torch.no_grad():
             model.encoder[0].weight /= scale
