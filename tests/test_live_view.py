@@ -83,41 +83,34 @@ def check_live_equals_replay(world, watcher, uid, frames):
     assert np.isnan(image).any() and np.isfinite(image).any()  # coverage shows
 
 
-def test_step_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
-    tmp_path, channel_prefix, small_phase_onnx
-):
-    live = live_view()
-    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live) as w:
-        watcher = MosaicWatcher(mosaic_channel(f"{channel_prefix}:inference"))
-        w.RE.subscribe(watcher.on_document)
-        try:
-            (uid,) = w.RE(
-                scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 5, w.sx, -0.2, 0.2, 5)
-            )
-            assert any(0 < n < 25 for n in watcher.before_stop), watcher.before_stop
-            check_live_equals_replay(w, watcher, uid, 25)
-        finally:
-            watcher.close()
-
-
-def test_fly_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
-    tmp_path, channel_prefix, small_phase_onnx
-):
-    live = live_view()
-    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live) as w:
+def scan_and_check(tmp_path, channel_prefix, model, n: int, half: float, **scan) -> None:
+    """An n x n scan over +-half um: the channel updates before the stop, ends as replayed."""
+    with beamline(tmp_path, channel_prefix, model, live_view=live_view()) as w:
         watcher = MosaicWatcher(mosaic_channel(f"{channel_prefix}:inference"))
         w.RE.subscribe(watcher.on_document)
         w.det.fly_rate_hz = 40
         try:
             (uid,) = w.RE(
                 scan_with_inference(
-                    w.det, w.inference, w.sy, -0.3, 0.3, 7, w.sx, -0.3, 0.3, 7, mode="fly"
+                    w.det, w.inference, w.sy, -half, half, n, w.sx, -half, half, n, **scan
                 )
             )
-            assert any(0 < n < 49 for n in watcher.before_stop), watcher.before_stop
-            check_live_equals_replay(w, watcher, uid, 49)
+            assert any(0 < k < n * n for k in watcher.before_stop), watcher.before_stop
+            check_live_equals_replay(w, watcher, uid, n * n)
         finally:
             watcher.close()
+
+
+def test_step_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    scan_and_check(tmp_path, channel_prefix, small_phase_onnx, 5, 0.2)
+
+
+def test_fly_scan_mosaic_updates_during_the_scan_and_ends_as_replayed(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    scan_and_check(tmp_path, channel_prefix, small_phase_onnx, 7, 0.3, mode="fly")
 
 
 def test_a_headless_run_makes_no_window_and_no_error(tmp_path, channel_prefix, small_phase_onnx):
