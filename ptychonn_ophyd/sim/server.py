@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import pvaccess as pva
 
+from ptychonn_ophyd.loopback import announce_server
 from ptychonn_ophyd.wire import POSITION_ATTRIBUTES, make_ntndarray, stamp
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,17 @@ class SimDetectorServer:
     first_unique_id
         ``uniqueId`` of the first frame; an IOC's counter runs on across acquisitions,
         so a detector restarting its server passes its last ``uniqueId`` plus one.
+    announce
+        Tell this host's PV Access clients when the server starts, as an IOC's beacons
+        tell a beamline's (see :meth:`start`); off only to measure what a restart costs
+        without it.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, channel: str, first_unique_id: int = 1) -> None:
+    def __init__(self, channel: str, first_unique_id: int = 1, announce: bool = True) -> None:
         self.channel = channel
+        self.announce = announce
         self._server: pva.PvaServer | None = None
         self._lock = threading.Lock()
         self._last_unique_id = first_unique_id - 1
@@ -82,12 +88,19 @@ class SimDetectorServer:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> SimDetectorServer:
-        """Start serving the channel (an empty NTNDArray until the first frame)."""
+        """Start serving the channel (an empty NTNDArray until the first frame).
+
+        Clients on this host that lost the channel are told at once (see
+        :func:`~ptychonn_ophyd.loopback.announce_server`), so they reconnect within a
+        fraction of a second, as they do when a beamline IOC restarts.
+        """
         if self._server is None:
             server = pva.PvaServer()
             server.addRecord(self.channel, pva.NtNdArray(), None)
             server.start()
             self._server = server
+            if self.announce:
+                announce_server()
             log.info("serving %s", self.channel)
         return self
 
