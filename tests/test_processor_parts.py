@@ -21,7 +21,7 @@ from ptychonn_ophyd.wire import (
     sibling_channel,
 )
 from ptychonn_ophyd.worker.batching import BatchQueue
-from ptychonn_ophyd.worker.frames import decode_frame
+from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
 from ptychonn_ophyd.worker.output import ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
@@ -97,6 +97,10 @@ class TestFrames:
         with pytest.raises(FrameRejected) as raised:
             decode_frame(array)
         assert raised.value.reason == reason
+
+    def test_a_channel_without_a_frame_yet_is_no_frame(self):
+        with pytest.raises(NoFrameYet):
+            decode_frame(pva.NtNdArray())  # a freshly started server's value
 
     def test_dimensions_must_match_the_data(self):
         array = ntnda(np.zeros((4, 4), np.int16), 1)

@@ -11,6 +11,23 @@ NUMERIC_FIELDS = frozenset(AdImageUtility.NTNDA_DATA_FIELD_KEY_MAP.values())
 """NTNDArray ``value`` union members that hold numbers (all but ``booleanValue``)."""
 
 
+class NoFrameYet(Exception):
+    """The value an input channel holds before its detector's first frame.
+
+    An areaDetector IOC's PVA plugin, the simulated detector and pvapy's servers start
+    their record as an NTNDArray without data and with ``uniqueId`` 0; a worker that
+    (re)connects before the first frame, as it does at once after a source restart,
+    receives it as its first update.  The detector never produced it (its uniqueIds
+    count from 1), so it is not counted as a frame.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the input channel holds no frame yet (uniqueId 0, no data): its server has "
+            "just started"
+        )
+
+
 def decode_frame(ntnda) -> tuple[np.ndarray, bool]:
     """The 2-D image of an NTNDArray ``[ny, nx]`` and whether it came compressed.
 
@@ -18,6 +35,8 @@ def decode_frame(ntnda) -> tuple[np.ndarray, bool]:
 
     Raises
     ------
+    NoFrameYet
+        No data and ``uniqueId`` 0: the channel's value before the detector's first frame.
     FrameRejected
         ``"empty"`` (no data), ``"dtype"`` (booleans), ``"codec"`` (a compression that
         cannot be decoded here) or ``"shape"`` (not a 2-D image, or dimensions that
@@ -25,6 +44,8 @@ def decode_frame(ntnda) -> tuple[np.ndarray, bool]:
     """
     field = ntnda.getSelectedUnionFieldName()
     if not field:
+        if not ntnda["uniqueId"]:
+            raise NoFrameYet
         raise FrameRejected("empty", "frame without data")
     if field not in NUMERIC_FIELDS:
         raise FrameRejected("dtype", f"unsupported data type {field}")

@@ -39,7 +39,7 @@ from ptychonn_ophyd.settings import parse_args, parse_update
 from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
 from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.engine_slot import EngineSlot
-from ptychonn_ophyd.worker.frames import decode_frame
+from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
 from ptychonn_ophyd.worker.output import OutputRecord, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
@@ -119,23 +119,42 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             super().updateOutputChannel(pvObject)
 
     def process(self, pvObject) -> None:
-        """Queue one frame as model input, or count it as rejected or dropped."""
+        """Queue one frame as model input, or count it as rejected or dropped.
+
+        The channel's value before the detector's first frame (:class:`NoFrameYet`),
+        which a worker receives when it reconnects to a restarted source at once, is
+        no frame: it is logged, not counted.
+        """
         received_at = perf_counter()
-        self._counts.received += 1
         try:
             frame, compressed = decode_frame(pvObject)
+        except NoFrameYet as empty:
+            self.logger.info("%s", empty)
+            return
+        except Exception as err:
+            self._counts.received += 1
+            self._refuse(pvObject, err)
+            return
+        self._counts.received += 1
+        try:
             result = pvObject.copy()
             if compressed:
                 self._results.clear_codec(result)
             if not self._queue.put(frame, result, received_at):
                 self._drop_refused(pvObject["uniqueId"])
-        except FrameRejected as err:
+        except Exception as err:
+            self._refuse(pvObject, err)
+
+    def _refuse(self, pvObject, err: Exception) -> None:
+        """Count a received frame that cannot be inferred: rejected for a
+        :class:`FrameRejected`, else dropped (a frame must never vanish uncounted)."""
+        if isinstance(err, FrameRejected):
             self._counts.rejected[err.reason] += 1
             self._throttle.warning(
                 f"rejected-{err.reason}",
                 f"frame {pvObject['uniqueId']} rejected ({err.reason}): {err}",
             )
-        except Exception:  # a frame must never vanish uncounted, whatever went wrong
+        else:
             self._counts.dropped["error"] += 1
             self._throttle.warning("process", "frame dropped: cannot queue it", exc_info=True)
 
