@@ -128,6 +128,7 @@ def _scan(config: DemoConfig, catalog_location: str):
             det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
         )
     )
+    det.close()
     live_view.close()
     catalog.context.close()
     return uid, int(det.frames_sent.get()), simulation

@@ -5,7 +5,7 @@ starts ``pvapy-hpc-consumer`` workers (ONNX Runtime on the CPU), and the RunEngi
 documents, the inference stream's among them, go into an embedded Tiled catalog, wired
 by :func:`~ptychonn_ophyd.session.wiring.connect` as the profile and the demo wire it.
 :func:`beamline` cleans up even when the test fails: the pool is stopped, the
-detector unstaged, and every worker process checked to be gone.
+detector unstaged and its server stopped, and every worker process checked to be gone.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def beamline(
         for device in (inference, det):
             with contextlib.suppress(Exception):
                 device.unstage()
+        det.close()
         inference.shutdown()
         if live_view is not None:
             live_view.close()

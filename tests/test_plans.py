@@ -187,3 +187,22 @@ def test_a_worker_that_dies_fails_the_plan_with_a_clear_error(
         log_lines = reason.split("its last log lines", 1)[1].splitlines()[1:]
         assert log_lines and not any(line.startswith(("{", " ")) for line in log_lines), reason
         assert "consumer 1 ready" in reason
+
+
+def test_workers_kept_warm_infer_every_frame_of_a_fly_scan_right_after_a_step_scan(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, n_workers=2, keep_warm=True) as w:
+        w.det.fly_rate_hz = 200
+        (step,) = w.RE(scan_with_inference(w.det, w.inference, w.sx, -0.3, 0.3, num=4))
+        server = w.det.server  # its channel stays up between scans, as an IOC's does
+        (fly,) = w.RE(
+            scan_with_inference(
+                w.det, w.inference, w.sy, -0.3, 0.3, 3, w.sx, -0.3, 0.3, 3, mode="fly"
+            )
+        )
+        assert w.det.server is server
+        for uid, ids in ((step, range(1, 5)), (fly, range(5, 14))):
+            run = w.catalog[uid]
+            assert sorted(run["inference"]["unique_id"].read()) == list(ids)
+            assert_every_frame_counted(frame_accounting(run))

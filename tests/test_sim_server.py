@@ -123,6 +123,10 @@ def test_detector_trigger_publishes_frames_at_the_motor_position(channel_prefix)
         recorder.close()
     finally:
         det.unstage()
+    assert det.server.running  # the channel stays up between scans, as an IOC's does
+    with pytest.raises(RuntimeError, match="not staged"):
+        det.trigger()
+    det.close()
     assert det.server is None
     assert reading["det_last_unique_id"]["value"] == 3
     assert reading["det_frames_sent"]["value"] == 3
@@ -149,13 +153,16 @@ def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix):
     finally:
         det.unstage()
     assert det.last_unique_id.get() == len(det.fly_positions_um)
+    server = det.server
     det.stage()  # a second acquisition continues the uniqueId sequence, as an IOC does
     try:
+        assert det.server is server  # on the same server: its clients stay connected
         det.trigger()
         assert det.last_unique_id.get() == len(det.fly_positions_um) + 1
         assert det.frames_sent.get() == 1
     finally:
-        det.unstage()
+        det.destroy()
+    assert det.server is None and not server.running
 
 
 def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_prefix, capsys):

@@ -1,11 +1,13 @@
 """An ophyd detector that simulates ptychography frames and serves them over PVA.
 
-``SimPtychoDetector`` stands in for an areaDetector with a PVA plugin.  Staging starts
-its :class:`~ptychonn_ophyd.sim.server.SimDetectorServer`; each ``trigger()`` reads the
-two motors it was given, simulates ``frames_per_point`` diffraction frames at that
-position and publishes them with the position as NTNDArray attributes.  For fly scans,
-``start_free_run`` (or ``kickoff``/``complete``) streams a whole path at a fixed frame
-rate.  Unstaging stops the server: nothing keeps running.
+``SimPtychoDetector`` stands in for an areaDetector with a PVA plugin.  The first staging
+starts its :class:`~ptychonn_ophyd.sim.server.SimDetectorServer`; each ``trigger()``
+reads the two motors it was given, simulates ``frames_per_point`` diffraction frames at
+that position and publishes them with the position as NTNDArray attributes.  For fly
+scans, ``start_free_run`` (or ``kickoff``/``complete``) streams a whole path at a fixed
+frame rate.  Unstaging ends acquisition but, as an IOC's PVA channel does, the channel
+stays up, so workers kept warm between scans stay connected; ``close()`` (or
+``destroy()``) stops the server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Device, Signal, Staged
 from ophyd.signal import SignalRO
 from ophyd.status import StatusBase
 
@@ -26,16 +28,26 @@ DEFAULT_CHANNEL = "sim:det:image"
 
 
 class _ServerCounter(SignalRO):
-    """A read-only signal that reports one counter of the parent's running server."""
+    """A read-only signal that reports one counter of the parent's server, less the
+    counter's value at the last staging when ``per_staging``."""
 
-    def __init__(self, *args, counter: str, **kwargs) -> None:
+    def __init__(self, *args, counter: str, per_staging: bool = False, **kwargs) -> None:
         super().__init__(*args, value=0, **kwargs)
         self._counter = counter
+        self._per_staging = per_staging
+        self._baseline = 0
+
+    def rebase(self) -> None:
+        """Count from here (at staging)."""
+        server = self.parent.server
+        self._baseline = getattr(server, self._counter) if server is not None else 0
+        self._readback = 0
 
     def get(self, **kwargs) -> int:
         server = self.parent.server
         if server is not None:
-            self._readback = getattr(server, self._counter)
+            value = getattr(server, self._counter)
+            self._readback = value - self._baseline if self._per_staging else value
         return self._readback
 
 
@@ -58,8 +70,8 @@ class SimPtychoDetector(Device):
     ----------
     last_unique_id, frames_sent
         ``uniqueId`` of the last frame (it keeps counting across stagings, as an IOC's
-        array counter does) and frames sent since staging; live during a free run and
-        read by ``read()``, so an inference device can wait for them. ``frames_sent``
+        array counter does) and frames sent since the last staging; live during a free
+        run and read by ``read()``, so an inference device can wait for them. ``frames_sent``
         is the hinted one: a live table shows it beside the inference device's
         ``inferred``, both counted in this scan, so the two compare.
     channel, frames_per_point
@@ -67,7 +79,7 @@ class SimPtychoDetector(Device):
     """
 
     last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="normal")
-    frames_sent = Cpt(_ServerCounter, counter="frames_sent", kind="hinted")
+    frames_sent = Cpt(_ServerCounter, counter="frames_sent", per_staging=True, kind="hinted")
     channel = Cpt(Signal, value=DEFAULT_CHANNEL, kind="config")
     frames_per_point = Cpt(Signal, value=1, kind="config")
 
@@ -91,28 +103,41 @@ class SimPtychoDetector(Device):
         self.channel.put(channel)
         self.frames_per_point.put(frames_per_point)
         self.server: SimDetectorServer | None = None
+        """The PVA server: started at the first staging, up until :meth:`close`."""
         self.fly_positions_um: np.ndarray | None = None
         self.fly_rate_hz = 100.0
         self._point = 0
 
     def stage(self) -> list[object]:
-        """Start the PVA server; ``uniqueId`` runs on, the scan point index restarts at 0."""
+        """Serve the channel (from the first staging on; again if ``channel`` changed);
+        ``frames_sent`` and the scan point index count from 0, ``uniqueId`` runs on."""
         staged = super().stage()
-        first_id = int(self.last_unique_id.get()) + 1
-        self.server = SimDetectorServer(self.channel.get(), first_id).start()
+        channel = self.channel.get()
+        if self.server is not None and (not self.server.running or self.server.channel != channel):
+            self.close()
+        if self.server is None:
+            first_id = int(self.last_unique_id.get()) + 1
+            self.server = SimDetectorServer(channel, first_id).start()
+        self.frames_sent.rebase()
         self._point = 0
         return staged
 
     def unstage(self) -> list[object]:
-        """Stop any free run and the PVA server."""
+        """Stop any free run; the channel stays up, as an IOC's does between scans."""
+        self.stop_free_run()
+        self.last_unique_id.get(), self.frames_sent.get()  # keep the final counts
+        return super().unstage()
+
+    def close(self) -> None:
+        """Stop any free run and the PVA server: the channel disappears."""
         if self.server is not None:
             self.server.stop()
             self.last_unique_id.get(), self.frames_sent.get()  # keep the final counts
             self.server = None
-        return super().unstage()
 
     def destroy(self) -> None:
         self.unstage()
+        self.close()
         super().destroy()
 
     def trigger(self) -> StatusBase:
@@ -178,7 +203,7 @@ class SimPtychoDetector(Device):
         return status
 
     def _require_server(self) -> SimDetectorServer:
-        if self.server is None:
+        if self.server is None or self._staged != Staged.yes:
             raise RuntimeError(f"{self.name} is not staged")
         return self.server
 
