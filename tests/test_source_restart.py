@@ -74,7 +74,8 @@ def test_a_restarted_source_loses_no_frame_silently(
     # before it did not reach that worker.
     after = frame_times >= back_at[0]
     heard = {
-        int(k): round(frame_times[after & (workers == k)].min() - back_at[0], 2) for k in (1, 2)
+        int(k): round(float(frame_times[after & (workers == k)].min() - back_at[0]), 2)
+        for k in (1, 2)
     }
     print(f"each worker's first frame after the return sent after {heard} s; {summary}")
     assert summary["source_restarts"] == 1
