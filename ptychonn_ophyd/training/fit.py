@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -92,15 +92,8 @@ def fit(
             leave=False,
         )
         for _ in steps:
-            batch = sampler.draw(config.batch_size)
-            with autocast:
-                outputs = model(batch.frames.unsqueeze(1).to(memory_format=memory))
-            loss = batch_loss(model.spec.heads, outputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            total += step(model, optimizer, sampler.draw(config.batch_size), autocast, memory)
             schedule.step()
-            total += loss.detach()
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
@@ -112,6 +105,23 @@ def fit(
         on_epoch(model, metrics)
         history.append(metrics)
     return model.eval(), history
+
+
+def step(
+    model: PtychoNN,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    autocast: AbstractContextManager,
+    memory: torch.memory_format,
+) -> torch.Tensor:
+    """One optimiser step on ``batch``; returns its loss, left on the device."""
+    with autocast:
+        outputs = model(batch.frames.unsqueeze(1).to(memory_format=memory))
+    loss = batch_loss(model.spec.heads, outputs, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def batch_loss(
