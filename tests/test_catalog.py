@@ -18,6 +18,7 @@ from ptychonn_ophyd.session.catalog import (
     assets_directory,
     catalog_writer,
     open_catalog,
+    open_existing_catalog,
     resolve_location,
 )
 from ptychonn_ophyd.session.results import InferenceResult
@@ -178,44 +179,81 @@ def test_a_file_where_the_catalog_folder_should_be_is_refused_naming_it(tmp_path
         open_catalog(tmp_path / "catalog")
 
 
-OPEN_WHEN_TOLD = """
+WHEN_TOLD = """
 import sys, time
 from pathlib import Path
-from ptychonn_ophyd.session.catalog import open_catalog
-folder, ready, go = map(Path, sys.argv[1:])
+ready, go = map(Path, sys.argv[1:3])
 ready.touch()
 while not go.exists():
     time.sleep(0.001)
-print(len(open_catalog(folder)), flush=True)
 """
+"""Prologue of a child script: say it is ready (imports done), then wait for ``go``."""
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
-    folder, go = tmp_path / "catalog", tmp_path / "go"
-    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+def run_at_once(tmp_path: Path, script: str, args: list[list[str]]) -> list[str]:
+    """Run ``script`` in one child process per entry of ``args``, released together once
+    every child has imported what it needs; each child's stdout, after all succeeded."""
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(len(args))]
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", OPEN_WHEN_TOLD, str(folder), str(flag), str(go)],
+            [sys.executable, "-c", WHEN_TOLD + script, str(flag), str(go), *child_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for flag in ready
+        for flag, child_args in zip(ready, args, strict=True)
     ]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
             time.sleep(0.01)
         go.touch()
-        outcomes = [child.communicate(timeout=120) for child in children]
+        outcomes = [child.communicate(timeout=300) for child in children]
     finally:
         for child in children:
             if child.poll() is None:
                 child.kill()
-    for child, (out, err) in zip(children, outcomes, strict=True):
-        assert child.returncode == 0, err[-2000:]
-        assert out.strip() == "0"
+    for child, (_, err) in zip(children, outcomes, strict=True):
+        assert child.returncode == 0, err[-3000:]
+    return [out for out, _ in outcomes]
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
+    script = "from ptychonn_ophyd.session.catalog import open_catalog\n"
+    script += "print(len(open_catalog(sys.argv[3])), flush=True)\n"
+    outs = run_at_once(tmp_path, script, [[str(tmp_path / "catalog")]] * 2)
+    assert [out.strip() for out in outs] == ["0", "0"]
+
+
+SCAN = """
+from bluesky import RunEngine
+from bluesky.plans import scan
+from ophyd.sim import det, motor
+from ptychonn_ophyd.session.catalog import catalog_writer, open_catalog
+RE = RunEngine()
+RE.subscribe(catalog_writer(open_catalog(sys.argv[3])))
+print(*RE(scan([det], motor, -1, 1, int(sys.argv[4]))), flush=True)
+"""
+"""A child's scan, every event written to the catalog at once, as a session writes it."""
+
+
+def test_two_scans_into_one_existing_catalog_both_store_every_row(tmp_path):
+    """Two processes writing one embedded catalog take turns at SQLite's lock (issue 15).
+
+    Without waiting, the table store failed one of them at about point 11 with
+    ``database is locked``.
+    """
+    folder, points = tmp_path / "catalog", 60
+    open_catalog(folder).context.close()
+    outs = run_at_once(tmp_path, SCAN, [[str(folder), str(points)]] * 2)
+    catalog = open_existing_catalog(folder)
+    for uid in (out.split()[-1] for out in outs):
+        run = catalog[uid]
+        assert "stop" in run.metadata and run.metadata["stop"]["exit_status"] == "success"
+        np.testing.assert_allclose(run["primary"].read()["motor"], np.linspace(-1, 1, points))
+    catalog.context.close()
 
 
 def test_opening_an_embedded_catalog_prints_nothing_of_tiled_even_verbose(tmp_path):

@@ -21,12 +21,16 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
 from ptychonn_ophyd.errors import CatalogError, CatalogNotFoundError
 from ptychonn_ophyd.session.stream import STREAM, writer_alive
+
+if TYPE_CHECKING:
+    from tiled.catalog.adapter import CatalogContainerAdapter
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,7 @@ def _open_embedded(folder: Path) -> Container:
             init_if_not_exists=not database.exists(),
             specs=[RUNS_SPEC],
         )
+        _wait_for_other_writers(adapter)
         client = from_context(Context.from_app(build_app(adapter)))
         cut_interrupted_runs(client)
         return client
@@ -132,6 +137,43 @@ def _open_embedded(folder: Path) -> Container:
 LOCK_FILE = "catalog.lock"
 """File in an embedded catalog's folder locked while a process opens the catalog, so two
 processes opening a new catalog at once do not both create its tables."""
+
+
+BUSY_TIMEOUT_S = 60.0
+"""How long a write to an embedded catalog's databases waits while another process writes.
+
+SQLite lets one process at a time write a database.  Tiled's table store (ADBC) gives
+up at once, so a second scan into the same catalog failed with ``database is locked``;
+waiting instead serialises the writes, each of which holds the lock for milliseconds.
+The wait runs out only when another process holds the lock for a minute (hung)."""
+
+
+def _wait_for_other_writers(adapter: CatalogContainerAdapter) -> None:
+    """Make every connection to ``adapter``'s SQLite databases wait :data:`BUSY_TIMEOUT_S`
+    for a lock another process holds, rather than fail (issue 15: two scans, one catalog).
+
+    Runs before the catalog is started, so no connection is opened without it.
+    """
+    from sqlalchemy import event
+    from tiled.storage import SQLStorage
+
+    event.listen(adapter.context.engine.sync_engine, "connect", _set_busy_timeout)
+    for storage in adapter.context.writable_storage.values():
+        if isinstance(storage, SQLStorage):
+            # Tiled's table store has no public hook; its pool makes every connection.
+            event.listen(storage._connection_pool, "connect", _set_busy_timeout)
+
+
+def _set_busy_timeout(connection: Any, _record: object) -> None:
+    """SQLAlchemy ``connect`` listener: set SQLite's busy timeout on a new connection.
+
+    Committed at once: the table store's connections begin a transaction as they open,
+    and one left open in the pool would hold a read lock that blocks other writers.
+    """
+    cursor = connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    cursor.close()
+    connection.commit()
 
 
 @contextlib.contextmanager
