@@ -64,6 +64,7 @@ def rate(variant: Variant, sampler: FrameSampler, seconds: float, warmup: int = 
 
 
 def sampler_rate(sampler: FrameSampler, batch: int, seconds: float) -> float:
+    """Frames a second the sampler draws alone, synchronised with the device."""
     sampler.draw(batch)
     sync(sampler.device)
     frames, begin = 0, time.perf_counter()
@@ -74,7 +75,7 @@ def sampler_rate(sampler: FrameSampler, batch: int, seconds: float) -> float:
 
 
 def profile(variant: Variant, sampler: FrameSampler, steps: int = 20, rows: int = 12) -> None:
-    """Print the kernels that take the most device time over ``steps`` steps."""
+    """Print the operations that take the most device time over ``steps`` steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
@@ -119,8 +120,8 @@ def main() -> None:
         print(f"{variant}: {rates[variant]:,.0f} frames/s", flush=True)
     best = max(rates, key=rates.get)
     for batch in (64, 1024):
-        bigger = Variant(best.dtype, best.channels_last, batch)
-        print(f"{bigger}: {rate(bigger, sampler, args.seconds):,.0f} frames/s", flush=True)
+        resized = Variant(best.dtype, best.channels_last, batch)
+        print(f"{resized}: {rate(resized, sampler, args.seconds):,.0f} frames/s", flush=True)
     if args.profile and sampler.device.type == "cuda":
         profile(best, sampler)
 
