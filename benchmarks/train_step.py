@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from training_data import sampler_rate, sync  # this folder's data-generation benchmark
 
 from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.fit import new_model, step
@@ -63,17 +64,6 @@ def rate(variant: Variant, sampler: FrameSampler, seconds: float, warmup: int = 
     return frames / (time.perf_counter() - begin)
 
 
-def sampler_rate(sampler: FrameSampler, batch: int, seconds: float) -> float:
-    """Frames a second the sampler draws alone, synchronised with the device."""
-    sampler.draw(batch)
-    sync(sampler.device)
-    frames, begin = 0, time.perf_counter()
-    while time.perf_counter() - begin < seconds:
-        frames += len(sampler.draw(batch))
-        sync(sampler.device)
-    return frames / (time.perf_counter() - begin)
-
-
 def profile(variant: Variant, sampler: FrameSampler, steps: int = 20, rows: int = 12) -> None:
     """Print the operations that take the most device time over ``steps`` steps."""
     from torch.profiler import ProfilerActivity
@@ -90,11 +80,6 @@ def profile(variant: Variant, sampler: FrameSampler, steps: int = 20, rows: int 
         sync(sampler.device)
     print(f"--- {variant}: {steps} steps")
     print(recorded.key_averages().table(sort_by="cuda_time_total", row_limit=rows))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -21,17 +21,21 @@ from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.sampler import FrameSampler
 
 
-def sampler_rate(device: str, batch: int, seconds: float) -> float:
-    """Frames a second drawn by the torch sampler (synchronised with the device)."""
-    sampler = FrameSampler(TrainingConfig(), device, seed=0)
+def sampler_rate(sampler: FrameSampler, batch: int, seconds: float) -> float:
+    """Frames a second drawn by the torch sampler (synchronised with its device)."""
     sampler.draw(batch)  # warm-up: kernels, plans
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
+    sync(sampler.device)
     frames, begin = 0, time.perf_counter()
     while time.perf_counter() - begin < seconds:
         frames += len(sampler.draw(batch))
-        sync()
+        sync(sampler.device)
     return frames / (time.perf_counter() - begin)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings must include it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def numpy_rate(seconds: float) -> float:
@@ -50,7 +54,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    rate = sampler_rate(args.device, args.batch, args.seconds)
+    sampler = FrameSampler(TrainingConfig(), args.device, seed=0)
+    rate = sampler_rate(sampler, args.batch, args.seconds)
     print(f"torch sampler on {args.device}, batch {args.batch}: {rate:,.0f} frames/s")
     print(f"numpy simulation, one process: {numpy_rate(args.seconds):,.0f} frames/s")
 
