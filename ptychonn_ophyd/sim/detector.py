@@ -125,7 +125,6 @@ class SimPtychoDetector(Device):
     def unstage(self) -> list[object]:
         """Stop any free run; the channel stays up, as an IOC's does between scans."""
         self.stop_free_run()
-        self.last_unique_id.get(), self.frames_sent.get()  # keep the final counts
         return super().unstage()
 
     def close(self) -> None:
