@@ -269,7 +269,7 @@ def _zeros(reasons: tuple[str, ...]) -> dict[str, int]:
     return dict.fromkeys(reasons, 0)
 
 
-STATUS_REQUEST = "field(userStats,processorStats,receiverStats)"
+STATUS_REQUEST = "field(objectTime,userStats,processorStats,receiverStats)"
 """What a parent monitors on a worker's status channel."""
 
 
@@ -278,7 +278,8 @@ class WorkerStatus:
     """One update of a worker's status channel, typed.
 
     ``missed`` is pvapy's count of frames the worker never received (uniqueId gaps);
-    ``connected`` says whether it has received anything from its input channel.
+    ``connected`` says whether it has received anything from its input channel;
+    ``published_at`` is when the worker made the update (``time.time()``).
     """
 
     ready: bool = False
@@ -301,6 +302,7 @@ class WorkerStatus:
     configure_error: str = ""
     missed: int = 0
     connected: bool = False
+    published_at: float = 0.0
 
     @property
     def dropped(self) -> int:
@@ -332,4 +334,5 @@ class WorkerStatus:
             configure_error=user.get("configureError", ""),
             missed=status.get("processorStats", {}).get("nMissed", 0),
             connected=status.get("receiverStats", {}).get("nReceived", 0) > 0,
+            published_at=status.get("objectTime", 0.0),
         )

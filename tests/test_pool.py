@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,17 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     facts = pool.facts()
     assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
     assert facts["model_hash"] == collector.results[0].model_hash
+
+
+def test_stats_since_a_moment_count_every_frame_received_before_it(make_pool, source):
+    pool = make_pool(status_period=2.0)
+    pool.start(timeout=60)
+    collector = Collector(pool.output_channels)
+    source.publish_frames(poisson_frames(12, seed=3), rate_hz=100)
+    assert collector.wait_for(12, timeout=30)
+
+    stats = pool.stats(since=time.time())
+    assert stats.received == 12 and stats.inferred == 12
 
 
 def test_nan_and_inf_frames_are_rejected_as_nonfinite_not_inferred(

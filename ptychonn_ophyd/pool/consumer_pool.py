@@ -41,6 +41,9 @@ PROGRESS_FIRST_S = 2.0
 PROGRESS_PERIOD_S = 5.0
 """A start still waiting says what it waits for after this long, then this often."""
 
+STATUS_WAIT_PERIODS = 5
+"""Status periods that :meth:`ConsumerPool.stats` waits at most for an update it asks for."""
+
 
 @dataclass(frozen=True)
 class PoolStats:
@@ -165,8 +168,16 @@ class ConsumerPool:
             self._own_log_dir = True
         return self._log_dir
 
-    def stats(self) -> PoolStats:
-        """Counts, rate and latency summed over the workers (see :class:`PoolStats`)."""
+    def stats(self, since: float | None = None) -> PoolStats:
+        """Counts, rate and latency summed over the workers (see :class:`PoolStats`).
+
+        Each worker publishes its counts every ``status_period`` s, so they can be that
+        old.  With ``since`` (a ``time.time()``), first wait until every live worker has
+        published an update made after that moment, for at most
+        :data:`STATUS_WAIT_PERIODS` status periods.
+        """
+        if since is not None:
+            self._wait_status_after(since)
         per_worker = [self._worker_stats(w) for w in self._workers]
         rejected = {r: sum(w["rejected"][r] for w in per_worker) for r in REJECT_REASONS}
         dropped = {r: sum(w["dropped_by_reason"][r] for w in per_worker) for r in DROP_REASONS}
@@ -332,6 +343,21 @@ class ConsumerPool:
         if self.config.wait_for_input and not status.connected:
             return f"not connected to input channel {self.config.input_channel}"
         return ""
+
+    def _wait_status_after(self, moment: float) -> None:
+        """Wait until every live worker's status was made after ``moment``."""
+        limit = STATUS_WAIT_PERIODS * self.config.status_period
+        deadline = time.monotonic() + limit
+        while stale := [w.name for w in self._workers if self._stale(w, moment)]:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "no new status from %s in %g s; counts may lag", ", ".join(stale), limit
+                )
+                return
+            time.sleep(0.02)
+
+    def _stale(self, worker: Worker, moment: float) -> bool:
+        return worker.exit_code() is None and self._status(worker).published_at < moment
 
     @staticmethod
     def _status(worker: Worker) -> WorkerStatus:

@@ -283,9 +283,13 @@ class PtychoNNDetector(_Settings):
         if warm is not None:
             _close(*warm[1:])
 
-    def pool_stats(self) -> PoolStats | None:
-        """The pool's statistics: live while staged, as at the last unstage after, or None."""
-        return self.pool.stats() if self.pool is not None else self._final_stats
+    def pool_stats(self, since: float | None = None) -> PoolStats | None:
+        """The pool's statistics: live while staged, as at the last unstage after, or None.
+
+        ``since``: live statistics from status updates made after that ``time.time()``
+        (see :meth:`~ptychonn_ophyd.pool.ConsumerPool.stats`).
+        """
+        return self.pool.stats(since) if self.pool is not None else self._final_stats
 
     def facts(self) -> dict[str, Any]:
         """Model, backend, engine and pool facts for run metadata (pool running or not)."""

@@ -205,7 +205,7 @@ class ResultSource(Protocol):
 
     def source_last_id(self) -> int: ...
 
-    def pool_stats(self) -> PoolStats | None: ...
+    def pool_stats(self, since: float | None = None) -> PoolStats | None: ...
 
     def read_configuration(self) -> dict[str, Any]: ...
 
@@ -538,6 +538,7 @@ class InferenceStream:
         run = self._run
         if run is None:
             return {}
+        ended = time.time()
         run.ended.set()
         if self.device.source is not None:
             self._observe_source(run)
@@ -549,16 +550,21 @@ class InferenceStream:
             except OSError as error:  # a full disk: the accounting still goes out
                 run.error = run.error or error
                 log.warning("closing %s failed: %s", run.file.path, error)
-        summary = self._reconcile(run)
+        summary = self._reconcile(run, ended)
         self._ended = (run.uid, run.first_id, run.first_id + summary["produced"] - 1)
         if leftover := run.results.qsize():  # came after the last collect
             self._count_late(run.uid, leftover)
         return summary
 
-    def _reconcile(self, run: _Run) -> dict[str, Any]:
-        """The run's frame accounting: ``produced`` is the sum of the :data:`OUTCOMES`
-        (see the README's table of the counters)."""
+    def _reconcile(self, run: _Run, ended: float) -> dict[str, Any]:
+        """The run's frame accounting at ``ended`` (a ``time.time()``): ``produced`` is
+        the sum of the :data:`OUTCOMES` (see the README's table of the counters)."""
         produced = self._produced(run)
+        if run.received + self._lost(run) < produced:
+            # Frames without an outcome yet: received by a worker (not_in_time) or not
+            # (missed).  The workers' counts can be a status period old; ask for newer.
+            self.device.pool_stats(since=ended)
+            produced = self._produced(run)
         now = _counts(self.device.pool_stats())
         dropped = now["dropped"] - run.stats_at_start["dropped"]
         rejected = Counter(now["rejected"])
