@@ -23,6 +23,7 @@ from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.evaluation import HeldOutCheck, phase_rms_error, predict
+from ptychonn_ophyd.training.fit import contrast_error
 from ptychonn_ophyd.training.recipe import train
 from ptychonn_ophyd.training.sampler import FrameSampler
 
@@ -104,6 +105,32 @@ def test_a_few_training_steps_lower_the_loss_and_write_loadable_artefacts(tmp_pa
     assert [epoch["epoch"] for epoch in recipe["history"]] == [0, 1, 2, 3]
     assert recipe["command"].startswith("ptychonn-ophyd train --out DIR --name tiny")
     assert {"held_out_ssim_aligned", "val_phase_rms"} <= set(recipe["metrics"])
+
+
+def test_contrast_error_ignores_an_offset_and_sees_shrunk_contrast():
+    batch = FrameSampler(tiny(), "cpu", seed=5).draw(8)
+    assert float(contrast_error(batch.phase + 0.7, batch)) == pytest.approx(0.0, abs=1e-10)
+    shrunk = (0.85 * batch.phase).requires_grad_()
+    error = contrast_error(shrunk, batch)
+    assert float(error.detach()) > 1e-4
+    error.backward()
+    spread_gradient = (shrunk.grad * batch.phase * batch.weight).sum()
+    assert float(spread_gradient) < 0, "descending the error must widen the spread"
+
+
+def test_training_with_a_contrast_weight_lowers_the_loss_and_records_it(tmp_path):
+    result = train(tiny(contrast_weight=1.0), tmp_path, name="tiny", progress=False)
+    losses = [epoch["val_loss"] for epoch in result.history]
+    assert losses[-1] < losses[0], f"validation loss did not fall: {losses}"
+    recipe = json.loads((tmp_path / "tiny_recipe.json").read_text())
+    assert recipe["config"]["contrast_weight"] == 1.0
+    assert recipe["command"].endswith("--contrast-weight 1.0")
+
+
+def test_train_command_refuses_a_negative_contrast_weight(tmp_path, capsys):
+    code = cli(["train", "--out", str(tmp_path), "--contrast-weight", "-1"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: contrast_weight must be at least 0, got -1.0"
 
 
 def test_train_command_refuses_an_epoch_shorter_than_a_batch(tmp_path, capsys):

@@ -29,6 +29,7 @@ OPTIONS = {
     "--device": ("device", "auto (CUDA when present), cpu or cuda"),
     "--check-every": ("check_every", "epochs between held-out checks (0: at the end only)"),
     "--initial-weights": ("initial_weights", "checkpoint to start from (default: fresh weights)"),
+    "--contrast-weight": ("contrast_weight", "weight of the loss on each patch's phase spread"),
 }
 """Each option and the :class:`TrainingConfig` field it sets (its type and default)."""
 

@@ -96,6 +96,9 @@ class TrainingConfig:
         Epochs between held-out checks during training (0: only at the end).
     initial_weights
         A checkpoint of the same architecture to start from (``""``: fresh weights).
+    contrast_weight
+        Weight of the loss term on each phase patch's spread (see
+        :func:`~ptychonn_ophyd.training.fit.contrast_error`); 0 trains on the MSE alone.
     probe, style, variation, demo
         The nominal probe, the held-out object's style, the ranges of the training
         draws, and the held-out scan that judges the model.
@@ -112,6 +115,7 @@ class TrainingConfig:
     device: str = "auto"
     check_every: int = 4
     initial_weights: str = ""
+    contrast_weight: float = 0.0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     style: ObjectStyle = field(default_factory=ObjectStyle)
     variation: Variation = field(default_factory=Variation)
@@ -132,6 +136,8 @@ class TrainingConfig:
             )
         if self.learning_rate <= 0 or self.check_every < 0:
             raise ValueError("need learning rate > 0 and check_every >= 0")
+        if self.contrast_weight < 0:
+            raise ValueError(f"contrast_weight must be at least 0, got {self.contrast_weight}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.initial_weights:

@@ -137,6 +137,7 @@ def command_line(config: TrainingConfig, name: str) -> str:
         f"--epochs {config.epochs} --frames-per-epoch {config.frames_per_epoch} "
         f"--batch-size {config.batch_size} --lr {config.learning_rate} --seed {config.seed}"
         + (f" --initial-weights {config.initial_weights}" if config.initial_weights else "")
+        + (f" --contrast-weight {config.contrast_weight}" if config.contrast_weight else "")
     )
 
 
