@@ -28,11 +28,13 @@ class Recorder:
         self.updates: list[tuple[int, dict, np.ndarray]] = []
         self.stamps: list[float] = []
         self._lock = threading.Lock()
+        self.connected = threading.Event()
         self.channel = pva.Channel(channel)
         request = "record[queueSize=1000]field(uniqueId,attribute,value,dimension,dataTimeStamp)"
         self.channel.monitor(self._on_update, request)
 
     def _on_update(self, pv: pva.PvObject) -> None:
+        self.connected.set()  # a monitor's first update is the value it connected to
         if pv["uniqueId"] == 0:  # the empty NTNDArray a server starts with
             return
         value = next(iter(pv["value"][0].values()))
@@ -61,7 +63,7 @@ def server(channel_prefix):
 @pytest.fixture
 def recorder(server):
     rec = Recorder(server.channel)
-    time.sleep(0.3)  # let the monitor connect before frames go out
+    assert rec.connected.wait(timeout=30), f"no monitor connection to {server.channel}"
     yield rec
     rec.close()
 
@@ -97,7 +99,9 @@ def test_free_run_reaches_its_rate_without_gaps_and_cycles_the_path(server, reco
 
 def test_stop_free_run_ends_an_endless_run(server):
     server.start_free_run(np.zeros((2, 16, 16), np.uint16), [[0, 0], [1, 1]], rate_hz=200)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while server.frames_sent <= 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
     server.stop_free_run()
     sent = server.frames_sent
     time.sleep(0.1)
@@ -114,7 +118,7 @@ def test_detector_trigger_publishes_frames_at_the_motor_position(channel_prefix)
     det.stage()
     try:
         recorder = Recorder(f"{channel_prefix}:det")
-        time.sleep(0.3)
+        assert recorder.connected.wait(timeout=30), "no monitor connection to the detector"
         x.set(0.2).wait()
         y.set(-0.1).wait()
         assert det.trigger().done
