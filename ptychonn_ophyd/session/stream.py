@@ -527,7 +527,7 @@ class InferenceStream:
             while run is not None and time.monotonic() < deadline and self.device.pool:
                 if self.device.source is not None:
                     self._observe_source(run)  # the watcher reads it only every period
-                if run.received + self._lost(run) >= self._produced(run):
+                if self._settled(run):
                     break
                 time.sleep(0.02)
         finally:
@@ -559,12 +559,11 @@ class InferenceStream:
     def _reconcile(self, run: _Run, ended: float) -> dict[str, Any]:
         """The run's frame accounting at ``ended`` (a ``time.time()``): ``produced`` is
         the sum of the :data:`OUTCOMES` (see the README's table of the counters)."""
-        produced = self._produced(run)
-        if run.received + self._lost(run) < produced:
+        if not self._settled(run):
             # Frames without an outcome yet: received by a worker (not_in_time) or not
             # (missed).  The workers' counts can be a status period old; ask for newer.
             self.device.pool_stats(since=ended)
-            produced = self._produced(run)
+        produced = self._produced(run)
         now = _counts(self.device.pool_stats())
         dropped = now["dropped"] - run.stats_at_start["dropped"]
         rejected = Counter(now["rejected"])
@@ -611,6 +610,10 @@ class InferenceStream:
             return received - run.stats_at_start["received"] - run.duplicates
         with self._lock:
             return run.source.produced(run.seen)
+
+    def _settled(self, run: _Run) -> bool:
+        """Whether every frame the source produced during ``run`` has an outcome."""
+        return run.received + self._lost(run) >= self._produced(run)
 
     def _lost(self, run: _Run) -> int:
         now = _counts(self.device.pool_stats())
