@@ -121,10 +121,7 @@ def step(
     """One optimiser step on ``batch``; returns its loss, left on the device."""
     with autocast:
         outputs = model(batch.frames.unsqueeze(1).to(memory_format=memory))
-    loss = batch_loss(model.spec.heads, outputs, batch)
-    if contrast_weight and "phase" in model.spec.heads:
-        phase = outputs[model.spec.heads.index("phase")][:, 0].float()
-        loss = loss + contrast_weight * contrast_error(phase, batch)
+    loss = batch_loss(model.spec.heads, outputs, batch, contrast_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -132,14 +129,18 @@ def step(
 
 
 def batch_loss(
-    heads: tuple[str, ...], outputs: tuple[torch.Tensor, ...], batch: Batch
+    heads: tuple[str, ...],
+    outputs: tuple[torch.Tensor, ...],
+    batch: Batch,
+    contrast_weight: float = 0.0,
 ) -> torch.Tensor:
     """Probe-weighted MSE of each head against the batch's targets.
 
     The phase output is compared about its own probe-weighted mean (the target's is
     zero, see :class:`~ptychonn_ophyd.training.sampler.Batch`), and its mean counts
     only :data:`OFFSET_WEIGHT` as much, which keeps the output near zero mean without
-    spending capacity on what no frame can tell.
+    spending capacity on what no frame can tell; ``contrast_weight`` adds
+    :func:`contrast_error` of the phase.
     """
     weight = batch.weight
     loss_weight = weight.clamp(min=LOSS_FLOOR)
@@ -151,6 +152,8 @@ def batch_loss(
             mean = weighted_mean(output, weight)
             error = output - mean - batch.phase
             loss = loss + (error**2 * loss_weight).mean() + OFFSET_WEIGHT * (mean**2).mean()
+            if contrast_weight:
+                loss = loss + contrast_weight * contrast_error(output, batch)
         else:
             loss = loss + ((output - batch.amplitude) ** 2 * loss_weight).mean()
     return loss
