@@ -10,6 +10,7 @@ import numpy as np
 import pvaccess as pva
 import pytest
 from ophyd.sim import SynAxis
+from pva_consumers import wait_until
 
 from ptychonn_ophyd.cli import sim as sim_command
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
@@ -99,9 +100,7 @@ def test_free_run_reaches_its_rate_without_gaps_and_cycles_the_path(server, reco
 
 def test_stop_free_run_ends_an_endless_run(server):
     server.start_free_run(np.zeros((2, 16, 16), np.uint16), [[0, 0], [1, 1]], rate_hz=200)
-    deadline = time.monotonic() + 30
-    while server.frames_sent <= 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_until(lambda: server.frames_sent > 10, timeout=30)
     server.stop_free_run()
     sent = server.frames_sent
     time.sleep(0.1)
