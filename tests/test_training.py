@@ -23,7 +23,7 @@ from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.evaluation import HeldOutCheck, phase_rms_error, predict
-from ptychonn_ophyd.training.fit import contrast_error
+from ptychonn_ophyd.training.fit import contrast_error, new_model
 from ptychonn_ophyd.training.recipe import train
 from ptychonn_ophyd.training.sampler import FrameSampler
 
@@ -148,6 +148,18 @@ def test_train_command_refuses_initial_weights_of_another_network(tmp_path, caps
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and wide in line and "not ArchitectureSpec" in line
     assert not any(tmp_path.iterdir())
+
+
+def test_a_two_head_model_starts_from_a_phase_model_with_its_amplitude_decoder_copied():
+    phase_only = str(DATA / "ptychonn_demo_small_phase.pth")
+    config = tiny(preset="small_amp_phase", initial_weights=phase_only)
+    model, _ = new_model(config, FrameSampler(config, "cpu", seed=0))
+    state = model.state_dict()
+    for key, value in open_model(phase_only).state_dict().items():
+        np.testing.assert_array_equal(state[key].numpy(), np.asarray(value))
+        copied = key.replace("decoder2.", "decoder1.")
+        np.testing.assert_array_equal(state[copied].numpy(), np.asarray(value))
+    assert any(key.startswith("decoder1.") for key in state)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -95,7 +95,8 @@ class TrainingConfig:
     check_every
         Epochs between held-out checks during training (0: only at the end).
     initial_weights
-        A checkpoint of the same architecture to start from (``""``: fresh weights).
+        A checkpoint of the same architecture, or of its phase head alone, to start
+        from (``""``: fresh weights).
     contrast_weight
         Weight of the loss term on each phase patch's spread (see
         :func:`~ptychonn_ophyd.training.fit.contrast_error`); 0 trains on the MSE alone.
@@ -144,7 +145,9 @@ class TrainingConfig:
             self._check_initial_weights()
 
     def _check_initial_weights(self) -> None:
-        """The starting checkpoint opens and has this recipe's architecture.
+        """The starting checkpoint opens and has this recipe's architecture, or this
+        recipe's without the amplitude head (which then starts as a copy of the phase
+        decoder, see :func:`~ptychonn_ophyd.training.fit.new_model`).
 
         Raises
         ------
@@ -154,7 +157,7 @@ class TrainingConfig:
         from ptychonn_ophyd.models import open_model
 
         start = open_model(self.initial_weights)
-        if start.spec != self.spec:
+        if start.spec not in (self.spec, replace(self.spec, heads=("phase",))):
             raise ModelError(start.path, f"its network is {start.spec}, not {self.spec}")
 
     @property

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.models.architecture import HEAD_DECODERS
 from ptychonn_ophyd.models.network import PtychoNN
 from ptychonn_ophyd.training.config import TrainingConfig
 from ptychonn_ophyd.training.sampler import Batch, FrameSampler, weighted_mean
@@ -34,17 +35,35 @@ def new_model(config: TrainingConfig, sampler: FrameSampler) -> tuple[PtychoNN, 
     input were divided by ``scale`` (the counts' spread), while the saved weights still
     take raw counts as the published checkpoints do.  With ``config.initial_weights``
     the network starts from that checkpoint (already in raw counts) and only the
-    first convolution's step is scaled.
+    first convolution's step is scaled; a phase-only checkpoint starts a two-head
+    network's amplitude decoder as a copy of its phase decoder, whose features (edges,
+    the probe's footprint) the amplitude needs too.
     """
     model = PtychoNN(config.spec).to(sampler.device)
     scale = float(sampler.draw(config.batch_size).frames.std())
     if config.initial_weights:  # its architecture was checked with the recipe
         start = open_model(config.initial_weights).state_dict()
-        model.load_state_dict({k: torch.as_tensor(v) for k, v in start.items()})
+        start = {k: torch.as_tensor(v) for k, v in start.items()}
+        model.load_state_dict(_with_every_head(start, config.spec.heads))
     else:
         with torch.no_grad():
             model.encoder[0].weight /= scale
     return model, scale
+
+
+def _with_every_head(
+    state: dict[str, torch.Tensor], heads: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """``state`` with each head it lacks copied from its phase decoder."""
+    phase = HEAD_DECODERS["phase"] + "."
+    for head in heads:
+        prefix = HEAD_DECODERS[head] + "."
+        if not any(key.startswith(prefix) for key in state):
+            copies = {
+                prefix + k[len(phase) :]: v.clone() for k, v in state.items() if k.startswith(phase)
+            }
+            state = {**state, **copies}
+    return state
 
 
 def fit(
