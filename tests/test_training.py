@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch", reason="training needs PyTorch")
 
 from ptychonn_ophyd.cli import main as cli
 from ptychonn_ophyd.models import build_torch_model, open_model
+from ptychonn_ophyd.models.architecture import HEAD_DECODERS
 from ptychonn_ophyd.models.bundled import DEMO_RECIPE
 from ptychonn_ophyd.models.export import INPUT_NAME
 from ptychonn_ophyd.physics import diffraction, forward_torch
@@ -157,9 +158,9 @@ def test_a_two_head_model_starts_from_a_phase_model_with_its_amplitude_decoder_c
     state = model.state_dict()
     for key, value in open_model(phase_only).state_dict().items():
         np.testing.assert_array_equal(state[key].numpy(), np.asarray(value))
-        copied = key.replace("decoder2.", "decoder1.")
+        copied = key.replace(HEAD_DECODERS["phase"] + ".", HEAD_DECODERS["amplitude"] + ".")
         np.testing.assert_array_equal(state[copied].numpy(), np.asarray(value))
-    assert any(key.startswith("decoder1.") for key in state)
+    assert any(key.startswith(HEAD_DECODERS["amplitude"] + ".") for key in state)
 
 
 @pytest.fixture(scope="module")

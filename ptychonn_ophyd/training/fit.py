@@ -44,26 +44,25 @@ def new_model(config: TrainingConfig, sampler: FrameSampler) -> tuple[PtychoNN, 
     if config.initial_weights:  # its architecture was checked with the recipe
         start = open_model(config.initial_weights).state_dict()
         start = {k: torch.as_tensor(v) for k, v in start.items()}
-        model.load_state_dict(_with_every_head(start, config.spec.heads))
+        model.load_state_dict(_with_amplitude_head(start, config.spec.heads))
     else:
         with torch.no_grad():
             model.encoder[0].weight /= scale
     return model, scale
 
 
-def _with_every_head(
+def _with_amplitude_head(
     state: dict[str, torch.Tensor], heads: tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
-    """``state`` with each head it lacks copied from its phase decoder."""
-    phase = HEAD_DECODERS["phase"] + "."
-    for head in heads:
-        prefix = HEAD_DECODERS[head] + "."
-        if not any(key.startswith(prefix) for key in state):
-            copies = {
-                prefix + k[len(phase) :]: v.clone() for k, v in state.items() if k.startswith(phase)
-            }
-            state = {**state, **copies}
-    return state
+    """``state``, given a copy of its phase decoder as the amplitude decoder when
+    ``heads`` need one and it has none."""
+    amplitude, phase = (HEAD_DECODERS[head] + "." for head in ("amplitude", "phase"))
+    if "amplitude" not in heads or any(key.startswith(amplitude) for key in state):
+        return state
+    copies = {
+        amplitude + k[len(phase) :]: v.clone() for k, v in state.items() if k.startswith(phase)
+    }
+    return {**state, **copies}
 
 
 def fit(
