@@ -11,8 +11,9 @@ error (as the training's held-out check reports them):
 - ``tilts from the centre of mass``: the gradient read off the frame instead.  The
   centre of mass of a far-field pattern is the exit wave's mean phase gradient,
   ``<grad(phase_object + phase_probe)>`` weighted by ``|probe * object|**2``; the
-  probe's share needs the object's amplitude, taken from the truth or from the model's
-  amplitude head;
+  probe's share needs the object's amplitude, taken from the truth, from the model's
+  amplitude head, or from the frames' totals
+  (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`, what the demo does);
 - ``refined against its frame`` (with ``--refine N``): each patch's phase (and, from a
   flat start, its amplitude) fitted to its own frame by ``N`` L-BFGS steps from the
   model's output, the probe known: how much the frame alone says beyond the network.
@@ -30,48 +31,18 @@ from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
+from ptychonn_ophyd.analysis.tilt import (
+    centroid_gradient,
+    corrected_tilts,
+    gradient_field,
+    mean_gradient,
+    probe_gradient_share,
+    with_mean_gradient,
+)
 from ptychonn_ophyd.models import build_torch_model, open_model
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
 from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.evaluation import LIT_THRESHOLD, HeldOutCheck, predict
-
-
-def gradient_field(patches: np.ndarray) -> np.ndarray:
-    """Central differences ``(2, n, p, p)`` (columns, rows) of phase patches, 0 at the rim."""
-    grad = np.zeros((2, *patches.shape))
-    grad[0, ..., 1:-1] = (patches[..., 2:] - patches[..., :-2]) / 2
-    grad[1, ..., 1:-1, :] = (patches[..., 2:, :] - patches[..., :-2, :]) / 2
-    return grad
-
-
-def mean_gradient(grad: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` weighted means of a gradient field ``(2, n or 1, p, p)``."""
-    return ((grad * weight).sum((-2, -1)) / weight.sum((-2, -1))).T
-
-
-def with_mean_gradient(patches: np.ndarray, gradient: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``patches`` plus the planes that give them the mean ``gradient`` ``(n, 2)``."""
-    side = np.arange(patches.shape[-1]) - patches.shape[-1] / 2
-    change = gradient - mean_gradient(gradient_field(patches), weight)
-    return patches + change[:, 0, None, None] * side + change[:, 1, None, None] * side[:, None]
-
-
-def centre_of_mass_gradient(frames: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` mean phase gradient (rad/pixel) of each frame's exit wave."""
-    frames = frames.astype(np.float64)
-    n = frames.shape[-1]
-    k = np.arange(n) - n // 2
-    total = frames.sum((-2, -1))
-    centre = np.stack([(frames.sum(-2) * k).sum(-1), (frames.sum(-1) * k).sum(-1)], 1)
-    return centre / total[:, None] * 2 * np.pi / n
-
-
-def probe_share(probe: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
-    """``(n, 2)``: the probe's phase gradient weighted by ``|probe * amplitude|**2``."""
-    grad = np.zeros((2, *probe.shape))
-    grad[0, :, 1:-1] = np.angle(probe[:, 2:] * np.conj(probe[:, :-2])) / 2
-    grad[1, 1:-1] = np.angle(probe[2:] * np.conj(probe[:-2])) / 2
-    return mean_gradient(grad[:, None], np.abs(probe) ** 2 * amplitude**2)
 
 
 def refined_against_frames(
@@ -160,15 +131,21 @@ class Budget:
 
     def from_centre_of_mass(self) -> dict[str, str]:
         """Tilts read off the frames, the probe's share from each amplitude at hand."""
-        centre = centre_of_mass_gradient(self.check.frames)
+        sim = self.sim
+        totals, centroids = frame_moments(self.check.frames)
+        centre = centroid_gradient(centroids, sim.patch_size)
         amplitudes = {"true amplitude": self.true_amplitude}
         if self.amplitude is not None:
             amplitudes["the model's amplitude"] = self.amplitude
         rows = {}
         for name, amplitude in amplitudes.items():
-            gradient = centre - probe_share(self.sim.probe, amplitude)
+            gradient = centre - probe_gradient_share(sim.probe, amplitude)
             patches = with_mean_gradient(self.phase, gradient, self.weight * amplitude**2)
             rows[f"tilts from the centre of mass, {name}"] = self.mosaic(patches)
+        patches = corrected_tilts(
+            self.phase, sim.positions_um, sim.obj.pixel_size_um, sim.probe, totals, centroids
+        )
+        rows["tilts from the centre of mass, amplitude from the totals"] = self.mosaic(patches)
         return rows
 
     def refit(self, iterations: int) -> dict[str, str]:
@@ -200,7 +177,7 @@ def main() -> None:
     if args.refine:
         rows.update(budget.refit(args.refine))
     for name, result in rows.items():
-        print(f"{name:<55} {result}")
+        print(f"{name:<57} {result}")
 
 
 if __name__ == "__main__":
