@@ -3,7 +3,9 @@
 A scan over the held-out object (one the demo model never saw in training) runs through
 the whole system as at a beamline; the reconstruction is then read back from the
 catalog (the mosaic the live view stitched during the scan and stored with the run) and
-judged against the simulation's ground truth.
+judged against the simulation's ground truth.  It is judged a second time with each
+patch's tilt taken from its frame's centre of mass, which the detector's statistics
+recorded at every scan point (:mod:`ptychonn_ophyd.analysis.tilt`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class DemoSummary:
     inferred: int
     ssim: float
     phase_rms: float
+    tilt_ssim: float
+    tilt_phase_rms: float
 
     @property
     def lost(self) -> int:
@@ -77,6 +81,8 @@ class DemoSummary:
             f"frames: {self.sent} sent, {self.inferred} inferred, {self.lost} lost",
             f"ssim: {self.ssim:.3f}",
             f"phase rms error: {self.phase_rms:.3f} rad",
+            f"tilt-corrected ssim: {self.tilt_ssim:.3f}",
+            f"tilt-corrected phase rms error: {self.tilt_phase_rms:.3f} rad",
         ]
 
 
@@ -85,8 +91,8 @@ def run_demo(config: DemoConfig) -> DemoSummary:
     use_loopback()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     catalog_location = config.catalog or str(config.output_dir / "catalog")
-    uid, sent, simulation = _scan(config, catalog_location)
-    return _judge(config, catalog_location, uid, sent, simulation)
+    uid, sent, simulation, stats = _scan(config, catalog_location)
+    return _judge(config, catalog_location, uid, sent, simulation, stats)
 
 
 def _scan(config: DemoConfig, catalog_location: str):
@@ -131,42 +137,111 @@ def _scan(config: DemoConfig, catalog_location: str):
     det.close()
     live_view.close()
     catalog.context.close()
-    return uid, int(det.frames_sent.get()), simulation
+    keys = StatsKeys(
+        det.last_unique_id.name,
+        det.stats.total.name,
+        det.stats.centroid_x.name,
+        det.stats.centroid_y.name,
+    )
+    return uid, int(det.frames_sent.get()), simulation, keys
 
 
-def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    """Compare the mosaic the live view stored with the run against the ground truth."""
+@dataclass(frozen=True)
+class StatsKeys:
+    """The primary-stream keys of each point's frame id and frame statistics."""
+
+    unique_id: str
+    total: str
+    centroid_x: str
+    centroid_y: str
+
+    def rows_of(self, run, unique_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Totals ``(n,)`` and centroids ``(n, 2)`` of the frames ``unique_ids``, NaN for
+        a frame whose point the primary stream lacks."""
+        primary = run["primary"]
+        ids = np.asarray(primary[self.unique_id].read())
+        stats = np.stack([np.asarray(primary[k].read(), np.float64) for k in self.stats], 1)
+        rows = {int(uid): row for uid, row in zip(ids, stats, strict=True)}
+        missing = np.full(3, np.nan)
+        table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
+        return table[:, 0], table[:, 1:]
+
+    @property
+    def stats(self) -> tuple[str, str, str]:
+        return self.total, self.centroid_x, self.centroid_y
+
+
+def _judge(
+    config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation, keys: StatsKeys
+):
+    """Compare the mosaic the live view stored with the run against the ground truth, and
+    the patches stitched with their frames' tilts."""
     from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase
     from ptychonn_ophyd.analysis.replay import load_inference
     from ptychonn_ophyd.session.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
-    data = load_inference(catalog[uid])
+    run = catalog[uid]
+    data = load_inference(run)
     truth = simulation.obj.phase
     image = data.mosaic.phase.on_grid(truth.shape)
     ssim, rms = compare_phase(image.image, truth, covered(image.weight))
+    tilted_image = _with_frame_tilts(data, keys.rows_of(run, data.unique_id), simulation)
+    tilted_image = tilted_image.on_grid(truth.shape)
+    tilt_ssim, tilt_rms = compare_phase(tilted_image.image, truth, covered(tilted_image.weight))
     path = config.output_dir / f"demo-{uid[:8]}.png"
-    picture = _save_picture(path, data, truth, image, ssim, rms)
+    picture = _save_picture(
+        path, data, truth, image, tilted_image, ((ssim, rms), (tilt_ssim, tilt_rms))
+    )
     catalog.context.close()
-    return DemoSummary(uid, picture, catalog_location, sent, len(data.phase), ssim, rms)
+    return DemoSummary(
+        uid, picture, catalog_location, sent, len(data.phase), ssim, rms, tilt_ssim, tilt_rms
+    )
 
 
-def _save_picture(path: Path, data, truth: np.ndarray, image, ssim: float, rms: float) -> Path:
-    """Ground truth, reconstruction and error, on the replay figure's colour scale.
+def _with_frame_tilts(data, stats: tuple[np.ndarray, np.ndarray], simulation):
+    """The run's patches, each given its frame's tilt, stitched as the live view did."""
+    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+    from ptychonn_ophyd.analysis.tilt import corrected_tilts
 
-    The reconstruction gets the phase offset that best matches the truth; both are then
+    pixel, positions = simulation.obj.pixel_size_um, data.positions_um
+    tilted = corrected_tilts(data.phase, positions, pixel, simulation.probe, *stats)
+    return stitch_in_order(tilted, positions, pixel, data.mosaic.window)[0]
+
+
+def _save_picture(
+    path: Path,
+    data,
+    truth: np.ndarray,
+    image,
+    tilted,
+    accuracy: tuple[tuple[float, float], tuple[float, float]],
+) -> Path:
+    """Ground truth, reconstruction, error and the tilt-corrected reconstruction, on the
+    replay figure's colour scale.
+
+    Each reconstruction gets the phase offset that best matches the truth; all are then
     shown from the truth's median, as replay shows a phase image from its own.
     """
     from ptychonn_ophyd.analysis.figure import Panel, covered, phase_median, run_title, save_figure
 
     region = covered(image.weight)
-    aligned = image.image - np.mean((image.image - truth)[region])
     offset = phase_median(truth, region)
+
+    def matched(stitched) -> np.ndarray:
+        return stitched.image - np.mean((stitched.image - truth)[region])
+
+    aligned = matched(image)
     panels = [
         Panel("ground truth", truth - offset, "phase"),
         Panel("reconstruction from the catalog", aligned - offset, "phase"),
         Panel("error", aligned - truth, "error"),
+        Panel("tilts from the frames' centre of mass", matched(tilted) - offset, "phase"),
     ]
-    accuracy = f"SSIM {ssim:.3f}, phase rms error {rms:.3f} rad against the ground truth"
-    return save_figure(path, panels, image, run_title(data.start, len(data.phase), accuracy))
+    (ssim, rms), (tilt_ssim, tilt_rms) = accuracy
+    text = (
+        f"against the ground truth: SSIM {ssim:.3f}, phase rms error {rms:.3f} rad; "
+        f"tilts from the frames: {tilt_ssim:.3f}, {tilt_rms:.3f} rad"
+    )
+    return save_figure(path, panels, image, run_title(data.start, len(data.phase), text))

@@ -33,7 +33,11 @@ def test_small_demo_reconstructs_the_held_out_object_without_losing_frames(tmp_p
     sent, inferred, lost = map(int, re.findall(r"\d+", summary["frames"]))
     assert (sent, inferred, lost) == (121, 121, 0)
     assert float(summary["ssim"]) > 0.6
-    assert float(summary["phase rms error"].removesuffix(" rad")) < 0.3
+    rms = float(summary["phase rms error"].removesuffix(" rad"))
+    assert rms < 0.3
+    # each patch given its frame's tilt: a sharper picture than the live mosaic
+    assert float(summary["tilt-corrected ssim"]) > float(summary["ssim"])
+    assert float(summary["tilt-corrected phase rms error"].removesuffix(" rad")) < rms
     assert re.fullmatch(r"[0-9a-f-]{36}", summary["run uid"])
     replay = summary["replay"].split()
     assert replay == [

@@ -13,7 +13,7 @@ from ophyd.sim import SynAxis
 from pva_consumers import wait_until
 
 from ptychonn_ophyd.cli import sim as sim_command
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral
@@ -107,7 +107,9 @@ def test_stop_free_run_ends_an_endless_run(server):
     assert not server.free_running and server.frames_sent == sent > 10
 
 
-def test_detector_trigger_publishes_frames_at_the_motor_position(channel_prefix):
+def test_detector_trigger_publishes_frames_at_the_motor_position_and_reads_their_stats(
+    channel_prefix,
+):
     obj = held_out_object(size=192)
     sim = PtychoSimulation(obj, make_probe(), seed=0)
     x, y = SynAxis(name="x"), SynAxis(name="y")
@@ -139,6 +141,10 @@ def test_detector_trigger_publishes_frames_at_the_motor_position(channel_prefix)
     )
     assert all(u[1]["point"] == 0 for u in updates)
     assert updates[0][2].size == 128 * 128
+    total, centroid = frame_moments(np.stack([u[2].reshape(128, 128) for u in updates]))
+    assert reading["det_stats_total"]["value"] == pytest.approx(total.mean())
+    assert reading["det_stats_centroid_x"]["value"] == pytest.approx(centroid[:, 0].mean())
+    assert reading["det_stats_centroid_y"]["value"] == pytest.approx(centroid[:, 1].mean())
 
 
 def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix):

@@ -21,7 +21,7 @@ from ophyd import Device, Signal, Staged
 from ophyd.signal import SignalRO
 from ophyd.status import StatusBase
 
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
 from ptychonn_ophyd.sim.server import SimDetectorServer
 
 DEFAULT_CHANNEL = "sim:det:image"
@@ -51,6 +51,24 @@ class _ServerCounter(SignalRO):
         return self._readback
 
 
+class FrameStats(Device):
+    """What an areaDetector statistics plugin reports of the last point's frames: their
+    total counts and centroid (column ``x``, row ``y``, in detector pixels), averaged
+    over the point's frames.  A step scan records them with every point; they give each
+    patch's tilt (:mod:`ptychonn_ophyd.analysis.tilt`)."""
+
+    total = Cpt(Signal, value=0.0, kind="normal")
+    centroid_x = Cpt(Signal, value=float("nan"), kind="normal")
+    centroid_y = Cpt(Signal, value=float("nan"), kind="normal")
+
+    def record(self, frames: np.ndarray) -> None:
+        """Set the statistics of ``frames`` ``(n, h, w)``."""
+        total, centroid = frame_moments(frames)
+        self.total.put(float(total.mean()))
+        self.centroid_x.put(float(centroid[:, 0].mean()))
+        self.centroid_y.put(float(centroid[:, 1].mean()))
+
+
 class SimPtychoDetector(Device):
     """Simulated ptychography detector publishing NTNDArrays on ``channel``.
 
@@ -74,12 +92,15 @@ class SimPtychoDetector(Device):
         run and read by ``read()``, so an inference device can wait for them. ``frames_sent``
         is the hinted one: a live table shows it beside the inference device's
         ``inferred``, both counted in this scan, so the two compare.
+    stats
+        :class:`FrameStats` of each ``trigger()``'s frames (not of a free run's).
     channel, frames_per_point
         Configuration signals.
     """
 
     last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="normal")
     frames_sent = Cpt(_ServerCounter, counter="frames_sent", per_staging=True, kind="hinted")
+    stats = Cpt(FrameStats, kind="normal")
     channel = Cpt(Signal, value=DEFAULT_CHANNEL, kind="config")
     frames_per_point = Cpt(Signal, value=1, kind="config")
 
@@ -145,6 +166,7 @@ class SimPtychoDetector(Device):
         position = [[float(self.x_motor.position), float(self.y_motor.position)]]
         n = int(self.frames_per_point.get())
         frames = self.simulation.frames_at(position * n)
+        self.stats.record(frames)
         server.publish(frames, position, [self._point] * n)
         self._point += 1
         return _finished()
