@@ -13,7 +13,9 @@ error (as the training's held-out check reports them):
   ``<grad(phase_object + phase_probe)>`` weighted by ``|probe * object|**2``; the
   probe's share needs the object's amplitude, taken from the truth, from the model's
   amplitude head, or from the frames' totals
-  (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`, what the demo does);
+  (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`), then also with every
+  offset solved at once over all overlaps
+  (:func:`~ptychonn_ophyd.analysis.offsets.solved_offsets`): what the demo does;
 - ``refined against its frame`` (with ``--refine N``): each patch's phase (and, from a
   flat start, its amplitude) fitted to its own frame by ``N`` L-BFGS steps from the
   model's output, the probe known: how much the frame alone says beyond the network.
@@ -29,6 +31,7 @@ import numpy as np
 
 from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.offsets import solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
 from ptychonn_ophyd.analysis.tilt import (
@@ -146,6 +149,16 @@ class Budget:
             self.phase, sim.positions_um, sim.obj.pixel_size_um, sim.probe, totals, centroids
         )
         rows["tilts from the centre of mass, amplitude from the totals"] = self.mosaic(patches)
+        offsets = solved_offsets(patches, sim.positions_um, sim.obj.pixel_size_um, self.weight)
+        rows["  and offsets solved over all overlaps"] = self.score(
+            stitch(
+                patches + offsets[:, None, None],
+                sim.positions_um,
+                sim.obj.pixel_size_um,
+                sim.obj.shape,
+                self.weight,
+            )
+        )
         return rows
 
     def refit(self, iterations: int) -> dict[str, str]:
