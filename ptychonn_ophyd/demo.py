@@ -5,7 +5,8 @@ the whole system as at a beamline; the reconstruction is then read back from the
 catalog (the mosaic the live view stitched during the scan and stored with the run) and
 judged against the simulation's ground truth.  It is judged a second time with each
 patch's tilt taken from its frame's centre of mass, which the detector's statistics
-recorded at every scan point (:mod:`ptychonn_ophyd.analysis.tilt`).
+recorded at every scan point (:mod:`ptychonn_ophyd.analysis.tilt`), and every offset
+solved at once over the whole scan (:mod:`ptychonn_ophyd.analysis.offsets`).
 """
 
 from __future__ import annotations
@@ -201,13 +202,16 @@ def _judge(
 
 
 def _with_frame_tilts(data, stats: tuple[np.ndarray, np.ndarray], simulation):
-    """The run's patches, each given its frame's tilt, stitched as the live view did."""
-    from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+    """The run's patches, each given its frame's tilt, stitched with the offsets that
+    make all of them agree best (the live view's window)."""
+    from ptychonn_ophyd.analysis.offsets import solved_offsets
+    from ptychonn_ophyd.analysis.stitch import stitch
     from ptychonn_ophyd.analysis.tilt import corrected_tilts
 
-    pixel, positions = simulation.obj.pixel_size_um, data.positions_um
+    pixel, positions, window = simulation.obj.pixel_size_um, data.positions_um, data.mosaic.window
     tilted = corrected_tilts(data.phase, positions, pixel, simulation.probe, *stats)
-    return stitch_in_order(tilted, positions, pixel, data.mosaic.window)[0]
+    offsets = solved_offsets(tilted, positions, pixel, window)
+    return stitch(tilted + offsets[:, None, None], positions, pixel, window=window)
 
 
 def _save_picture(
