@@ -31,7 +31,7 @@ import numpy as np
 
 from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
-from ptychonn_ophyd.analysis.offsets import solved_offsets
+from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
 from ptychonn_ophyd.analysis.tilt import (
@@ -149,14 +149,9 @@ class Budget:
             self.phase, sim.positions_um, sim.obj.pixel_size_um, sim.probe, totals, centroids
         )
         rows["tilts from the centre of mass, amplitude from the totals"] = self.mosaic(patches)
-        offsets = solved_offsets(patches, sim.positions_um, sim.obj.pixel_size_um, self.weight)
         rows["  and offsets solved over all overlaps"] = self.score(
-            stitch(
-                patches + offsets[:, None, None],
-                sim.positions_um,
-                sim.obj.pixel_size_um,
-                sim.obj.shape,
-                self.weight,
+            stitch_with_solved_offsets(
+                patches, sim.positions_um, sim.obj.pixel_size_um, self.weight, sim.obj.shape
             )
         )
         return rows

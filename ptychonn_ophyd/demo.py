@@ -138,13 +138,7 @@ def _scan(config: DemoConfig, catalog_location: str):
     det.close()
     live_view.close()
     catalog.context.close()
-    keys = StatsKeys(
-        det.last_unique_id.name,
-        det.stats.total.name,
-        det.stats.centroid_x.name,
-        det.stats.centroid_y.name,
-    )
-    return uid, int(det.frames_sent.get()), simulation, keys
+    return uid, int(det.frames_sent.get()), simulation, StatsKeys.of(det)
 
 
 @dataclass(frozen=True)
@@ -152,9 +146,15 @@ class StatsKeys:
     """The primary-stream keys of each point's frame id and frame statistics."""
 
     unique_id: str
-    total: str
-    centroid_x: str
-    centroid_y: str
+    stats: tuple[str, str, str]
+    """Total counts, centroid x, centroid y."""
+
+    @classmethod
+    def of(cls, det) -> StatsKeys:
+        """The keys of a :class:`~ptychonn_ophyd.sim.detector.SimPtychoDetector`."""
+        stats = det.stats
+        names = (stats.total.name, stats.centroid_x.name, stats.centroid_y.name)
+        return cls(det.last_unique_id.name, names)
 
     def rows_of(self, run, unique_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Totals ``(n,)`` and centroids ``(n, 2)`` of the frames ``unique_ids``, NaN for
@@ -166,10 +166,6 @@ class StatsKeys:
         missing = np.full(3, np.nan)
         table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
         return table[:, 0], table[:, 1:]
-
-    @property
-    def stats(self) -> tuple[str, str, str]:
-        return self.total, self.centroid_x, self.centroid_y
 
 
 def _judge(
@@ -204,14 +200,12 @@ def _judge(
 def _with_frame_tilts(data, stats: tuple[np.ndarray, np.ndarray], simulation):
     """The run's patches, each given its frame's tilt, stitched with the offsets that
     make all of them agree best (the live view's window)."""
-    from ptychonn_ophyd.analysis.offsets import solved_offsets
-    from ptychonn_ophyd.analysis.stitch import stitch
+    from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
     from ptychonn_ophyd.analysis.tilt import corrected_tilts
 
-    pixel, positions, window = simulation.obj.pixel_size_um, data.positions_um, data.mosaic.window
+    pixel, positions = simulation.obj.pixel_size_um, data.positions_um
     tilted = corrected_tilts(data.phase, positions, pixel, simulation.probe, *stats)
-    offsets = solved_offsets(tilted, positions, pixel, window)
-    return stitch(tilted + offsets[:, None, None], positions, pixel, window=window)
+    return stitch_with_solved_offsets(tilted, positions, pixel, data.mosaic.window)
 
 
 def _save_picture(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.stitch import patch_corners
+from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners, smallest_canvas, stitch
 
 TOLERANCE = 1e-6
 """Relative residual at which the conjugate gradients stop."""
@@ -32,12 +32,11 @@ class _Overlaps:
     """The patches' places on one canvas, and the two sums the system needs."""
 
     def __init__(self, corners: np.ndarray, window: np.ndarray) -> None:
-        self.corners = corners - corners.min(0)
         self.window = np.asarray(window, np.float64)
         p, q = self.window.shape
-        self.shape = tuple(int(side) for side in self.corners.max(0) + np.array([p, q]))
-        self._slices = [np.s_[r : r + p, c : c + q] for r, c in self.corners]
-        self.covered = self.spread(np.ones(len(corners)))
+        shift, self.shape = smallest_canvas(corners, (p, q))
+        self._slices = [np.s_[r : r + p, c : c + q] for r, c in corners + shift]
+        self.weight = self.spread(np.ones(len(corners)))
 
     def spread(self, values: np.ndarray) -> np.ndarray:
         """``sum_i w_i values_i`` on the canvas (``values`` ``(n, p, q)`` or ``(n,)``)."""
@@ -49,7 +48,7 @@ class _Overlaps:
     def against(self, values: np.ndarray, canvas: np.ndarray) -> np.ndarray:
         """``sum_x w_k (values_k - canvas / W)`` for every patch ``k``."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self.covered > 0, canvas / self.covered, 0.0)
+            mean = np.where(self.weight > 0, canvas / self.weight, 0.0)
         return np.array(
             [
                 (self.window * (value - mean[where])).sum()
@@ -93,3 +92,17 @@ def solved_offsets(
         size, previous = residual @ residual, size
         direction = residual + (size / previous) * direction
     return offsets - offsets.mean()
+
+
+def stitch_with_solved_offsets(
+    phase: np.ndarray,
+    positions_um: np.ndarray,
+    pixel_size_um: float,
+    window: np.ndarray,
+    shape: tuple[int, int] | None = None,
+) -> StitchedImage:
+    """Phase patches, each shifted by its :func:`solved_offsets`, averaged into one image
+    (:func:`~ptychonn_ophyd.analysis.stitch.stitch`, whose ``shape`` this passes on)."""
+    offsets = solved_offsets(phase, positions_um, pixel_size_um, window)
+    shifted = np.asarray(phase) + offsets[:, None, None]
+    return stitch(shifted, positions_um, pixel_size_um, shape, window)

@@ -72,6 +72,16 @@ def patch_corners(
     return centers - np.array(patch_shape) // 2
 
 
+def smallest_canvas(
+    corners: np.ndarray, patch_shape: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The shift that puts patches at ``corners`` ``(N, 2)`` on the smallest canvas
+    holding them all, and that canvas's ``(rows, cols)``."""
+    shift = -corners.min(axis=0)
+    shape = (corners + shift).max(axis=0) + np.asarray(patch_shape)
+    return shift, (int(shape[0]), int(shape[1]))
+
+
 def stitch(
     patches: np.ndarray,
     positions_um: np.ndarray,
@@ -98,8 +108,7 @@ def stitch(
         )
     corners = patch_corners(positions_um, pixel_size_um, patches.shape[1:])
     if shape is None:
-        center = -corners.min(axis=0) if len(corners) else np.zeros(2, np.int64)
-        shape = tuple(int(s) for s in (corners + center).max(axis=0) + patches.shape[1:])
+        center, shape = smallest_canvas(corners, patches.shape[1:])
     else:
         center = np.array(shape) // 2
     weights = np.ones(patches.shape[1:], np.float32) if window is None else window

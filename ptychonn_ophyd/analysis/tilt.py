@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.stitch import patch_corners
+from ptychonn_ophyd.analysis.stitch import patch_corners, smallest_canvas
 
 MAP_SPACING = 8
 """Node spacing (object pixels) of the piecewise-bilinear transmission map."""
@@ -180,9 +180,9 @@ def corrected_tilts(
     if probe.shape != phase.shape[1:]:
         raise ValueError(f"probe {probe.shape} does not fit patches {phase.shape[1:]}")
     corners = patch_corners(positions_um, pixel_size_um, probe.shape)
-    corners -= corners.min(0)
+    shift, shape = smallest_canvas(corners, probe.shape)
+    corners = corners + shift
     intensity = np.abs(probe).astype(np.float64) ** 2
-    shape = tuple(int(side) for side in corners.max(0) + p)
     totals = np.asarray(totals, np.float64)
     counted = np.isfinite(totals)
     square = transmission_map(totals[counted], corners[counted], intensity, shape)
