@@ -3,10 +3,11 @@
 A scan over the held-out object (one the demo model never saw in training) runs through
 the whole system as at a beamline; the reconstruction is then read back from the
 catalog (the mosaic the live view stitched during the scan and stored with the run) and
-judged against the simulation's ground truth.  It is judged a second time with each
-patch's tilt taken from its frame's centre of mass, which the detector's statistics
-recorded at every scan point (:mod:`ptychonn_ophyd.analysis.tilt`), and every offset
-solved at once over the whole scan (:mod:`ptychonn_ophyd.analysis.offsets`).
+judged against the simulation's ground truth.  It is judged a second time as replay
+with the probe stitches it: each patch's tilt taken from its frame's centre of mass,
+which the detector's statistics recorded at every scan point
+(:mod:`ptychonn_ophyd.analysis.tilt`), and every offset solved at once over the whole
+scan (:mod:`ptychonn_ophyd.analysis.offsets`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class DemoSummary:
     uid: str
     picture: Path
     catalog: str
+    probe: Path
     sent: int
     inferred: int
     ssim: float
@@ -70,8 +72,10 @@ class DemoSummary:
 
     @property
     def replay_command(self) -> str:
-        """The command that replays this run from this catalog, ready to paste."""
-        return f"ptychonn-ophyd replay {self.uid} --catalog {shlex.quote(str(self.catalog))}"
+        """The command that replays this run from this catalog, with each patch's tilt
+        from its frame, ready to paste."""
+        catalog, probe = shlex.quote(str(self.catalog)), shlex.quote(str(self.probe))
+        return f"ptychonn-ophyd replay {self.uid} --catalog {catalog} --probe {probe}"
 
     def lines(self) -> list[str]:
         return [
@@ -92,8 +96,8 @@ def run_demo(config: DemoConfig) -> DemoSummary:
     use_loopback()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     catalog_location = config.catalog or str(config.output_dir / "catalog")
-    uid, sent, simulation, stats = _scan(config, catalog_location)
-    return _judge(config, catalog_location, uid, sent, simulation, stats)
+    uid, sent, simulation = _scan(config, catalog_location)
+    return _judge(config, catalog_location, uid, sent, simulation)
 
 
 def _scan(config: DemoConfig, catalog_location: str):
@@ -138,44 +142,15 @@ def _scan(config: DemoConfig, catalog_location: str):
     det.close()
     live_view.close()
     catalog.context.close()
-    return uid, int(det.frames_sent.get()), simulation, StatsKeys.of(det)
+    return uid, int(det.frames_sent.get()), simulation
 
 
-@dataclass(frozen=True)
-class StatsKeys:
-    """The primary-stream keys of each point's frame id and frame statistics."""
-
-    unique_id: str
-    stats: tuple[str, str, str]
-    """Total counts, centroid x, centroid y."""
-
-    @classmethod
-    def of(cls, det) -> StatsKeys:
-        """The keys of a :class:`~ptychonn_ophyd.sim.detector.SimPtychoDetector`."""
-        stats = det.stats
-        names = (stats.total.name, stats.centroid_x.name, stats.centroid_y.name)
-        return cls(det.last_unique_id.name, names)
-
-    def rows_of(self, run, unique_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Totals ``(n,)`` and centroids ``(n, 2)`` of the frames ``unique_ids``, NaN for
-        a frame whose point the primary stream lacks."""
-        primary = run["primary"]
-        ids = np.asarray(primary[self.unique_id].read())
-        stats = np.stack([np.asarray(primary[k].read(), np.float64) for k in self.stats], 1)
-        rows = {int(uid): row for uid, row in zip(ids, stats, strict=True)}
-        missing = np.full(3, np.nan)
-        table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
-        return table[:, 0], table[:, 1:]
-
-
-def _judge(
-    config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation, keys: StatsKeys
-):
+def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
     """Compare the mosaic the live view stored with the run against the ground truth, and
-    the patches stitched with their frames' tilts."""
+    the patches stitched with their frames' tilts; save the probe for replay."""
     from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase
-    from ptychonn_ophyd.analysis.replay import load_inference
+    from ptychonn_ophyd.analysis.replay import load_inference, stitch_with_frame_tilts
     from ptychonn_ophyd.session.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
@@ -184,28 +159,27 @@ def _judge(
     truth = simulation.obj.phase
     image = data.mosaic.phase.on_grid(truth.shape)
     ssim, rms = compare_phase(image.image, truth, covered(image.weight))
-    tilted_image = _with_frame_tilts(data, keys.rows_of(run, data.unique_id), simulation)
-    tilted_image = tilted_image.on_grid(truth.shape)
+    tilted_image = stitch_with_frame_tilts(data, simulation.probe).on_grid(truth.shape)
     tilt_ssim, tilt_rms = compare_phase(tilted_image.image, truth, covered(tilted_image.weight))
     path = config.output_dir / f"demo-{uid[:8]}.png"
     picture = _save_picture(
         path, data, truth, image, tilted_image, ((ssim, rms), (tilt_ssim, tilt_rms))
     )
     catalog.context.close()
+    probe = config.output_dir / "probe.npy"
+    np.save(probe, simulation.probe)
     return DemoSummary(
-        uid, picture, catalog_location, sent, len(data.phase), ssim, rms, tilt_ssim, tilt_rms
+        uid,
+        picture,
+        catalog_location,
+        probe,
+        sent,
+        len(data.phase),
+        ssim,
+        rms,
+        tilt_ssim,
+        tilt_rms,
     )
-
-
-def _with_frame_tilts(data, stats: tuple[np.ndarray, np.ndarray], simulation):
-    """The run's patches, each given its frame's tilt, stitched with the offsets that
-    make all of them agree best (the live view's window)."""
-    from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
-    from ptychonn_ophyd.analysis.tilt import corrected_tilts
-
-    pixel, positions = simulation.obj.pixel_size_um, data.positions_um
-    tilted = corrected_tilts(data.phase, positions, pixel, simulation.probe, *stats)
-    return stitch_with_solved_offsets(tilted, positions, pixel, data.mosaic.window)
 
 
 def _save_picture(

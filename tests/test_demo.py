@@ -46,8 +46,10 @@ def test_small_demo_reconstructs_the_held_out_object_without_losing_frames(tmp_p
         summary["run uid"],
         "--catalog",
         summary["catalog"],
+        "--probe",
+        str(tmp_path / "probe.npy"),
     ]
-    png = tmp_path / "replayed.png"
+    png = tmp_path / "replayed.png"  # the tilt-corrected reconstruction
     again = subprocess.run(
         [sys.executable, "-m", "ptychonn_ophyd", *replay[1:], "-o", str(png)],
         capture_output=True,

@@ -12,7 +12,7 @@ from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_every_frame_counted, assert_gone, beamline, validate_all
 
 from ptychonn_ophyd.errors import WorkerDiedError
-from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.session.plans import FRAME_STATISTICS_KEY, scan_with_inference
 from ptychonn_ophyd.session.stream import frame_accounting
 
 
@@ -92,6 +92,7 @@ def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_
         rows = np.stack([inference["x"].values, inference["y"].values], axis=1)
         np.testing.assert_allclose(rows, path[inference["point"].values])
         assert run.metadata["start"]["mode"] == "fly"
+        assert FRAME_STATISTICS_KEY not in run.metadata["start"]  # no point recorded any
         assert frame_accounting(run)["stored"] == 25
         validate_all(w.documents)
 

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import bluesky.plans as bp
@@ -14,13 +15,19 @@ from bluesky_world import beamline
 from matplotlib.image import imread
 
 from ptychonn_ophyd.analysis.figure import covered, relative_phase, replay_accuracy, run_title
-from ptychonn_ophyd.analysis.replay import find_run, load_inference, replay, stitch_run
+from ptychonn_ophyd.analysis.replay import (
+    find_run,
+    load_inference,
+    replay,
+    stitch_run,
+    stitch_with_frame_tilts,
+)
 from ptychonn_ophyd.analysis.stitch import stitch
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation
-from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
+from ptychonn_ophyd.session.plans import FrameStatisticsKeys, scan_with_inference
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +158,74 @@ def test_the_figure_shows_the_covered_region_relative_and_names_the_run(scanned)
 def test_the_bundled_model_brings_its_recorded_accuracy():
     accuracy = replay_accuracy({"ptychonn": {"model": str(demo_model_path())}})
     assert re.fullmatch(r"trained to held-out SSIM 0\.\d\d, phase rms 0\.\d\d rad", accuracy)
+
+
+def test_each_row_gets_the_statistics_its_own_frame_recorded(scanned):
+    world, uid = scanned
+    run = world.catalog[uid]
+    assert FrameStatisticsKeys.from_start(run.metadata["start"]) == FrameStatisticsKeys.of(
+        world.det
+    )
+    data = load_inference(run)
+    # frames drawn again at each row's position (fresh noise) have nearly its statistics
+    totals, centroids = frame_moments(world.det.simulation.frames_at(data.positions_um))
+
+    np.testing.assert_allclose(data.statistics.totals, totals, rtol=0.01)
+    np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
+    spread = np.abs(centroids - centroids.mean(0)).max()
+    assert spread > 0.2  # so rows paired with other points' statistics would fail
+
+
+def test_replay_with_the_probe_gives_every_patch_its_frames_tilt(scanned, tmp_path):
+    world, uid = scanned
+    data = load_inference(world.catalog[uid])
+    probe = world.det.simulation.probe
+    np.save(tmp_path / "probe.npy", probe)
+    plain, _ = stitch_run(data)
+
+    tilted = stitch_with_frame_tilts(data, probe)
+
+    assert tilted.image.shape == plain.image.shape and np.isfinite(tilted.image).all()
+    assert not np.allclose(tilted.image, plain.image)
+    png = tmp_path / "tilted.png"
+    command = [sys.executable, "-m", "ptychonn_ophyd", "replay", uid, "-o", str(png)]
+    command += ["--catalog", str(world.catalog_folder), "--probe", str(tmp_path / "probe.npy")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert imread(png).ndim == 3
+
+
+def test_replay_refuses_a_probe_that_is_not_one_in_one_line(scanned, tmp_path):
+    world, uid = scanned
+    command = [sys.executable, "-m", "ptychonn_ophyd", "replay", uid]
+    command += ["--catalog", str(world.catalog_folder), "--probe"]
+    real, small = tmp_path / "real.npy", tmp_path / "small.npy"
+    np.save(real, np.ones((128, 128)))
+    np.save(small, np.ones((64, 64), complex))
+    expected = {
+        real: f"error: the probe in {real} must be a square complex array, not float64 (128, 128)",
+        small: "error: probe (64, 64) does not fit patches (128, 128)",
+        tmp_path / "absent.npy": f"error: cannot read a probe from {tmp_path / 'absent.npy'}: ",
+    }
+    for path, message in expected.items():
+        done = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(message)
+    assert not list(Path.cwd().glob(f"scan-*-{uid[:8]}.png"))
+
+
+def test_a_run_without_frame_statistics_is_refused_for_tilts_by_name(scanned):
+    world, uid = scanned
+    data = replace(load_inference(world.catalog[uid]), statistics=None)
+
+    with pytest.raises(ValueError, match=f"run {uid} recorded no frame statistics"):
+        stitch_with_frame_tilts(data, world.det.simulation.probe)
+
+
+def test_frame_statistics_named_wrongly_in_the_start_document_are_refused():
+    start = {"uid": "u1", "frame_statistics": {"total": "det_total"}}
+
+    with pytest.raises(ValueError, match="must map exactly unique_id, total, centroid_x"):
+        FrameStatisticsKeys.from_start(start)
+    assert FrameStatisticsKeys.from_start({"uid": "u2"}) is None

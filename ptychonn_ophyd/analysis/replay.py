@@ -3,6 +3,8 @@
 >>> from ptychonn_ophyd.analysis.replay import replay
 >>> replay(-1, "~/.local/share/ptychonn-ophyd/catalog")   # the latest run
 PosixPath('scan-1-4e2fcc80.png')
+>>> replay(-1, probe=load_probe("probe.npy"))   # each patch given its frame's tilt
+PosixPath('scan-1-4e2fcc80.png')
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ from ptychonn_ophyd.analysis.figure import (
     save_figure,
 )
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.stitch import StitchedImage
+from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.errors import RunLookupError
+from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.session.live_view import MOSAIC_STREAM
-from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
+from ptychonn_ophyd.session.plans import (
+    FRAME_STATISTICS_KEY,
+    PIXEL_SIZE_KEY,
+    FrameStatisticsKeys,
+)
 from ptychonn_ophyd.session.stream import STREAM
 
 log = logging.getLogger(__name__)
@@ -45,11 +54,21 @@ class InferenceData:
     phase: np.ndarray
     amplitude: np.ndarray | None
     mosaic: StoredMosaic | None = None
+    statistics: FrameStatistics | None = None
 
     @property
     def positions_um(self) -> np.ndarray:
         """``(N, 2)`` scan positions ``(x, y)`` in micrometres."""
         return np.stack([self.x, self.y], axis=1)
+
+
+@dataclass(frozen=True)
+class FrameStatistics:
+    """Each inferred frame's total counts ``(N,)`` and centroid ``(N, 2)`` ``(x, y)``, in
+    the inference stream's row order; NaN for a frame no point recorded."""
+
+    totals: np.ndarray
+    centroids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -81,21 +100,63 @@ def load_mosaic(run: Any) -> StoredMosaic | None:
     return StoredMosaic(phase, amplitude, last("window"), int(last("frames")))
 
 
+def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics | None:
+    """The statistics of the frames ``unique_ids`` that the run's primary stream recorded
+    (where its start document names them), or ``None`` for a run that recorded none.
+
+    Each point records its last frame's id beside its frames' statistics; a frame whose
+    id no point recorded gets NaN.
+    """
+    keys = FrameStatisticsKeys.from_start(run.metadata["start"])
+    if keys is None:
+        return None
+    primary = run["primary"]
+    ids = np.asarray(primary[keys.unique_id].read())
+    columns = (keys.total, keys.centroid_x, keys.centroid_y)
+    recorded = np.stack([np.asarray(primary[k].read(), np.float64) for k in columns], 1)
+    rows = {int(uid): row for uid, row in zip(ids, recorded, strict=True)}
+    missing = np.full(len(columns), np.nan)
+    table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
+    return FrameStatistics(table[:, 0], table[:, 1:])
+
+
 def load_inference(run: Any) -> InferenceData:
-    """Read the ``inference`` stream of a run (a Tiled ``BlueskyRun`` client node)."""
+    """Read the ``inference`` stream of a run (a Tiled ``BlueskyRun`` client node), with
+    its stored mosaic and its frames' statistics where it has them."""
     if STREAM not in run:
         raise KeyError(f"run {run.metadata['start']['uid']} has no {STREAM!r} stream")
     stream = run[STREAM]
+    unique_id = stream["unique_id"].read()
     return InferenceData(
         start=dict(run.metadata["start"]),
         stop=dict(run.metadata.get("stop") or {}),
-        unique_id=stream["unique_id"].read(),
+        unique_id=unique_id,
         x=stream["x"].read(),
         y=stream["y"].read(),
         phase=stream["phase"].read(),
         amplitude=stream["amplitude"].read() if "amplitude" in stream else None,
         mosaic=load_mosaic(run),
+        statistics=load_frame_statistics(run, unique_id),
     )
+
+
+def load_probe(path: str | Path) -> np.ndarray:
+    """The complex probe ``(p, p)`` saved with ``numpy.save`` at ``path``.
+
+    Raises
+    ------
+    ValueError
+        No such file, or it holds no square complex array.
+    """
+    try:
+        probe = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read a probe from {path}: {err}") from None
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or not np.iscomplexobj(probe):
+        raise ValueError(
+            f"the probe in {path} must be a square complex array, not {probe.dtype} {probe.shape}"
+        )
+    return probe
 
 
 def stitch_run(
@@ -113,12 +174,7 @@ def stitch_run(
     e.g. ``ptychonn_ophyd.physics.probe.probe_weight(probe)`` to trust where the beam was;
     it defaults to the window the live view stored with the run (flat without one).
     """
-    pixel_size_um = pixel_size_um or data.start.get(PIXEL_SIZE_KEY)
-    if not pixel_size_um:
-        raise ValueError(
-            f"run {data.start['uid']} has no {PIXEL_SIZE_KEY} in its start document; "
-            "give the object pixel size"
-        )
+    pixel_size_um = _pixel_size(data, pixel_size_um)
     if window is None and data.mosaic is not None:
         window = data.mosaic.window
     placed = np.isfinite(data.x) & np.isfinite(data.y)
@@ -129,21 +185,80 @@ def stitch_run(
     return stitch_in_order(data.phase, data.positions_um, pixel_size_um, window, data.amplitude)
 
 
+def stitch_with_frame_tilts(
+    data: InferenceData,
+    probe: np.ndarray,
+    pixel_size_um: float | None = None,
+    window: np.ndarray | None = None,
+) -> StitchedImage:
+    """The phase patches, each given the tilt its frame's centre of mass says
+    (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`), stitched with the offsets
+    that make all of them agree best
+    (:func:`~ptychonn_ophyd.analysis.offsets.stitch_with_solved_offsets`).
+
+    ``probe`` is the complex probe the frames were taken with, of the patches' side;
+    the centroids must be in the network's pattern pixels (true of an unbinned,
+    uncropped detector).  ``pixel_size_um`` is as for :func:`stitch_run`; ``window``
+    defaults to the stored mosaic's, else the probe's intensity
+    (:func:`~ptychonn_ophyd.physics.probe.probe_weight`).  Every frame needs a position.
+
+    Raises
+    ------
+    ValueError
+        The run recorded no frame statistics, a frame has no position, or the probe
+        does not fit the patches.
+    """
+    uid = data.start["uid"]
+    if data.statistics is None:
+        raise ValueError(
+            f"run {uid} recorded no frame statistics (no {FRAME_STATISTICS_KEY!r} in its start "
+            "document, as in a fly scan), so its patches cannot take their frames' tilts"
+        )
+    if not (np.isfinite(data.x) & np.isfinite(data.y)).all():
+        raise ValueError(f"run {uid} has frames without a position; tilts need every one")
+    pixel_size_um = _pixel_size(data, pixel_size_um)
+    if window is None:
+        window = data.mosaic.window if data.mosaic is not None else probe_weight(probe)
+    stats = data.statistics
+    tilted = corrected_tilts(
+        data.phase, data.positions_um, pixel_size_um, probe, stats.totals, stats.centroids
+    )
+    return stitch_with_solved_offsets(tilted, data.positions_um, pixel_size_um, window)
+
+
+def _pixel_size(data: InferenceData, pixel_size_um: float | None) -> float:
+    """``pixel_size_um``, else the run's recorded object pixel size."""
+    pixel_size_um = pixel_size_um or data.start.get(PIXEL_SIZE_KEY)
+    if not pixel_size_um:
+        raise ValueError(
+            f"run {data.start['uid']} has no {PIXEL_SIZE_KEY} in its start document; "
+            "give the object pixel size"
+        )
+    return float(pixel_size_um)
+
+
 def save_png(
     path: str | Path,
     data: InferenceData,
     phase: StitchedImage,
     amplitude: StitchedImage | None = None,
     positions: bool = False,
+    method: str = "",
 ) -> Path:
-    """Draw the run's stitched phase (and amplitude) with its uid, model and recorded
-    accuracy in the title, and its scan positions if ``positions``; returns the path."""
+    """Draw the run's stitched phase (and amplitude) with its uid, model, recorded
+    accuracy and stitching ``method`` in the title, and its scan positions if
+    ``positions``; returns the path."""
     region = covered(phase.weight)
     panels = [Panel("phase", relative_phase(phase.image, region), "phase")]
     if amplitude is not None:
         panels.append(Panel("amplitude", amplitude.image, "amplitude"))
-    title = run_title(data.start, len(data.phase), replay_accuracy(data.start))
+    notes = "  ·  ".join(n for n in (replay_accuracy(data.start), method) if n)
+    title = run_title(data.start, len(data.phase), notes)
     return save_figure(path, panels, phase, title, data.positions_um if positions else None)
+
+
+FRAME_TILTS = "tilts from the frames' centre of mass"
+"""How the picture's title names a phase stitched by :func:`stitch_with_frame_tilts`."""
 
 
 def replay(
@@ -153,6 +268,7 @@ def replay(
     pixel_size_um: float | None = None,
     window: np.ndarray | None = None,
     positions: bool = False,
+    probe: np.ndarray | None = None,
 ) -> Path:
     """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), take the
     mosaic stored with it (or stitch its phase patches), and save a PNG.
@@ -170,6 +286,10 @@ def replay(
         stored mosaic.
     positions
         Mark the scan positions on the picture.
+    probe
+        The complex probe the frames were taken with: the phase is then stitched with
+        each patch's tilt taken from its frame (:func:`stitch_with_frame_tilts`), which
+        needs a run that recorded its frames' statistics.
     """
     where = _describe_catalog(catalog)
     if catalog is None or isinstance(catalog, str | Path):
@@ -179,8 +299,11 @@ def replay(
         phase, amplitude = data.mosaic.phase, data.mosaic.amplitude
     else:
         phase, amplitude = stitch_run(data, pixel_size_um, window)
+    method = ""
+    if probe is not None:
+        phase, method = stitch_with_frame_tilts(data, probe, pixel_size_um, window), FRAME_TILTS
     name = f"scan-{data.start.get('scan_id', 0)}-{data.start['uid'][:8]}"
-    return save_png(output or f"{name}.png", data, phase, amplitude, positions)
+    return save_png(output or f"{name}.png", data, phase, amplitude, positions, method)
 
 
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:

@@ -22,15 +22,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--pixel-size", type=float, help="object pixel size in µm (default: from the run)"
     )
     parser.add_argument("--positions", action="store_true", help="mark the scan positions")
+    parser.add_argument(
+        "--probe",
+        type=Path,
+        help="the probe (complex, numpy .npy) the frames were taken with: give each patch "
+        "the tilt its frame's centre of mass says (needs a run that recorded its frames' "
+        "statistics)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptychonn_ophyd.analysis.replay import replay
+    from ptychonn_ophyd.analysis.replay import load_probe, replay
 
     run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
     try:
-        path = replay(run_id, args.catalog, args.output, args.pixel_size, positions=args.positions)
+        probe = load_probe(args.probe) if args.probe else None
+        path = replay(
+            run_id,
+            args.catalog,
+            args.output,
+            args.pixel_size,
+            positions=args.positions,
+            probe=probe,
+        )
     except (LookupError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

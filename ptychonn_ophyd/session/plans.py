@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 import bluesky.plan_stubs as bps
@@ -42,6 +43,67 @@ class FlyDetector(Protocol):
 PIXEL_SIZE_KEY = "object_pixel_size_um"
 """Start-document key for the object pixel size (micrometres), which replay stitches with."""
 
+FRAME_STATISTICS_KEY = "frame_statistics"
+"""Start-document key naming where the primary stream holds each point's frame statistics
+(a :class:`FrameStatisticsKeys` as a dict), which give each patch its tilt in replay."""
+
+
+@dataclass(frozen=True)
+class FrameStatisticsKeys:
+    """The primary-stream keys of each point's last frame id and its frames' statistics.
+
+    A step scan records them at every point when the detector reports them (as an
+    areaDetector statistics plugin does: total counts, centroid column ``x`` and row
+    ``y``); :mod:`ptychonn_ophyd.analysis.tilt` takes each patch's tilt from them.  A
+    detector this plan does not recognise can name its own in the start document:
+    ``md={"frame_statistics": {"unique_id": ..., "total": ..., "centroid_x": ...,
+    "centroid_y": ...}}``.
+    """
+
+    unique_id: str
+    total: str
+    centroid_x: str
+    centroid_y: str
+
+    @classmethod
+    def of(cls, detector: Any) -> FrameStatisticsKeys | None:
+        """The keys a detector with ``last_unique_id`` and ``stats`` (``total``,
+        ``centroid_x``, ``centroid_y`` signals, as
+        :class:`~ptychonn_ophyd.sim.detector.SimPtychoDetector`) reads; else ``None``."""
+        stats, last = getattr(detector, "stats", None), getattr(detector, "last_unique_id", None)
+        names = ("total", "centroid_x", "centroid_y")
+        if last is None or not all(hasattr(stats, n) for n in names):
+            return None
+        return cls(last.name, *(getattr(stats, n).name for n in names))
+
+    @classmethod
+    def from_start(cls, start: dict[str, Any]) -> FrameStatisticsKeys | None:
+        """The keys a run's start document names, ``None`` where it names none.
+
+        Raises
+        ------
+        ValueError
+            The entry is not a mapping of exactly this class's four fields.
+        """
+        entry = start.get(FRAME_STATISTICS_KEY)
+        if entry is None:
+            return None
+        fields = tuple(cls.__dataclass_fields__)
+        if (
+            not isinstance(entry, Mapping)
+            or sorted(entry) != sorted(fields)
+            or not all(isinstance(key, str) for key in entry.values())
+        ):
+            raise ValueError(
+                f"run {start.get('uid')}: {FRAME_STATISTICS_KEY!r} in its start document "
+                f"must map exactly {', '.join(fields)} to primary-stream keys, not {entry!r}"
+            )
+        return cls(**entry)
+
+    def as_start(self) -> dict[str, str]:
+        """The start-document entry."""
+        return asdict(self)
+
 
 def scan_with_inference(
     detector: Any,
@@ -72,8 +134,10 @@ def scan_with_inference(
         Extra start-document metadata.
 
     The start document gets the model and pool facts under ``"ptychonn"`` (read after
-    the pool has started) and the object pixel size when the detector knows it; the
-    inference device is staged for the whole plan and unstaged on failure or abort.
+    the pool has started), the object pixel size when the detector knows it, and, for a
+    step scan of a detector that reports frame statistics, their primary-stream keys
+    (:class:`FrameStatisticsKeys`); the inference device is staged for the whole plan
+    and unstaged on failure or abort.
     """
     if mode not in ("step", "fly"):
         raise ValueError(f"mode must be 'step' or 'fly', not {mode!r}")
@@ -118,6 +182,9 @@ def _run(
     pixel_size = _object_pixel_size(detector)
     if pixel_size:
         start[PIXEL_SIZE_KEY] = pixel_size
+    statistics = FrameStatisticsKeys.of(detector)
+    if statistics is not None and mode == "step":  # a free run records no point's frames
+        start[FRAME_STATISTICS_KEY] = statistics.as_start()
     if mode == "fly":
         steps = _fly(detector, inference, motors, points)
     else:
