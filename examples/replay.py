@@ -19,8 +19,7 @@ parser.add_argument("--positions", action="store_true", help="mark the scan posi
 args = parser.parse_args()
 
 catalog = open_existing_catalog()
-run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
-run = find_run(catalog, run_id, str(resolve_location()))
+run = find_run(catalog, args.uid, str(resolve_location()))
 data = load_inference(run)
 phase, amplitude = stitch_run(data, args.pixel_size)
 print(f"{len(data.phase)} frames -> {phase.image.shape[1]}x{phase.image.shape[0]} pixels")

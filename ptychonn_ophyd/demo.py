@@ -197,6 +197,7 @@ def _save_picture(
     shown from the truth's median, as replay shows a phase image from its own.
     """
     from ptychonn_ophyd.analysis.figure import Panel, covered, phase_median, run_title, save_figure
+    from ptychonn_ophyd.analysis.replay import FRAME_TILTS
 
     region = covered(image.weight)
     offset = phase_median(truth, region)
@@ -209,7 +210,7 @@ def _save_picture(
         Panel("ground truth", truth - offset, "phase"),
         Panel("reconstruction from the catalog", aligned - offset, "phase"),
         Panel("error", aligned - truth, "error"),
-        Panel("tilts from the frames' centre of mass", matched(tilted) - offset, "phase"),
+        Panel(FRAME_TILTS, matched(tilted) - offset, "phase"),
     ]
     (ssim, rms), (tilt_ssim, tilt_rms) = accuracy
     text = (

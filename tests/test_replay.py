@@ -11,7 +11,9 @@ from pathlib import Path
 import bluesky.plans as bp
 import numpy as np
 import pytest
+from bluesky_tiled_plugins import TiledWriter
 from bluesky_world import beamline
+from event_model import compose_run
 from matplotlib.image import imread
 
 from ptychonn_ophyd.analysis.figure import covered, relative_phase, replay_accuracy, run_title
@@ -27,7 +29,11 @@ from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
-from ptychonn_ophyd.session.plans import FrameStatisticsKeys, scan_with_inference
+from ptychonn_ophyd.session.plans import (
+    FRAME_STATISTICS_KEY,
+    FrameStatisticsKeys,
+    scan_with_inference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +225,28 @@ def test_a_run_without_frame_statistics_is_refused_for_tilts_by_name(scanned):
     world, uid = scanned
     data = replace(load_inference(world.catalog[uid]), statistics=None)
 
-    with pytest.raises(ValueError, match=f"run {uid} recorded no frame statistics"):
+    with pytest.raises(ValueError, match=f"run {uid} has no frame statistics to pair"):
         stitch_with_frame_tilts(data, world.det.simulation.probe)
+
+
+def test_statistics_named_wrongly_are_logged_and_the_run_still_replays(scanned, caplog):
+    world, _ = scanned
+    named = {"unique_id": "det_last_unique_id", "total": "det_sum"}
+    named |= {"centroid_x": "det_cx", "centroid_y": "det_stats_centroid_y"}
+    plan = scan_with_inference(
+        world.det, world.inference, world.sx, 0, 0.1, num=2, md={FRAME_STATISTICS_KEY: named}
+    )
+    (uid,) = world.RE(plan)
+
+    data = load_inference(world.catalog[uid])
+
+    assert data.statistics is None and len(data.phase) == 2
+    replay_log = "ptychonn_ophyd.analysis.replay"
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == replay_log]
+    assert warning == (
+        f"run {uid}: its primary stream lacks det_sum, det_cx, which its start document's "
+        "'frame_statistics' names; its patches keep their own tilts"
+    )
 
 
 def test_frame_statistics_named_wrongly_in_the_start_document_are_refused():
@@ -229,3 +255,16 @@ def test_frame_statistics_named_wrongly_in_the_start_document_are_refused():
     with pytest.raises(ValueError, match="must map exactly unique_id, total, centroid_x"):
         FrameStatisticsKeys.from_start(start)
     assert FrameStatisticsKeys.from_start({"uid": "u2"}) is None
+
+
+def test_digits_name_a_scan_id_where_a_run_has_it_and_a_partial_uid_otherwise(scanned):
+    world, _ = scanned
+    digits = "".join(str(int(c, 16) % 10) for c in uuid.uuid4().hex[:8])  # as 1 uid in 43
+    scan_id = 10**9 + int(digits)  # no other run has it
+    run = compose_run(uid=f"{digits}-{uuid.uuid4()}"[:36], metadata={"scan_id": scan_id})
+    writer = TiledWriter(world.catalog)
+    writer("start", run.start_doc)
+    writer("stop", run.compose_stop())
+
+    for name in (digits, str(scan_id)):
+        assert find_run(world.catalog, name).metadata["start"]["uid"] == run.start_doc["uid"]

@@ -106,27 +106,44 @@ def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics |
 
     Each point records its last frame's id beside its frames' statistics; a frame whose
     id no point recorded gets NaN.
+
+    Raises
+    ------
+    ValueError
+        The start document names the keys wrongly, or keys the primary stream lacks.
     """
     keys = FrameStatisticsKeys.from_start(run.metadata["start"])
-    if keys is None:
+    if keys is None or "primary" not in run:
         return None
     primary = run["primary"]
+    columns = (keys.unique_id, keys.total, keys.centroid_x, keys.centroid_y)
+    absent = [key for key in columns if key not in primary]
+    if absent:
+        raise ValueError(
+            f"run {run.metadata['start']['uid']}: its primary stream lacks "
+            f"{', '.join(absent)}, which its start document's {FRAME_STATISTICS_KEY!r} names"
+        )
     ids = np.asarray(primary[keys.unique_id].read())
-    columns = (keys.total, keys.centroid_x, keys.centroid_y)
-    recorded = np.stack([np.asarray(primary[k].read(), np.float64) for k in columns], 1)
+    recorded = np.stack([np.asarray(primary[k].read(), np.float64) for k in columns[1:]], 1)
     rows = {int(uid): row for uid, row in zip(ids, recorded, strict=True)}
-    missing = np.full(len(columns), np.nan)
+    missing = np.full(recorded.shape[1], np.nan)
     table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
     return FrameStatistics(table[:, 0], table[:, 1:])
 
 
 def load_inference(run: Any) -> InferenceData:
     """Read the ``inference`` stream of a run (a Tiled ``BlueskyRun`` client node), with
-    its stored mosaic and its frames' statistics where it has them."""
+    its stored mosaic and its frames' statistics where it has them (statistics it names
+    wrongly are logged and left out: the run still replays as the live view drew it)."""
     if STREAM not in run:
         raise KeyError(f"run {run.metadata['start']['uid']} has no {STREAM!r} stream")
     stream = run[STREAM]
     unique_id = stream["unique_id"].read()
+    try:
+        statistics = load_frame_statistics(run, unique_id)
+    except ValueError as err:
+        log.warning("%s; its patches keep their own tilts", err)
+        statistics = None
     return InferenceData(
         start=dict(run.metadata["start"]),
         stop=dict(run.metadata.get("stop") or {}),
@@ -136,7 +153,7 @@ def load_inference(run: Any) -> InferenceData:
         phase=stream["phase"].read(),
         amplitude=stream["amplitude"].read() if "amplitude" in stream else None,
         mosaic=load_mosaic(run),
-        statistics=load_frame_statistics(run, unique_id),
+        statistics=statistics,
     )
 
 
@@ -211,8 +228,9 @@ def stitch_with_frame_tilts(
     uid = data.start["uid"]
     if data.statistics is None:
         raise ValueError(
-            f"run {uid} recorded no frame statistics (no {FRAME_STATISTICS_KEY!r} in its start "
-            "document, as in a fly scan), so its patches cannot take their frames' tilts"
+            f"run {uid} has no frame statistics to pair with its frames (none named under "
+            f"{FRAME_STATISTICS_KEY!r} in its start document, as in a fly scan, or named "
+            "wrongly), so its patches cannot take their frames' tilts"
         )
     if not (np.isfinite(data.x) & np.isfinite(data.y)).all():
         raise ValueError(f"run {uid} has frames without a position; tilts need every one")
@@ -309,9 +327,10 @@ def replay(
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
     """The run ``run_id`` names in ``catalog`` (uid, partial uid, scan id, or -1).
 
-    A scan id that several runs share (a RunEngine without persistent metadata starts
-    again at 1) names them and picks none: the latest of them, Tiled's choice, is
-    often not the run meant.
+    A string of digits names a scan id where a run has that scan id, and a partial uid
+    otherwise (about one uid in 43 begins with eight decimal digits).  A scan id that several
+    runs share (a RunEngine without persistent metadata starts again at 1) names them
+    and picks none: the latest of them, Tiled's choice, is often not the run meant.
 
     Raises
     ------
@@ -320,10 +339,11 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
         (default: the catalog's URI).
     """
     where = where or _describe_catalog(catalog)
+    if isinstance(run_id, str) and run_id.lstrip("-").isdigit():
+        number = int(run_id)
+        run_id = number if number < 0 or _with_scan_id(catalog, number) else run_id
     if isinstance(run_id, int) and run_id > 0:
-        from tiled.queries import Eq
-
-        shared = list(catalog.search(Eq("start.scan_id", run_id)).keys())
+        shared = _with_scan_id(catalog, run_id)
         if len(shared) > 1:
             raise RunLookupError(
                 f"scan id {run_id} is ambiguous in the catalog {where}: {len(shared)} runs "
@@ -333,6 +353,13 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
         return catalog[run_id]
     except (KeyError, IndexError):
         raise RunLookupError(f"no run {run_id!r} in the catalog {where}") from None
+
+
+def _with_scan_id(catalog: Any, scan_id: int) -> list[str]:
+    """The uids of the runs of ``catalog`` with scan id ``scan_id``."""
+    from tiled.queries import Eq
+
+    return list(catalog.search(Eq("start.scan_id", scan_id)).keys())
 
 
 def _describe_catalog(catalog: Any) -> str:

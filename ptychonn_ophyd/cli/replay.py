@@ -35,11 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ptychonn_ophyd.analysis.replay import load_probe, replay
 
-    run_id = int(args.uid) if args.uid.lstrip("-").isdigit() else args.uid
     try:
         probe = load_probe(args.probe) if args.probe else None
         path = replay(
-            run_id,
+            args.uid,
             args.catalog,
             args.output,
             args.pixel_size,
