@@ -76,9 +76,7 @@ class FrameSampler:
     def draw(self, n: int) -> Batch:
         """``n`` fresh samples."""
         v = self.variation
-        phase = self._grey(n) * self._uniform(n, *v.phase_span_range)[:, None, None]
-        floor = self._uniform(n, *v.amplitude_floor_range)[:, None, None]
-        amplitude = floor + (1.0 - floor) * self._grey(n)
+        phase, amplitude = self.objects(n)
         which = self._integers(n, len(self.probes))
         photons = torch.exp(self._uniform(n, *np.log(v.photons_range)))
         frames = diffraction_frames(
@@ -86,6 +84,14 @@ class FrameSampler:
         )
         weight = self.weights[which]
         return Batch(frames, phase - weighted_mean(phase, weight), amplitude, weight)
+
+    def objects(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random objects, phase and amplitude ``(n, p, p)`` (``p`` the probe's side),
+        as every sample's object is drawn."""
+        v = self.variation
+        phase = self._grey(n) * self._uniform(n, *v.phase_span_range)[:, None, None]
+        floor = self._uniform(n, *v.amplitude_floor_range)[:, None, None]
+        return phase, floor + (1.0 - floor) * self._grey(n)
 
     def _grey(self, n: int) -> torch.Tensor:
         """``(n, p, p)`` patterns in [0, 1]: photographs and textures, random contrast.
