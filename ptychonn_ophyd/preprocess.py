@@ -32,6 +32,14 @@ class PreprocessConfig(BaseModel):
     bin: int = Field(1, ge=1)
     threshold: float | None = None
 
+    def pattern_position(self, xy: np.ndarray) -> np.ndarray:
+        """Positions ``(..., 2)`` ``(x, y)`` (column, row) on the detector, in its pixels,
+        as positions on the model's input, in its pixels: cropped, then binned, a binned
+        block's centre becoming its pixel (a centroid of a frame to one of its input)."""
+        top, _, left, _ = self.crop
+        origin = np.array([left, top]) + (self.bin - 1) / 2
+        return (np.asarray(xy, np.float64) - origin) / self.bin
+
     @field_validator("crop", mode="before")
     @classmethod
     def _expand_crop(cls, value: object) -> object:

@@ -246,7 +246,7 @@ class PoolConfig(InferenceSettings):
         ArgsError
             A value does not fit its setting; the message names it.
         """
-        return validated(cls, {k: _from_signal(v) for k, v in values.items()})
+        return validated(cls, {k: from_signal_value(v) for k, v in values.items()})
 
 
 class LiveViewSettings(BaseModel):
@@ -279,7 +279,9 @@ def signal_value(value: object) -> object:
     return plain
 
 
-def _from_signal(value: object) -> object:
+def from_signal_value(value: object) -> object:
+    """A setting as :func:`signal_value` wrote it (a signal's value, or a run's pool
+    facts), back as its plain value: ``""`` as ``None``, JSON text parsed."""
     if value == "":
         return None
     if isinstance(value, str) and value[:1] in "[{":

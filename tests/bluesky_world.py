@@ -53,17 +53,26 @@ class Beamline:
             self.pids.update(self.inference.pool.pids)
 
 
-def make_simulation() -> PtychoSimulation:
-    return PtychoSimulation(held_out_object(OBJECT_SIZE), make_probe(), detector=DetectorConfig())
+UNBINNED = DetectorConfig()
+"""The simulated detector of most tests: 128x128 frames, the model's input."""
+
+
+def make_simulation(detector: DetectorConfig = UNBINNED) -> PtychoSimulation:
+    return PtychoSimulation(held_out_object(OBJECT_SIZE), make_probe(), detector=detector)
 
 
 def make_devices(
-    tmp_path: Path, prefix: str, model: Path, frames_per_point: int = 1, **kw: Any
+    tmp_path: Path,
+    prefix: str,
+    model: Path,
+    frames_per_point: int = 1,
+    detector: DetectorConfig = UNBINNED,
+    **kw: Any,
 ) -> tuple[SynAxis, SynAxis, SimPtychoDetector, PtychoNNDetector]:
     """Motors, the simulated detector on ``<prefix>:image`` and a CPU inference device."""
     sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
     det = SimPtychoDetector(
-        make_simulation(), sx, sy, f"{prefix}:image", frames_per_point, name="det"
+        make_simulation(detector), sx, sy, f"{prefix}:image", frames_per_point, name="det"
     )
     inference = PtychoNNDetector(
         name="inference",

@@ -28,7 +28,7 @@ from ptychonn_ophyd.analysis.stitch import stitch
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation, frame_moments
 from ptychonn_ophyd.session.plans import (
     FRAME_STATISTICS_KEY,
     FrameStatisticsKeys,
@@ -268,3 +268,22 @@ def test_digits_name_a_scan_id_where_a_run_has_it_and_a_partial_uid_otherwise(sc
 
     for name in (digits, str(scan_id)):
         assert find_run(world.catalog, name).metadata["start"]["uid"] == run.start_doc["uid"]
+
+
+def test_centroids_of_a_binned_detector_come_back_in_the_model_inputs_pixels(
+    tmp_path, small_phase_onnx
+):
+    binned = DetectorConfig(bin_factor=4, border=2)  # 516x516 frames, cropped and binned
+    prefix = f"binned{uuid.uuid4().hex[:8]}"
+    crop_and_bin = {"crop": 2, "bin": 4}
+    with beamline(
+        tmp_path, prefix, small_phase_onnx, detector=binned, preprocess=crop_and_bin
+    ) as world:
+        plan = scan_with_inference(world.det, world.inference, world.sx, -0.2, 0.2, num=3)
+        (uid,) = world.RE(plan)
+        data = load_inference(world.catalog[uid])
+        sim = world.det.simulation
+
+    unbinned = PtychoSimulation(sim.obj, sim.probe, data.positions_um, DetectorConfig())
+    _, centroids = frame_moments(unbinned.frames())
+    np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)

@@ -10,6 +10,7 @@ PosixPath('scan-1-4e2fcc80.png')
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.physics.probe import probe_weight
+from ptychonn_ophyd.preprocess import PreprocessConfig
 from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.session.live_view import MOSAIC_STREAM
 from ptychonn_ophyd.session.plans import (
@@ -37,7 +39,8 @@ from ptychonn_ophyd.session.plans import (
     PIXEL_SIZE_KEY,
     FrameStatisticsKeys,
 )
-from ptychonn_ophyd.session.stream import STREAM
+from ptychonn_ophyd.session.stream import METADATA_KEY, STREAM
+from ptychonn_ophyd.settings import from_signal_value, validated
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,9 @@ class InferenceData:
 
 @dataclass(frozen=True)
 class FrameStatistics:
-    """Each inferred frame's total counts ``(N,)`` and centroid ``(N, 2)`` ``(x, y)``, in
-    the inference stream's row order; NaN for a frame no point recorded."""
+    """Each inferred frame's total counts ``(N,)`` and centroid ``(N, 2)`` ``(x, y)`` in
+    the model input's pixels, in the inference stream's row order; NaN for a frame no
+    point recorded."""
 
     totals: np.ndarray
     centroids: np.ndarray
@@ -105,7 +109,8 @@ def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics |
     (where its start document names them), or ``None`` for a run that recorded none.
 
     Each point records its last frame's id beside its frames' statistics; a frame whose
-    id no point recorded gets NaN.
+    id no point recorded gets NaN.  Centroids are recorded in detector pixels and come
+    back in the model input's, through the run's crop and bin.
 
     Raises
     ------
@@ -128,7 +133,14 @@ def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics |
     rows = {int(uid): row for uid, row in zip(ids, recorded, strict=True)}
     missing = np.full(recorded.shape[1], np.nan)
     table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
-    return FrameStatistics(table[:, 0], table[:, 1:])
+    preprocessing = _preprocessing(run.metadata["start"])
+    return FrameStatistics(table[:, 0], preprocessing.pattern_position(table[:, 1:]))
+
+
+def _preprocessing(start: Mapping[str, Any]) -> PreprocessConfig:
+    """How the run's workers cropped and binned its frames (its pool facts' ``preprocess``)."""
+    recorded = from_signal_value(start.get(METADATA_KEY, {}).get("preprocess", ""))
+    return validated(PreprocessConfig, recorded) if recorded else PreprocessConfig()
 
 
 def load_inference(run: Any) -> InferenceData:
