@@ -71,13 +71,13 @@ class FrameStatisticsKeys:
         ``centroid_x``, ``centroid_y`` signals, as
         :class:`~ptychonn_ophyd.sim.detector.SimPtychoDetector`) reads; else ``None``."""
         stats, last = getattr(detector, "stats", None), getattr(detector, "last_unique_id", None)
-        names = ("total", "centroid_x", "centroid_y")
+        names = tuple(cls.__dataclass_fields__)[1:]  # total, centroid_x, centroid_y
         if last is None or not all(hasattr(stats, n) for n in names):
             return None
         return cls(last.name, *(getattr(stats, n).name for n in names))
 
     @classmethod
-    def from_start(cls, start: dict[str, Any]) -> FrameStatisticsKeys | None:
+    def from_start(cls, start: Mapping[str, Any]) -> FrameStatisticsKeys | None:
         """The keys a run's start document names, ``None`` where it names none.
 
         Raises
