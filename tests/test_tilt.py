@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ptychonn_ophyd.analysis import tilt
 from ptychonn_ophyd.analysis.tilt import (
     centroid_gradient,
     corrected_tilts,
@@ -74,6 +75,17 @@ def test_corrected_patches_take_the_tilts_of_their_frames(probe):
     before = np.abs(mean_gradient(gradient_field(tilted), weight) - true_tilts).mean()
     after = np.abs(mean_gradient(gradient_field(fixed), weight) - true_tilts).mean()
     assert after < before / 4
+
+
+def test_patches_are_corrected_alike_however_many_are_worked_on_at_once(probe, monkeypatch):
+    sim = scan(held_out_object(size=SIZE), probe)
+    phase, _ = sim.ground_truth()
+    totals, centroids = frame_moments(sim.frames())
+    args = (sim.positions_um, sim.obj.pixel_size_um, probe, totals, centroids)
+    whole = corrected_tilts(phase, *args)
+    monkeypatch.setattr(tilt, "CHUNK", 7)  # 81 patches: 12 parts, the last of 4
+    assert corrected_tilts(phase, *args) == pytest.approx(whole, abs=1e-6)
+    assert whole.dtype == phase.dtype == np.float32
 
 
 def test_a_frame_without_statistics_keeps_its_patch(probe):

@@ -34,6 +34,9 @@ MAP_SMOOTHING = 1e-3
 """Weight of the squared differences between neighbouring map nodes."""
 DARKEST = 1e-3
 """Floor of the map, as a fraction of its maximum: no patch is weighted to nothing."""
+CHUNK = 128
+"""Patches corrected at once: bounds the working memory (about 50 MB of float64 arrays
+of 128x128 patches each) whatever the scan's length."""
 
 
 def gradient_field(patches: np.ndarray) -> np.ndarray:
@@ -172,10 +175,12 @@ def corrected_tilts(
     Returns
     -------
     The patches plus the plane that makes each one's mean phase gradient, weighted by
-    ``|probe * amplitude|**2``, the frame's centroid gradient less the probe's share.
-    A frame without statistics (NaN) or without counts leaves its patch as it is.
+    ``|probe * amplitude|**2``, the frame's centroid gradient less the probe's share,
+    in ``phase``'s floating dtype (at least float32), worked out :data:`CHUNK` patches
+    at a time.  A frame without statistics (NaN) or without counts leaves its patch as
+    it is.
     """
-    phase = np.asarray(phase, np.float64)
+    phase = np.asarray(phase)
     p = phase.shape[-1]
     if probe.shape != phase.shape[1:]:
         raise ValueError(f"probe {probe.shape} does not fit patches {phase.shape[1:]}")
@@ -184,12 +189,26 @@ def corrected_tilts(
     corners = corners + shift
     intensity = np.abs(probe).astype(np.float64) ** 2
     totals = np.asarray(totals, np.float64)
+    centroids = np.asarray(centroids, np.float64).reshape(-1, 2)
     counted = np.isfinite(totals)
     square = transmission_map(totals[counted], corners[counted], intensity, shape)
     square = np.clip(square, DARKEST * square.max(), None)
-    amplitude = np.sqrt(np.stack([square[r : r + p, c : c + p] for r, c in corners]))
-    weight = intensity * amplitude**2
-    gradient = centroid_gradient(centroids, p) - probe_gradient_share(probe, amplitude)
+    tilted = np.empty(phase.shape, np.result_type(phase.dtype, np.float32))
+    for start in range(0, len(phase), CHUNK):
+        part = np.s_[start : start + CHUNK]
+        amplitude = np.sqrt(np.stack([square[r : r + p, c : c + p] for r, c in corners[part]]))
+        tilted[part] = _tilted(phase[part], centroids[part], probe, amplitude)
+    return tilted
+
+
+def _tilted(
+    phase: np.ndarray, centroids: np.ndarray, probe: np.ndarray, amplitude: np.ndarray
+) -> np.ndarray:
+    """:func:`corrected_tilts` of patches whose object amplitudes are ``amplitude``."""
+    phase = np.asarray(phase, np.float64)
+    weight = np.abs(probe) ** 2 * amplitude**2
+    gradient = centroid_gradient(centroids, phase.shape[-1])
+    gradient -= probe_gradient_share(probe, amplitude)
     dark = ~np.isfinite(gradient).all(1)
     gradient[dark] = mean_gradient(gradient_field(phase[dark]), weight[dark])
     return with_mean_gradient(phase, gradient, weight)
