@@ -18,6 +18,7 @@ from matplotlib.image import imread
 
 from ptychonn_ophyd.analysis.figure import covered, relative_phase, replay_accuracy, run_title
 from ptychonn_ophyd.analysis.replay import (
+    _point_of_frames,
     find_run,
     load_inference,
     replay,
@@ -180,6 +181,27 @@ def test_each_row_gets_the_statistics_its_own_frame_recorded(scanned):
     np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
     spread = np.abs(centroids - centroids.mean(0)).max()
     assert spread > 0.2  # so rows paired with other points' statistics would fail
+
+
+def test_every_frame_of_a_point_gets_the_statistics_of_that_point(tmp_path, small_phase_onnx):
+    prefix = f"several{uuid.uuid4().hex[:8]}"
+    with beamline(tmp_path, prefix, small_phase_onnx, frames_per_point=2) as world:
+        plan = scan_with_inference(world.det, world.inference, world.sx, -0.3, 0.3, num=3)
+        (uid,) = world.RE(plan)
+        data = load_inference(world.catalog[uid])
+        totals, centroids = frame_moments(world.det.simulation.frames_at(data.positions_um))
+
+    assert len(data.phase) == 6
+    np.testing.assert_allclose(data.statistics.totals, totals, rtol=0.01)
+    np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
+    assert np.ptp(centroids, 0).max() > 0.1  # points apart by more than the tolerance
+
+
+def test_after_a_detector_restart_only_the_recorded_frames_pair_with_points():
+    increasing = _point_of_frames(np.array([2, 4, 6]), np.array([1, 2, 3, 4, 5, 6, 7]))
+    assert increasing.tolist() == [0, 0, 1, 1, 2, 2, 3]
+    restarted = _point_of_frames(np.array([2, 4, 1]), np.array([1, 2, 3, 4, 5]))
+    assert restarted.tolist() == [2, 0, 3, 1, 3]
 
 
 def test_replay_with_the_probe_gives_every_patch_its_frames_tilt(scanned, tmp_path):

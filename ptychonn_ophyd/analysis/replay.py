@@ -108,9 +108,10 @@ def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics |
     """The statistics of the frames ``unique_ids`` that the run's primary stream recorded
     (where its start document names them), or ``None`` for a run that recorded none.
 
-    Each point records its last frame's id beside its frames' statistics; a frame whose
-    id no point recorded gets NaN.  Centroids are recorded in detector pixels and come
-    back in the model input's, through the run's crop and bin.
+    Each point records its last frame's id beside the statistics of its frames (one or
+    more, see :func:`_point_of_frames`); a frame no point took gets NaN.  Centroids are
+    recorded in detector pixels and come back in the model input's, through the run's
+    crop and bin.
 
     Raises
     ------
@@ -128,13 +129,26 @@ def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics |
             f"run {run.metadata['start']['uid']}: its primary stream lacks "
             f"{', '.join(absent)}, which its start document's {FRAME_STATISTICS_KEY!r} names"
         )
-    ids = np.asarray(primary[keys.unique_id].read())
+    ids = np.asarray(primary[keys.unique_id].read(), np.int64)
     recorded = np.stack([np.asarray(primary[k].read(), np.float64) for k in columns[1:]], 1)
-    rows = {int(uid): row for uid, row in zip(ids, recorded, strict=True)}
-    missing = np.full(recorded.shape[1], np.nan)
-    table = np.stack([rows.get(int(uid), missing) for uid in unique_ids])
+    recorded = np.vstack([recorded, np.full((1, recorded.shape[1]), np.nan)])
+    table = recorded[_point_of_frames(ids, np.asarray(unique_ids, np.int64))]
     preprocessing = _preprocessing(run.metadata["start"])
     return FrameStatistics(table[:, 0], preprocessing.pattern_position(table[:, 1:]))
+
+
+def _point_of_frames(last_ids: np.ndarray, unique_ids: np.ndarray) -> np.ndarray:
+    """The index of the point that took each frame, ``len(last_ids)`` for none.
+
+    Points record the id of their last frame.  While those ids increase, a point took
+    every frame after the previous point's last, up to its own: a point of several
+    frames pairs with all of them.  Where they do not (a detector that restarted its
+    count mid-scan), only a frame whose id a point recorded pairs with it.
+    """
+    if (np.diff(last_ids) > 0).all():
+        return np.searchsorted(last_ids, unique_ids)  # the first point whose last id >= id
+    index = {int(uid): row for row, uid in enumerate(last_ids)}
+    return np.array([index.get(int(uid), len(last_ids)) for uid in unique_ids], np.int64)
 
 
 def _preprocessing(start: Mapping[str, Any]) -> PreprocessConfig:
