@@ -35,8 +35,8 @@ MAP_SMOOTHING = 1e-3
 DARKEST = 1e-3
 """Floor of the map, as a fraction of its maximum: no patch is weighted to nothing."""
 CHUNK = 128
-"""Patches corrected at once: bounds the working memory (about 50 MB of float64 arrays
-of 128x128 patches each) whatever the scan's length."""
+"""Patches corrected at once: the working memory is a few float64 arrays of this many
+patches (17 MB each for 128x128 patches), whatever the scan's length."""
 
 
 def gradient_field(patches: np.ndarray) -> np.ndarray:
