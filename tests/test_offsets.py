@@ -31,3 +31,11 @@ def test_a_lone_patch_keeps_its_offset(scan):
     window = probe_weight(scan.probe)
     found = solved_offsets(truth + 0.5, scan.positions_um[:1], scan.obj.pixel_size_um, window)
     assert found == pytest.approx([0.0])
+
+
+def test_float32_patches_give_the_offsets_of_float64_ones(scan):
+    truth, _ = scan.ground_truth()
+    patches = truth + np.random.default_rng(1).normal(0, 1.0, len(scan))[:, None, None]
+    args = (scan.positions_um, scan.obj.pixel_size_um, probe_weight(scan.probe))
+    single = solved_offsets(patches.astype(np.float32), *args)
+    assert single == pytest.approx(solved_offsets(patches.astype(np.float64), *args), abs=1e-5)

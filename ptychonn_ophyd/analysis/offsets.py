@@ -71,7 +71,7 @@ def solved_offsets(
     window
         ``(p, q)`` trust of each patch pixel (e.g. the probe intensity).
     """
-    phase = np.asarray(phase, np.float64)
+    phase = np.asarray(phase)  # each patch meets the float64 window one at a time
     overlaps = _Overlaps(patch_corners(positions_um, pixel_size_um, phase.shape[1:]), window)
     n = len(phase)
 
@@ -103,6 +103,7 @@ def stitch_with_solved_offsets(
 ) -> StitchedImage:
     """Phase patches, each shifted by its :func:`solved_offsets`, averaged into one image
     (:func:`~ptychonn_ophyd.analysis.stitch.stitch`, whose ``shape`` this passes on)."""
+    phase = np.asarray(phase)
     offsets = solved_offsets(phase, positions_um, pixel_size_um, window)
-    shifted = np.asarray(phase) + offsets[:, None, None]
+    shifted = phase + offsets.astype(np.result_type(phase.dtype, np.float32))[:, None, None]
     return stitch(shifted, positions_um, pixel_size_um, shape, window)
