@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs PyTorch")
 
+from ptychonn_ophyd.cli import build_parser
 from ptychonn_ophyd.cli import main as cli
 from ptychonn_ophyd.models import build_torch_model, open_model
 from ptychonn_ophyd.models.architecture import HEAD_DECODERS
@@ -22,10 +23,10 @@ from ptychonn_ophyd.physics import diffraction, forward_torch
 from ptychonn_ophyd.physics.held_out import DemoScan
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
-from ptychonn_ophyd.training import TrainingConfig
+from ptychonn_ophyd.training import TRAIN_OPTIONS, TrainingConfig
 from ptychonn_ophyd.training.evaluation import HeldOutCheck, phase_rms_error, predict
 from ptychonn_ophyd.training.fit import contrast_error, new_model
-from ptychonn_ophyd.training.recipe import train
+from ptychonn_ophyd.training.recipe import command_line, train
 from ptychonn_ophyd.training.sampler import FrameSampler
 
 DATA = files("ptychonn_ophyd") / "data"
@@ -106,6 +107,16 @@ def test_a_few_training_steps_lower_the_loss_and_write_loadable_artefacts(tmp_pa
     assert [epoch["epoch"] for epoch in recipe["history"]] == [0, 1, 2, 3]
     assert recipe["command"].startswith("ptychonn-ophyd train --out DIR --name tiny")
     assert {"held_out_ssim_aligned", "val_phase_rms"} <= set(recipe["metrics"])
+
+
+def test_a_recipes_command_makes_the_same_recipe_again(tmp_path):
+    config = TrainingConfig(
+        nconv=4, epochs=3, learning_rate=2e-3, check_every=0, contrast_weight=0.5
+    )
+    words = command_line(config, "tiny").split()
+    args = build_parser().parse_args([w.replace("DIR", str(tmp_path)) for w in words[1:]])
+    again = TrainingConfig(**{field: getattr(args, field) for field, _ in TRAIN_OPTIONS.values()})
+    assert again == config
 
 
 def test_contrast_error_ignores_an_offset_and_sees_shrunk_contrast():

@@ -15,23 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ptychonn_ophyd.training import PRESETS_TRAINED, TrainingConfig
-
-OPTIONS = {
-    "--model": ("preset", "architecture"),
-    "--nconv": ("nconv", "width of the first encoder block"),
-    "--epochs": ("epochs", "training epochs"),
-    "--frames-per-epoch": ("frames_per_epoch", "freshly drawn frames per epoch"),
-    "--validation-frames": ("n_validation_frames", "frames of the fixed validation set"),
-    "--batch-size": ("batch_size", "frames per optimiser step"),
-    "--lr": ("learning_rate", "peak Adam learning rate"),
-    "--seed": ("seed", "seeds every draw, the validation set and the weights"),
-    "--device": ("device", "auto (CUDA when present), cpu or cuda"),
-    "--check-every": ("check_every", "epochs between held-out checks (0: at the end only)"),
-    "--initial-weights": ("initial_weights", "checkpoint to start from (default: fresh weights)"),
-    "--contrast-weight": ("contrast_weight", "weight of the loss on each patch's phase spread"),
-}
-"""Each option and the :class:`TrainingConfig` field it sets (its type and default)."""
+from ptychonn_ophyd.training import PRESETS_TRAINED, TRAIN_OPTIONS, TrainingConfig
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--name", default=None, help="file name stem: NAME.pth, NAME.onnx, NAME_recipe.json"
     )
-    for flag, (name, text) in OPTIONS.items():
+    for flag, (name, text) in TRAIN_OPTIONS.items():
         default = getattr(defaults, name)
         choices = {"preset": PRESETS_TRAINED, "device": ("auto", "cpu", "cuda")}.get(name)
         parser.add_argument(
@@ -60,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = TrainingConfig(**{name: getattr(args, name) for name, _ in OPTIONS.values()})
+        config = TrainingConfig(**{name: getattr(args, name) for name, _ in TRAIN_OPTIONS.values()})
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

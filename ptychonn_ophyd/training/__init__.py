@@ -8,6 +8,11 @@ checks the held-out scan (:mod:`~ptychonn_ophyd.training.evaluation`), and write
 imported here: the rest needs PyTorch.
 """
 
-from ptychonn_ophyd.training.config import PRESETS_TRAINED, TrainingConfig, Variation
+from ptychonn_ophyd.training.config import (
+    PRESETS_TRAINED,
+    TRAIN_OPTIONS,
+    TrainingConfig,
+    Variation,
+)
 
-__all__ = ["PRESETS_TRAINED", "TrainingConfig", "Variation"]
+__all__ = ["PRESETS_TRAINED", "TRAIN_OPTIONS", "TrainingConfig", "Variation"]

@@ -170,3 +170,22 @@ class TrainingConfig:
     @property
     def steps_per_epoch(self) -> int:
         return self.frames_per_epoch // self.batch_size
+
+
+TRAIN_OPTIONS = {
+    "--model": ("preset", "architecture"),
+    "--nconv": ("nconv", "width of the first encoder block"),
+    "--epochs": ("epochs", "training epochs"),
+    "--frames-per-epoch": ("frames_per_epoch", "freshly drawn frames per epoch"),
+    "--validation-frames": ("n_validation_frames", "frames of the fixed validation set"),
+    "--batch-size": ("batch_size", "frames per optimiser step"),
+    "--lr": ("learning_rate", "peak Adam learning rate"),
+    "--seed": ("seed", "seeds every draw, the validation set and the weights"),
+    "--device": ("device", "auto (CUDA when present), cpu or cuda"),
+    "--check-every": ("check_every", "epochs between held-out checks (0: at the end only)"),
+    "--initial-weights": ("initial_weights", "checkpoint to start from (default: fresh weights)"),
+    "--contrast-weight": ("contrast_weight", "weight of the loss on each patch's phase spread"),
+}
+"""Each ``ptychonn-ophyd train`` option and the :class:`TrainingConfig` field it sets
+(the field gives its type and default); the command line and every recipe's
+``command`` are made from it."""

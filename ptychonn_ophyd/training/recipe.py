@@ -20,7 +20,7 @@ import torch
 
 from ptychonn_ophyd.models import export_onnx_bytes, open_model
 from ptychonn_ophyd.models.network import PtychoNN
-from ptychonn_ophyd.training.config import TrainingConfig
+from ptychonn_ophyd.training.config import TRAIN_OPTIONS, TrainingConfig
 from ptychonn_ophyd.training.evaluation import HeldOutCheck, validate
 from ptychonn_ophyd.training.fit import fit
 from ptychonn_ophyd.training.sampler import FrameSampler
@@ -130,15 +130,15 @@ def initial_weights_hash(config: TrainingConfig) -> str:
 
 
 def command_line(config: TrainingConfig, name: str) -> str:
-    """The ``ptychonn-ophyd train`` command that makes this recipe again."""
-    return (
-        f"ptychonn-ophyd train --out DIR --name {name} --model {config.preset} "
-        f"--nconv {config.nconv} "
-        f"--epochs {config.epochs} --frames-per-epoch {config.frames_per_epoch} "
-        f"--batch-size {config.batch_size} --lr {config.learning_rate} --seed {config.seed}"
-        + (f" --initial-weights {config.initial_weights}" if config.initial_weights else "")
-        + (f" --contrast-weight {config.contrast_weight}" if config.contrast_weight else "")
-    )
+    """The ``ptychonn-ophyd train`` command that makes this recipe again: every option,
+    but those left empty (no initial weights, no contrast term) as by default."""
+    defaults = TrainingConfig()
+    parts = [f"ptychonn-ophyd train --out DIR --name {name}"]
+    for flag, (field, _) in TRAIN_OPTIONS.items():
+        value = getattr(config, field)
+        if value or value != getattr(defaults, field):
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _short(value: float) -> str:
