@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch", reason="training needs PyTorch")
 
 from ptychonn_ophyd.cli import build_parser
 from ptychonn_ophyd.cli import main as cli
+from ptychonn_ophyd.cli.train import training_config
 from ptychonn_ophyd.models import build_torch_model, open_model
 from ptychonn_ophyd.models.architecture import HEAD_DECODERS
 from ptychonn_ophyd.models.bundled import DEMO_RECIPE
@@ -23,7 +24,7 @@ from ptychonn_ophyd.physics import diffraction, forward_torch
 from ptychonn_ophyd.physics.held_out import DemoScan
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
-from ptychonn_ophyd.training import TRAIN_OPTIONS, TrainingConfig
+from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.evaluation import HeldOutCheck, phase_rms_error, predict
 from ptychonn_ophyd.training.fit import contrast_error, new_model
 from ptychonn_ophyd.training.recipe import command_line, train
@@ -115,8 +116,7 @@ def test_a_recipes_command_makes_the_same_recipe_again(tmp_path):
     )
     words = command_line(config, "tiny").split()
     args = build_parser().parse_args([w.replace("DIR", str(tmp_path)) for w in words[1:]])
-    again = TrainingConfig(**{field: getattr(args, field) for field, _ in TRAIN_OPTIONS.values()})
-    assert again == config
+    assert training_config(args) == config
 
 
 def test_contrast_error_ignores_an_offset_and_sees_shrunk_contrast():

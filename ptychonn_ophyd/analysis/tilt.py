@@ -196,19 +196,11 @@ def corrected_tilts(
     tilted = np.empty(phase.shape, np.result_type(phase.dtype, np.float32))
     for start in range(0, len(phase), CHUNK):
         part = np.s_[start : start + CHUNK]
+        patches = np.asarray(phase[part], np.float64)
         amplitude = np.sqrt(np.stack([square[r : r + p, c : c + p] for r, c in corners[part]]))
-        tilted[part] = _tilted(phase[part], centroids[part], probe, amplitude)
+        weight = intensity * amplitude**2
+        gradient = centroid_gradient(centroids[part], p) - probe_gradient_share(probe, amplitude)
+        dark = ~np.isfinite(gradient).all(1)
+        gradient[dark] = mean_gradient(gradient_field(patches[dark]), weight[dark])
+        tilted[part] = with_mean_gradient(patches, gradient, weight)
     return tilted
-
-
-def _tilted(
-    phase: np.ndarray, centroids: np.ndarray, probe: np.ndarray, amplitude: np.ndarray
-) -> np.ndarray:
-    """:func:`corrected_tilts` of patches whose object amplitudes are ``amplitude``."""
-    phase = np.asarray(phase, np.float64)
-    weight = np.abs(probe) ** 2 * amplitude**2
-    gradient = centroid_gradient(centroids, phase.shape[-1])
-    gradient -= probe_gradient_share(probe, amplitude)
-    dark = ~np.isfinite(gradient).all(1)
-    gradient[dark] = mean_gradient(gradient_field(phase[dark]), weight[dark])
-    return with_mean_gradient(phase, gradient, weight)

@@ -42,9 +42,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The recipe the parsed options ask for (``ValueError`` names a bad one)."""
+    return TrainingConfig(**{name: getattr(args, name) for name, _ in TRAIN_OPTIONS.values()})
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        config = TrainingConfig(**{name: getattr(args, name) for name, _ in TRAIN_OPTIONS.values()})
+        config = training_config(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
