@@ -43,7 +43,8 @@ from ptychonn_ophyd.analysis.tilt import (
     with_mean_gradient,
 )
 from ptychonn_ophyd.models import build_torch_model, open_model
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.training import TrainingConfig
 from ptychonn_ophyd.training.evaluation import LIT_THRESHOLD, HeldOutCheck, predict
 

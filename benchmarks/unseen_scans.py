@@ -34,7 +34,8 @@ from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.models import build_torch_model, open_model
-from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation, frame_moments
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.physics.objects import ComplexObject
 from ptychonn_ophyd.physics.probe import make_probe, probe_weight
 from ptychonn_ophyd.physics.scan import fermat_spiral

@@ -16,9 +16,11 @@ attribute  type     meaning
 =========  =======  ==============================================
 
 Its result is the same NTNDArray (same ``uniqueId``, ``dataTimeStamp`` and attributes)
-holding a float32 image.  Which worker and model made it is its ``descriptor``
-(:func:`result_descriptor`, e.g. ``ptychonn consumer=2 model=0123456789ab``), and how
-late it is the difference of its two timestamps: ``dataTimeStamp`` is the frame's,
+holding a float32 image.  Which worker and model made it, and the total counts and
+centroid of the model input it was inferred from, are its ``descriptor``
+(:func:`result_descriptor`, e.g. ``ptychonn consumer=2 model=0123456789ab
+total=812345 cx=63.912345 cy=64.100000``), and how late it is the difference of its
+two timestamps: ``dataTimeStamp`` is the frame's,
 ``timeStamp`` the moment the worker published it.  Nothing is appended to the attribute
 list: rewriting it through pvapy's Python API would cost more than the rest of a
 result together.
@@ -98,21 +100,51 @@ VALUE_FIELDS = {
 POSITION_ATTRIBUTES = ("x", "y", "point")
 """Attributes that carry the scan position of a frame (see the module docstring)."""
 
-RESULT_DESCRIPTOR = "ptychonn consumer={consumer_id} model={model_hash}"
-"""The ``descriptor`` of every result: the worker and the model that made it."""
+RESULT_DESCRIPTOR = (
+    "ptychonn consumer={consumer_id} model={model_hash} total={total:.9g} cx={x:.6f} cy={y:.6f}"
+)
+"""The ``descriptor`` of every result: the worker and the model that made it, and the
+moments of the model input it was inferred from (:class:`ResultTags`)."""
 
 
-def result_descriptor(consumer_id: int, model_hash: str) -> str:
-    """The ``descriptor`` of the results of worker ``consumer_id`` with ``model_hash``."""
-    return RESULT_DESCRIPTOR.format(consumer_id=consumer_id, model_hash=model_hash)
+@dataclass(frozen=True)
+class ResultTags:
+    """What a result's ``descriptor`` says.
+
+    ``input_total`` and ``input_centroid`` ``(x, y)`` are the total counts and centre
+    of mass of the model input (the frame after preprocessing, in its pixels;
+    :func:`~ptychonn_ophyd.moments.frame_moments`): what
+    :mod:`~ptychonn_ophyd.analysis.tilt` reads each patch's tilt from.  They are NaN,
+    the consumer -1 and the model ``""``, where the descriptor does not give them.
+    """
+
+    consumer_id: int = -1
+    model_hash: str = ""
+    input_total: float = float("nan")
+    input_centroid: tuple[float, float] = (float("nan"), float("nan"))
 
 
-def read_result_descriptor(descriptor: str) -> tuple[int, str]:
-    """``(consumer_id, model_hash)`` of a result's descriptor; ``(-1, "")`` for others."""
+def result_descriptor(
+    consumer_id: int,
+    model_hash: str,
+    total: float = float("nan"),
+    centroid: tuple[float, float] = (float("nan"), float("nan")),
+) -> str:
+    """The ``descriptor`` of a result of worker ``consumer_id`` with ``model_hash``,
+    inferred from a model input of ``total`` counts centred at ``centroid`` ``(x, y)``."""
+    x, y = centroid
+    return RESULT_DESCRIPTOR.format(
+        consumer_id=consumer_id, model_hash=model_hash, total=total, x=x, y=y
+    )
+
+
+def read_result_descriptor(descriptor: str) -> ResultTags:
+    """The :class:`ResultTags` of a result's descriptor (defaults for others)."""
     fields = dict(part.split("=", 1) for part in descriptor.split()[1:] if "=" in part)
     if not descriptor.startswith("ptychonn ") or "consumer" not in fields:
-        return -1, ""
-    return int(fields["consumer"]), fields.get("model", "")
+        return ResultTags()
+    total, x, y = (float(fields.get(key, "nan")) for key in ("total", "cx", "cy"))
+    return ResultTags(int(fields["consumer"]), fields.get("model", ""), total, (x, y))
 
 
 Attribute = float | int | str

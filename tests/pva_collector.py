@@ -58,7 +58,7 @@ class Collector:
             return
         image = AdImageUtility.reshapeNtNdArray(pv)[1].copy()
         attributes = {a["name"]: a["value"][0]["value"] for a in pv["attribute"]}
-        consumer_id, model_hash = read_result_descriptor(pv["descriptor"])
+        tags = read_result_descriptor(pv["descriptor"])
         frame = parse_ntndarray(pv)
         result = Result(
             channel,
@@ -66,8 +66,8 @@ class Collector:
             image,
             attributes,
             pv["dataTimeStamp"],
-            consumer_id,
-            model_hash,
+            tags.consumer_id,
+            tags.model_hash,
             frame.published - frame.timestamp,
         )
         with self._lock:

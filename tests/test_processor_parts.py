@@ -217,7 +217,7 @@ class TestResults:
         builder = ResultBuilder(consumer_id=2, shape=(4, 4), resized=True)
         builder.set_model_hash("0123456789ab")
         image = np.arange(16, dtype=np.float32).reshape(4, 4)
-        result = builder.result(frame.copy(), image, 1000.26)
+        result = builder.result(frame.copy(), image, 1000.26, 812345.0, (63.9123456, 64.1))
         unique_id, decoded, nx, ny, *_ = AdImageUtility.reshapeNtNdArray(result)
         assert (unique_id, nx, ny) == (42, 4, 4)
         np.testing.assert_array_equal(decoded, image)
@@ -225,12 +225,23 @@ class TestResults:
         attributes = {a["name"]: a["value"][0]["value"] for a in result["attribute"]}
         assert attributes == {"ColorMode": 0, "x": 1.5, "point": 3}
         parsed = parse_ntndarray(result)
-        assert read_result_descriptor(parsed.descriptor) == (2, "0123456789ab")
+        tags = read_result_descriptor(parsed.descriptor)
+        assert (tags.consumer_id, tags.model_hash) == (2, "0123456789ab")
+        assert tags.input_total == 812345.0
+        assert tags.input_centroid == pytest.approx((63.912346, 64.1), abs=1e-6)
         assert parsed.published - parsed.timestamp == pytest.approx(0.01, abs=1e-6)
         assert result["uncompressedSize"] == 64
         sibling = builder.sibling(result, image * 2)
         assert sibling["attribute"] == result["attribute"]
         assert sibling["uniqueId"] == 42
+
+    def test_a_descriptor_without_moments_or_not_ours_reads_as_unknown(self):
+        older = read_result_descriptor("ptychonn consumer=3 model=0123456789ab")
+        assert (older.consumer_id, older.model_hash) == (3, "0123456789ab")
+        assert np.isnan([older.input_total, *older.input_centroid]).all()
+        other = read_result_descriptor("a detector's frame")
+        assert (other.consumer_id, other.model_hash) == (-1, "")
+        assert np.isnan([other.input_total, *other.input_centroid]).all()
 
     def test_sibling_channel(self):
         assert sibling_channel("inference:3:output", "amplitude") == "inference:3:amplitude"

@@ -20,6 +20,7 @@ from ptychonn_ophyd.analysis.figure import covered, relative_phase, replay_accur
 from ptychonn_ophyd.analysis.replay import (
     _point_of_frames,
     find_run,
+    load_frame_statistics,
     load_inference,
     replay,
     stitch_run,
@@ -29,7 +30,8 @@ from ptychonn_ophyd.analysis.stitch import stitch
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
-from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation, frame_moments
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.session.plans import (
     FRAME_STATISTICS_KEY,
     FrameStatisticsKeys,
@@ -167,6 +169,18 @@ def test_the_bundled_model_brings_its_recorded_accuracy():
     assert re.fullmatch(r"trained to held-out SSIM 0\.\d\d, phase rms 0\.\d\d rad", accuracy)
 
 
+def test_every_row_carries_the_moments_of_the_model_input_its_worker_inferred(scanned):
+    world, uid = scanned
+    run = world.catalog[uid]
+    data = load_inference(run)
+    # one frame a point: the detector's statistics are the moments of that very frame
+    recorded = load_frame_statistics(run, data.unique_id)
+
+    np.testing.assert_allclose(data.statistics.totals, recorded.totals, rtol=1e-8)
+    np.testing.assert_allclose(data.statistics.centroids, recorded.centroids, atol=1e-5)
+    assert np.ptp(data.statistics.centroids, 0).max() > 0.2  # rows differ
+
+
 def test_each_row_gets_the_statistics_its_own_frame_recorded(scanned):
     world, uid = scanned
     run = world.catalog[uid]
@@ -174,11 +188,12 @@ def test_each_row_gets_the_statistics_its_own_frame_recorded(scanned):
         world.det
     )
     data = load_inference(run)
+    recorded = load_frame_statistics(run, data.unique_id)
     # frames drawn again at each row's position (fresh noise) have nearly its statistics
     totals, centroids = frame_moments(world.det.simulation.frames_at(data.positions_um))
 
-    np.testing.assert_allclose(data.statistics.totals, totals, rtol=0.01)
-    np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
+    np.testing.assert_allclose(recorded.totals, totals, rtol=0.01)
+    np.testing.assert_allclose(recorded.centroids, centroids, atol=0.05)
     spread = np.abs(centroids - centroids.mean(0)).max()
     assert spread > 0.2  # so rows paired with other points' statistics would fail
 
@@ -188,13 +203,38 @@ def test_every_frame_of_a_point_gets_the_statistics_of_that_point(tmp_path, smal
     with beamline(tmp_path, prefix, small_phase_onnx, frames_per_point=2) as world:
         plan = scan_with_inference(world.det, world.inference, world.sx, -0.3, 0.3, num=3)
         (uid,) = world.RE(plan)
-        data = load_inference(world.catalog[uid])
+        run = world.catalog[uid]
+        data = load_inference(run)
+        recorded = load_frame_statistics(run, data.unique_id)
         totals, centroids = frame_moments(world.det.simulation.frames_at(data.positions_um))
 
     assert len(data.phase) == 6
+    for statistics in (recorded, data.statistics):  # the points', and each frame's own
+        np.testing.assert_allclose(statistics.totals, totals, rtol=0.01)
+        np.testing.assert_allclose(statistics.centroids, centroids, atol=0.05)
+    assert np.ptp(centroids, 0).max() > 0.1  # points apart by more than the tolerance
+
+
+def test_a_fly_scan_replays_with_every_patch_given_its_frames_tilt(tmp_path, small_phase_onnx):
+    prefix = f"flytilt{uuid.uuid4().hex[:8]}"
+    with beamline(tmp_path, prefix, small_phase_onnx) as world:
+        world.det.fly_rate_hz = 200
+        plan = scan_with_inference(
+            world.det, world.inference, world.sy, -0.2, 0.2, 3, world.sx, -0.2, 0.2, 3, mode="fly"
+        )
+        (uid,) = world.RE(plan)
+        data = load_inference(world.catalog[uid])
+        sim = world.det.simulation
+        totals, centroids = frame_moments(sim.frames_at(data.positions_um))
+        plain, _ = stitch_run(data)
+
+        tilted = stitch_with_frame_tilts(data, sim.probe)
+
+    assert FRAME_STATISTICS_KEY not in data.start  # no point recorded statistics
     np.testing.assert_allclose(data.statistics.totals, totals, rtol=0.01)
     np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
-    assert np.ptp(centroids, 0).max() > 0.1  # points apart by more than the tolerance
+    assert tilted.image.shape == plain.image.shape and np.isfinite(tilted.image).all()
+    assert not np.allclose(tilted.image, plain.image)
 
 
 def test_after_a_detector_restart_only_the_recorded_frames_pair_with_points():
@@ -247,11 +287,11 @@ def test_a_run_without_frame_statistics_is_refused_for_tilts_by_name(scanned):
     world, uid = scanned
     data = replace(load_inference(world.catalog[uid]), statistics=None)
 
-    with pytest.raises(ValueError, match=f"run {uid} has no frame statistics to pair"):
+    with pytest.raises(ValueError, match=f"run {uid} has no frame statistics: "):
         stitch_with_frame_tilts(data, world.det.simulation.probe)
 
 
-def test_statistics_named_wrongly_are_logged_and_the_run_still_replays(scanned, caplog):
+def test_statistics_named_wrongly_are_refused_by_name_and_each_rows_own_serve(scanned):
     world, _ = scanned
     named = {"unique_id": "det_last_unique_id", "total": "det_sum"}
     named |= {"centroid_x": "det_cx", "centroid_y": "det_stats_centroid_y"}
@@ -259,15 +299,16 @@ def test_statistics_named_wrongly_are_logged_and_the_run_still_replays(scanned, 
         world.det, world.inference, world.sx, 0, 0.1, num=2, md={FRAME_STATISTICS_KEY: named}
     )
     (uid,) = world.RE(plan)
+    run = world.catalog[uid]
 
-    data = load_inference(world.catalog[uid])
+    data = load_inference(run)
 
-    assert data.statistics is None and len(data.phase) == 2
-    replay_log = "ptychonn_ophyd.analysis.replay"
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == replay_log]
-    assert warning == (
+    assert len(data.phase) == 2 and np.isfinite(data.statistics.centroids).all()
+    with pytest.raises(ValueError) as refused:
+        load_frame_statistics(run, data.unique_id)
+    assert str(refused.value) == (
         f"run {uid}: its primary stream lacks det_sum, det_cx, which its start document's "
-        "'frame_statistics' names; its patches keep their own tilts"
+        "'frame_statistics' names"
     )
 
 
@@ -303,9 +344,12 @@ def test_centroids_of_a_binned_detector_come_back_in_the_model_inputs_pixels(
     ) as world:
         plan = scan_with_inference(world.det, world.inference, world.sx, -0.2, 0.2, num=3)
         (uid,) = world.RE(plan)
-        data = load_inference(world.catalog[uid])
+        run = world.catalog[uid]
+        data = load_inference(run)
+        recorded = load_frame_statistics(run, data.unique_id)
         sim = world.det.simulation
 
     unbinned = PtychoSimulation(sim.obj, sim.probe, data.positions_um, DetectorConfig())
     _, centroids = frame_moments(unbinned.frames())
-    np.testing.assert_allclose(data.statistics.centroids, centroids, atol=0.05)
+    for statistics in (recorded, data.statistics):  # the detector's, and the workers'
+        np.testing.assert_allclose(statistics.centroids, centroids, atol=0.05)

@@ -13,7 +13,8 @@ from ophyd.sim import SynAxis
 from pva_consumers import wait_until
 
 from ptychonn_ophyd.cli import sim as sim_command
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral

@@ -14,11 +14,8 @@ from ptychonn_ophyd.analysis.tilt import (
     probe_gradient_share,
     transmission_map,
 )
-from ptychonn_ophyd.physics.diffraction import (
-    DetectorConfig,
-    PtychoSimulation,
-    frame_moments,
-)
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.physics.objects import ComplexObject, held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.physics.scan import raster_scan

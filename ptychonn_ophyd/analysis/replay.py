@@ -39,7 +39,7 @@ from ptychonn_ophyd.session.plans import (
     PIXEL_SIZE_KEY,
     FrameStatisticsKeys,
 )
-from ptychonn_ophyd.session.stream import METADATA_KEY, STREAM
+from ptychonn_ophyd.session.stream import INPUT_MOMENTS, METADATA_KEY, STREAM
 from ptychonn_ophyd.settings import from_signal_value, validated
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class InferenceData:
 @dataclass(frozen=True)
 class FrameStatistics:
     """Each inferred frame's total counts ``(N,)`` and centroid ``(N, 2)`` ``(x, y)`` in
-    the model input's pixels, in the inference stream's row order; NaN for a frame no
-    point recorded."""
+    the model input's pixels, in the inference stream's row order; NaN for a frame that
+    nothing measured."""
 
     totals: np.ndarray
     centroids: np.ndarray
@@ -102,6 +102,18 @@ def load_mosaic(run: Any) -> StoredMosaic | None:
     if "stitched_amplitude" in stream:
         amplitude = StitchedImage(last("stitched_amplitude"), weight, center, pixel)
     return StoredMosaic(phase, amplitude, last("window"), int(last("frames")))
+
+
+def input_moments(stream: Any) -> FrameStatistics | None:
+    """Each row's model-input moments as its worker measured them
+    (:data:`~ptychonn_ophyd.session.stream.INPUT_MOMENTS`), or ``None`` for an inference
+    stream without them (a run stored before workers measured them)."""
+    if not all(key in stream for key in INPUT_MOMENTS):
+        return None
+    total, x, y = (np.asarray(stream[key].read(), np.float64) for key in INPUT_MOMENTS)
+    if not np.isfinite(total).any():
+        return None
+    return FrameStatistics(total, np.stack([x, y], 1))
 
 
 def load_frame_statistics(run: Any, unique_ids: np.ndarray) -> FrameStatistics | None:
@@ -159,17 +171,20 @@ def _preprocessing(start: Mapping[str, Any]) -> PreprocessConfig:
 
 def load_inference(run: Any) -> InferenceData:
     """Read the ``inference`` stream of a run (a Tiled ``BlueskyRun`` client node), with
-    its stored mosaic and its frames' statistics where it has them (statistics it names
-    wrongly are logged and left out: the run still replays as the live view drew it)."""
+    its stored mosaic and its frames' statistics where it has them: each row's own
+    (:func:`input_moments`), else the points' (:func:`load_frame_statistics`; statistics
+    it names wrongly are logged and left out: the run still replays as the live view
+    drew it)."""
     if STREAM not in run:
         raise KeyError(f"run {run.metadata['start']['uid']} has no {STREAM!r} stream")
     stream = run[STREAM]
     unique_id = stream["unique_id"].read()
-    try:
-        statistics = load_frame_statistics(run, unique_id)
-    except ValueError as err:
-        log.warning("%s; its patches keep their own tilts", err)
-        statistics = None
+    statistics = input_moments(stream)
+    if statistics is None:
+        try:
+            statistics = load_frame_statistics(run, unique_id)
+        except ValueError as err:
+            log.warning("%s; its patches keep their own tilts", err)
     return InferenceData(
         start=dict(run.metadata["start"]),
         stop=dict(run.metadata.get("stop") or {}),
@@ -254,9 +269,10 @@ def stitch_with_frame_tilts(
     uid = data.start["uid"]
     if data.statistics is None:
         raise ValueError(
-            f"run {uid} has no frame statistics to pair with its frames (none named under "
-            f"{FRAME_STATISTICS_KEY!r} in its start document, as in a fly scan, or named "
-            "wrongly), so its patches cannot take their frames' tilts"
+            f"run {uid} has no frame statistics: its inference stream has no "
+            f"{INPUT_MOMENTS[0]} (stored before workers measured their input) and its start "
+            f"document names none under {FRAME_STATISTICS_KEY!r} (or names them wrongly), so "
+            "its patches cannot take their frames' tilts"
         )
     if not (np.isfinite(data.x) & np.isfinite(data.y)).all():
         raise ValueError(f"run {uid} has frames without a position; tilts need every one")

@@ -67,7 +67,7 @@ def centroid_gradient(centroids: np.ndarray, pattern_size: int) -> np.ndarray:
     ----------
     centroids
         ``(n, 2)`` centre of mass ``(x, y)`` (column, row) of each centred far-field
-        pattern, in pattern pixels (as :func:`~ptychonn_ophyd.physics.diffraction.frame_moments`
+        pattern, in pattern pixels (as :func:`~ptychonn_ophyd.moments.frame_moments`
         gives it).
     pattern_size
         The pattern's side, the patch's side.
@@ -170,7 +170,7 @@ def corrected_tilts(
         ``(p, p)`` complex probe the frames were taken with.
     totals, centroids
         Each frame's total counts and pattern centroid
-        (:func:`~ptychonn_ophyd.physics.diffraction.frame_moments`).
+        (:func:`~ptychonn_ophyd.moments.frame_moments`).
 
     Returns
     -------

@@ -82,17 +82,6 @@ def count_photons(
     return np.clip(counts, 0, np.iinfo(config.dtype).max).astype(config.dtype)
 
 
-def frame_moments(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Total counts ``(n,)`` and centroid ``(n, 2)`` ``(x, y)`` of frames ``(n, h, w)``,
-    as an areaDetector statistics plugin reports them."""
-    frames = np.asarray(frames, np.float64)
-    total = frames.sum((-2, -1))
-    x = frames.sum(-2) @ np.arange(frames.shape[-1])
-    y = frames.sum(-1) @ np.arange(frames.shape[-2])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total, np.stack([x, y], -1) / total[:, None]
-
-
 class PtychoSimulation:
     """A ptychography scan of one object: diffraction frames and their ground truth.
 

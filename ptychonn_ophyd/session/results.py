@@ -27,7 +27,9 @@ class InferenceResult:
 
     ``x``, ``y`` (micrometres) and ``point`` come from the input frame's attributes and
     are NaN / -1 when the detector did not send them; ``timestamp`` is the frame's;
-    ``latency_s`` is frame to publish (the result's two timestamps).
+    ``latency_s`` is frame to publish (the result's two timestamps); ``input_total`` and
+    ``input_centroid`` ``(x, y)`` are the model input's moments, which the worker
+    measured (NaN from a worker that did not, :class:`~ptychonn_ophyd.wire.ResultTags`).
     """
 
     unique_id: int
@@ -40,23 +42,27 @@ class InferenceResult:
     point: int
     timestamp: float
     model_hash: str
+    input_total: float = float("nan")
+    input_centroid: tuple[float, float] = (float("nan"), float("nan"))
 
     @classmethod
     def of(cls, phase: Ntndarray, amplitude: np.ndarray | None = None) -> InferenceResult:
         """The result a phase NTNDArray (and its amplitude image, if any) describes."""
         attributes = phase.attributes
-        consumer_id, model_hash = read_result_descriptor(phase.descriptor)
+        tags = read_result_descriptor(phase.descriptor)
         return cls(
             unique_id=int(phase.unique_id),
             phase=np.asarray(phase.image, dtype=np.float32),
             amplitude=None if amplitude is None else np.asarray(amplitude, dtype=np.float32),
-            consumer_id=consumer_id,
+            consumer_id=tags.consumer_id,
             latency_s=float(phase.published - phase.timestamp),
             x=float(attributes.get("x", np.nan)),
             y=float(attributes.get("y", np.nan)),
             point=int(attributes.get("point", -1)),
             timestamp=float(phase.timestamp),
-            model_hash=model_hash,
+            model_hash=tags.model_hash,
+            input_total=tags.input_total,
+            input_centroid=tags.input_centroid,
         )
 
 

@@ -55,6 +55,10 @@ METADATA_KEY = "ptychonn"
 puts the model and pool facts; runs with it (or with the device among ``detectors``) get
 the inference stream."""
 
+INPUT_MOMENTS = ("input_total", "input_centroid_x", "input_centroid_y")
+"""Per-frame columns of the model input's moments (see :data:`SCALARS`)."""
+_TOTAL, _CENTROID_X, _CENTROID_Y = INPUT_MOMENTS
+
 SCALARS = {
     "unique_id": ("integer", "<i8", "", lambda r: r.unique_id),
     "consumer_id": ("integer", "<i8", "", lambda r: r.consumer_id),
@@ -63,8 +67,15 @@ SCALARS = {
     "y": ("number", "<f8", "um", lambda r: r.y),
     "point": ("integer", "<i8", "", lambda r: r.point),
     "frame_time": ("number", "<f8", "s", lambda r: r.timestamp),
+    _TOTAL: ("number", "<f8", "counts", lambda r: r.input_total),
+    _CENTROID_X: ("number", "<f8", "px", lambda r: r.input_centroid[0]),
+    _CENTROID_Y: ("number", "<f8", "px", lambda r: r.input_centroid[1]),
 }
-"""Per-frame columns: JSON dtype, numpy dtype, units, and how to get them from a result."""
+"""Per-frame columns: JSON dtype, numpy dtype, units, and how to get them from a result.
+
+:data:`INPUT_MOMENTS` are the total counts and centroid (column ``x``, row ``y``, in
+the model input's pixels) of the frame as the network saw it, which replay's tilt path
+reads."""
 
 IMAGE_CHUNK = 256
 SCALAR_CHUNK = 65536

@@ -21,7 +21,8 @@ from ophyd import Device, Signal, Staged
 from ophyd.signal import SignalRO
 from ophyd.status import StatusBase
 
-from ptychonn_ophyd.physics.diffraction import PtychoSimulation, frame_moments
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.sim.server import SimDetectorServer
 
 DEFAULT_CHANNEL = "sim:det:image"

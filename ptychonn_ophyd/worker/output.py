@@ -14,8 +14,9 @@ class ResultBuilder:
     The result is the received PV itself (a copy taken at receipt) with the image
     replaced by a float32 prediction, so its ``uniqueId``, ``dataTimeStamp`` and
     attributes (scan positions among them) are those of the frame; its ``descriptor``
-    names the worker and the model (:func:`~ptychonn_ophyd.wire.result_descriptor`) and
-    its ``timeStamp`` is the publish time.  The attribute list is left as it came: pvapy
+    names the worker, the model and the model input's moments
+    (:func:`~ptychonn_ophyd.wire.result_descriptor`) and its ``timeStamp`` is the
+    publish time.  The attribute list is left as it came: pvapy
     can only rewrite it by converting every attribute to Python and back (about 70 µs
     a frame).
 
@@ -41,18 +42,26 @@ class ResultBuilder:
             if resized
             else None
         )
-        self.set_model_hash("")
+        self.model_hash = ""
 
     def set_model_hash(self, model_hash: str) -> None:
         """Tag the results built from now on with ``model_hash``."""
-        self._fields["descriptor"] = result_descriptor(self._consumer_id, model_hash)
         self.model_hash = model_hash
 
-    def result(self, frame, image: np.ndarray, published: float):
+    def result(
+        self,
+        frame,
+        image: np.ndarray,
+        published: float,
+        total: float = float("nan"),
+        centroid: tuple[float, float] = (float("nan"), float("nan")),
+    ):
         """Turn ``frame`` (a received NTNDArray, changed in place) into the result ``image``,
-        published at ``published`` (seconds since the epoch)."""
+        published at ``published`` (seconds since the epoch), of a model input of
+        ``total`` counts centred at ``centroid`` ``(x, y)``."""
         frame["value"] = {"floatValue": image.ravel()}
-        frame.set({**self._fields, "timeStamp": time_stamp(published)})
+        descriptor = result_descriptor(self._consumer_id, self.model_hash, total, centroid)
+        frame.set({**self._fields, "descriptor": descriptor, "timeStamp": time_stamp(published)})
         if self._dimensions:
             frame.setStructureArray("dimension", self._dimensions)
         return frame

@@ -34,6 +34,7 @@ from pvapy.utility.operationMode import OperationMode
 from ptychonn_ophyd.engines import EngineConfig, InferenceEngine, create_engine
 from ptychonn_ophyd.errors import ArgsError, FrameRejected, ModelError
 from ptychonn_ophyd.models import ModelFile, open_model
+from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.preprocess import Preprocessor
 from ptychonn_ophyd.settings import parse_args, parse_update
 from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
@@ -278,25 +279,33 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         engine = self._slot.current()
         if engine.model_hash != self._results.model_hash:
             self._results.set_model_hash(engine.model_hash)
+        inputs = self._queue.frames[buffer, :n]
+        moments = frame_moments(inputs)  # before an engine could touch its input
         try:
-            prediction = engine.infer(self._queue.frames[buffer, :n])
+            prediction = engine.infer(inputs)
         except Exception:  # count the batch and keep the stream going
             self._counts.dropped["error"] += n
             self._throttle.warning("infer", f"batch of {n} frames dropped", exc_info=True)
             return
-        self._publish(buffer, n, prediction)
+        self._publish(buffer, n, prediction, moments)
 
-    def _publish(self, buffer: int, n: int, prediction) -> None:
-        """One result per frame; the batch's frames share one publish time."""
+    def _publish(
+        self, buffer: int, n: int, prediction, moments: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """One result per frame, tagged with its model input's ``moments`` (totals and
+        centroids); the batch's frames share one publish time."""
         frames = self._queue.meta[buffer]
         amplitude = prediction.amplitude if self._amplitude_channel else None
         publish = self._output.publish if self._output is not None else self.updateOutputChannel
+        totals, centroids = moments
         now = time.time()
         self._latencies[:n] = perf_counter() - self._queue.received_at[buffer, :n]
         published = n
         for i in range(n):
             try:
-                result = self._results.result(frames[i], prediction.phase[i], now)
+                result = self._results.result(
+                    frames[i], prediction.phase[i], now, totals[i], centroids[i]
+                )
                 publish(result)
                 if amplitude is not None:
                     self._publish_amplitude(self._results.sibling(result, amplitude[i]))
