@@ -35,6 +35,7 @@ DATA = files("ptychonn_ophyd") / "data"
 
 def tiny(**overrides) -> TrainingConfig:
     settings = dict(
+        nconv=16,
         epochs=3,
         frames_per_epoch=64,
         n_validation_frames=32,
@@ -164,7 +165,8 @@ def test_train_command_refuses_initial_weights_of_another_network(tmp_path, caps
 
 def test_a_two_head_model_starts_from_a_phase_model_with_its_amplitude_decoder_copied():
     phase_only = str(DATA / "ptychonn_demo_small_phase.pth")
-    config = tiny(preset="small_amp_phase", initial_weights=phase_only)
+    nconv = open_model(phase_only).spec.encoder_channels[0]
+    config = tiny(preset="small_amp_phase", nconv=nconv, initial_weights=phase_only)
     model, _ = new_model(config, FrameSampler(config, "cpu", seed=0))
     state = model.state_dict()
     for key, value in open_model(phase_only).state_dict().items():
