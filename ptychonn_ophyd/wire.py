@@ -19,9 +19,9 @@ Its result is the same NTNDArray (same ``uniqueId``, ``dataTimeStamp`` and attri
 holding a float32 image.  Which worker and model made it, and the total counts and
 centroid of the model input it was inferred from, are its ``descriptor``
 (:func:`result_descriptor`, e.g. ``ptychonn consumer=2 model=0123456789ab
-total=812345 cx=63.912345 cy=64.100000``), and how late it is the difference of its
-two timestamps: ``dataTimeStamp`` is the frame's,
-``timeStamp`` the moment the worker published it.  Nothing is appended to the attribute
+total=812345 cx=63.912345 cy=64.100000``).  How late it is is the difference of its
+two timestamps: ``dataTimeStamp`` is the frame's, ``timeStamp`` the moment the worker
+published it.  Nothing is appended to the attribute
 list: rewriting it through pvapy's Python API would cost more than the rest of a
 result together.
 
