@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_world import beamline
+from catalog_runs import write_run
 from event_model import compose_run
 from matplotlib.image import imread
 
@@ -32,6 +33,7 @@ from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
+from ptychonn_ophyd.session.catalog import assets_directory, open_catalog
 from ptychonn_ophyd.session.plans import (
     FRAME_STATISTICS_KEY,
     FrameStatisticsKeys,
@@ -309,6 +311,26 @@ def test_statistics_named_wrongly_are_refused_by_name_and_each_rows_own_serve(sc
     assert str(refused.value) == (
         f"run {uid}: its primary stream lacks det_sum, det_cx, which its start document's "
         "'frame_statistics' names"
+    )
+
+
+def test_a_run_without_input_moments_logs_statistics_named_wrongly_and_still_replays(
+    tmp_path, caplog
+):
+    folder = tmp_path / "catalog"
+    catalog = open_catalog(folder)
+    named = {"unique_id": "det_last_unique_id", "total": "det_sum"}
+    named |= {"centroid_x": "det_cx", "centroid_y": "det_cy"}
+    uid = write_run(catalog, assets_directory(folder), 3, {FRAME_STATISTICS_KEY: named})
+
+    data = load_inference(catalog[uid])
+
+    assert data.statistics is None and len(data.phase) == 3
+    replay_log = "ptychonn_ophyd.analysis.replay"
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == replay_log]
+    assert warning == (
+        f"run {uid}: its primary stream lacks det_last_unique_id, det_sum, det_cx, det_cy, "
+        "which its start document's 'frame_statistics' names; its patches keep their own tilts"
     )
 
 

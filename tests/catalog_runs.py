@@ -1,0 +1,59 @@
+"""Runs written straight into a catalog, without a beamline, as tests need them."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+from event_model import ComposeStreamResource, compose_run
+
+from ptychonn_ophyd.session.catalog import catalog_writer
+from ptychonn_ophyd.session.results import InferenceResult
+from ptychonn_ophyd.session.stream import InferenceFile
+from ptychonn_ophyd.wire import Ntndarray
+
+
+def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -> str:
+    """Write a run with one primary event and an HDF5-backed inference stream of ``n``
+    8x8 rows, as no worker made them (no descriptor: no consumer, model or input
+    moments); returns its uid.  ``metadata`` goes into its start document."""
+    writer = catalog_writer(catalog)
+    bundle = compose_run(metadata={"purpose": "test", **(metadata or {})})
+    writer("start", bundle.start_doc)
+    primary = bundle.compose_descriptor(
+        name="primary", data_keys={"m": {"source": "sim", "dtype": "number", "shape": []}}
+    )
+    writer("descriptor", primary.descriptor_doc)
+    writer("event", primary.compose_event(data={"m": 1.0}, timestamps={"m": time.time()}))
+    results = [
+        InferenceResult.of(
+            Ntndarray(i + 1, np.full((8, 8), i, np.float32), {"x": 0.1 * i, "y": 0.0}, time.time())
+        )
+        for i in range(n)
+    ]
+    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", (8, 8), amplitude=False)
+    keys = file.data_keys((8, 8), False, "test")
+    inference = bundle.compose_descriptor(name="inference", data_keys=keys)
+    writer("descriptor", inference.descriptor_doc)
+    datums = {}
+    for key in keys:
+        resource = ComposeStreamResource(start=bundle.start_doc)(
+            "application/x-hdf5",
+            file.path.as_uri(),
+            key,
+            {"dataset": f"/{key}", "swmr": True, "chunk_shape": file.chunk_shape(key)},
+        )
+        writer("stream_resource", resource.stream_resource_doc)
+        datums[key] = resource.compose_stream_datum
+    start, stop = file.append(results)
+    for compose in datums.values():
+        writer(
+            "stream_datum",
+            compose(
+                indices={"start": start, "stop": stop},
+                seq_nums={"start": start + 1, "stop": stop + 1},
+                descriptor=inference.descriptor_doc,
+            ),
+        )
+    file.close()
+    writer("stop", bundle.compose_stop())
+    return bundle.start_doc["uid"]
