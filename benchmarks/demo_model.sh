@@ -13,7 +13,7 @@
 set -euo pipefail
 out=$1
 name=ptychonn_demo_small_phase
-${PTYCHONN:-ptychonn-ophyd} train --name "$name" --seed 0 --out "$out" --nconv 32 \
-    --epochs 40 --frames-per-epoch 262144 --batch-size 256 --lr 5e-4 --check-every 10 \
-    ${EXTRA:-}
+# train's defaults are the recipe (training.config.TrainingConfig): nconv 32, 40 epochs
+# of 262,144 frames at batch 256, lr 5e-4, seed 0.
+${PTYCHONN:-ptychonn-ophyd} train --name "$name" --out "$out" ${EXTRA:-}
 echo "the demo model: $out/$name.pth (shipped: ptychonn_ophyd/data/${name}_recipe.json)"

@@ -5,7 +5,7 @@ The centre of mass of a far-field pattern is the mean phase gradient of the exit
 absorption.  An areaDetector statistics plugin reports both (the simulated detector's
 :class:`~ptychonn_ophyd.sim.detector.FrameStats`), and every worker measures them on
 the model input it infers, so each result carries its own frame's
-(:func:`~ptychonn_ophyd.wire.result_descriptor`).
+(:data:`~ptychonn_ophyd.wire.INPUT_TAGS`).
 """
 
 from __future__ import annotations

@@ -18,12 +18,11 @@ attribute  type     meaning
 Its result is the same NTNDArray (same ``uniqueId``, ``dataTimeStamp`` and attributes)
 holding a float32 image.  Which worker and model made it, and the total counts and
 centroid of the model input it was inferred from, are its ``descriptor``
-(:func:`result_descriptor`, e.g. ``ptychonn consumer=2 model=0123456789ab
-total=812345 cx=63.912345 cy=64.100000``).  How late it is is the difference of its
-two timestamps: ``dataTimeStamp`` is the frame's, ``timeStamp`` the moment the worker
-published it.  Nothing is appended to the attribute
-list: rewriting it through pvapy's Python API would cost more than the rest of a
-result together.
+(:func:`result_descriptor` and :data:`INPUT_TAGS`, e.g. ``ptychonn consumer=2
+model=0123456789ab total=812345 cx=63.912345 cy=64.100000``).  How late it is is the
+difference of its two timestamps: ``dataTimeStamp`` is the frame's, ``timeStamp`` the
+moment the worker published it.  Nothing is appended to the attribute list: rewriting
+it through pvapy's Python API would cost more than the rest of a result together.
 
 A worker's status channel carries pvapy's statistics and, under ``userStats``, the
 frame accounting of :data:`STATS_PVA_TYPES`; :class:`WorkerStatus` reads it.
@@ -100,11 +99,12 @@ VALUE_FIELDS = {
 POSITION_ATTRIBUTES = ("x", "y", "point")
 """Attributes that carry the scan position of a frame (see the module docstring)."""
 
-RESULT_DESCRIPTOR = (
-    "ptychonn consumer={consumer_id} model={model_hash} total={total:.9g} cx={x:.6f} cy={y:.6f}"
-)
-"""The ``descriptor`` of every result: the worker and the model that made it, and the
-moments of the model input it was inferred from (:class:`ResultTags`)."""
+RESULT_DESCRIPTOR = "ptychonn consumer={consumer_id} model={model_hash}"
+"""The ``descriptor`` of every result: the worker and the model that made it, followed
+by :data:`INPUT_TAGS` (:class:`ResultTags`)."""
+INPUT_TAGS = " total={:.9g} cx={:.6f} cy={:.6f}"
+"""The end of a result's ``descriptor``: the moments of the model input it was inferred
+from, formatted per frame after the worker's and model's part."""
 
 
 @dataclass(frozen=True)
@@ -124,18 +124,11 @@ class ResultTags:
     input_centroid: tuple[float, float] = (float("nan"), float("nan"))
 
 
-def result_descriptor(
-    consumer_id: int,
-    model_hash: str,
-    total: float = float("nan"),
-    centroid: tuple[float, float] = (float("nan"), float("nan")),
-) -> str:
-    """The ``descriptor`` of a result of worker ``consumer_id`` with ``model_hash``,
-    inferred from a model input of ``total`` counts centred at ``centroid`` ``(x, y)``."""
-    x, y = centroid
-    return RESULT_DESCRIPTOR.format(
-        consumer_id=consumer_id, model_hash=model_hash, total=total, x=x, y=y
-    )
+def result_descriptor(consumer_id: int, model_hash: str) -> str:
+    """The start of the ``descriptor`` of worker ``consumer_id``'s results with
+    ``model_hash``, the same for all of them: workers format it once and append
+    :data:`INPUT_TAGS` to it for each frame."""
+    return RESULT_DESCRIPTOR.format(consumer_id=consumer_id, model_hash=model_hash)
 
 
 def read_result_descriptor(descriptor: str) -> ResultTags:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pvaccess as pva
 
-from ptychonn_ophyd.wire import result_descriptor, time_stamp
+from ptychonn_ophyd.wire import INPUT_TAGS, result_descriptor, time_stamp
 
 
 class ResultBuilder:
@@ -14,11 +14,11 @@ class ResultBuilder:
     The result is the received PV itself (a copy taken at receipt) with the image
     replaced by a float32 prediction, so its ``uniqueId``, ``dataTimeStamp`` and
     attributes (scan positions among them) are those of the frame; its ``descriptor``
-    names the worker, the model and the model input's moments
-    (:func:`~ptychonn_ophyd.wire.result_descriptor`) and its ``timeStamp`` is the
-    publish time.  The attribute list is left as it came: pvapy
-    can only rewrite it by converting every attribute to Python and back (about 70 µs
-    a frame).
+    names the worker and the model (:func:`~ptychonn_ophyd.wire.result_descriptor`,
+    formatted once per model) and the model input's moments
+    (:data:`~ptychonn_ophyd.wire.INPUT_TAGS`, per frame); its ``timeStamp`` is the
+    publish time.  The attribute list is left as it came: pvapy can only rewrite it by
+    converting every attribute to Python and back (about 70 µs a frame).
 
     Parameters
     ----------
@@ -42,10 +42,11 @@ class ResultBuilder:
             if resized
             else None
         )
-        self.model_hash = ""
+        self.set_model_hash("")
 
     def set_model_hash(self, model_hash: str) -> None:
         """Tag the results built from now on with ``model_hash``."""
+        self._descriptor = result_descriptor(self._consumer_id, model_hash)
         self.model_hash = model_hash
 
     def result(
@@ -58,9 +59,9 @@ class ResultBuilder:
     ):
         """Turn ``frame`` (a received NTNDArray, changed in place) into the result ``image``,
         published at ``published`` (seconds since the epoch), of a model input of
-        ``total`` counts centred at ``centroid`` ``(x, y)``."""
+        ``total`` counts centred at ``centroid`` ``(x, y)`` (Python floats format fastest)."""
         frame["value"] = {"floatValue": image.ravel()}
-        descriptor = result_descriptor(self._consumer_id, self.model_hash, total, centroid)
+        descriptor = self._descriptor + INPUT_TAGS.format(total, *centroid)
         frame.set({**self._fields, "descriptor": descriptor, "timeStamp": time_stamp(published)})
         if self._dimensions:
             frame.setStructureArray("dimension", self._dimensions)

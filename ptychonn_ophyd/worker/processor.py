@@ -297,7 +297,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         frames = self._queue.meta[buffer]
         amplitude = prediction.amplitude if self._amplitude_channel else None
         publish = self._output.publish if self._output is not None else self.updateOutputChannel
-        totals, centroids = moments
+        totals, centroids = (m.tolist() for m in moments)  # floats format 3x faster
         now = time.time()
         self._latencies[:n] = perf_counter() - self._queue.received_at[buffer, :n]
         published = n
