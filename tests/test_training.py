@@ -108,7 +108,20 @@ def test_a_few_training_steps_lower_the_loss_and_write_loadable_artefacts(tmp_pa
     assert recipe["config"]["frames_per_epoch"] == 64
     assert [epoch["epoch"] for epoch in recipe["history"]] == [0, 1, 2, 3]
     assert recipe["command"].startswith("ptychonn-ophyd train --out DIR --name tiny")
-    assert {"held_out_ssim_aligned", "val_phase_rms"} <= set(recipe["metrics"])
+    held_out = {f"held_out_ssim_{way}" for way in ("plain", "aligned", "tilt")}
+    assert held_out | {"val_phase_rms"} <= set(recipe["metrics"])
+    assert recipe["initial_weights_sha256"] == "" and recipe["initial_weights_recipe"] is None
+
+
+def test_a_run_from_a_trained_model_keeps_that_models_recipe_in_its_own(tmp_path):
+    train(tiny(epochs=1), tmp_path / "first", name="tiny", progress=False)
+    first = tmp_path / "first" / "tiny.pth"
+    train(tiny(epochs=1, initial_weights=str(first)), tmp_path, name="tiny", progress=False)
+    recipe = json.loads((tmp_path / "tiny_recipe.json").read_text())
+    first_recipe = json.loads((tmp_path / "first" / "tiny_recipe.json").read_text())
+    assert recipe["initial_weights_recipe"] == first_recipe
+    assert recipe["initial_weights_sha256"] == open_model(first).sha256
+    assert recipe["command"].endswith(f"--initial-weights {first}")
 
 
 def test_a_recipes_command_makes_the_same_recipe_again(tmp_path):
@@ -181,9 +194,18 @@ def demo_recipe() -> dict:
     return json.loads((DATA / DEMO_RECIPE).read_text())
 
 
+def test_shipped_demo_models_runs_go_back_to_fresh_weights_all_on_a_gpu(demo_recipe):
+    runs = [demo_recipe]
+    while runs[-1].get("initial_weights_recipe") is not None:
+        assert runs[-1]["initial_weights_sha256"], "a run from weights names their hash"
+        runs.append(runs[-1]["initial_weights_recipe"])
+    assert runs[-1]["config"]["initial_weights"] == "", "the first run starts fresh"
+    for run in runs:
+        assert run["command"].startswith("ptychonn-ophyd train")
+        assert "gpu" in run["machine"], "the shipped model was trained on a GPU"
+
+
 def test_shipped_demo_model_is_the_one_its_recipe_describes(demo_recipe):
-    assert demo_recipe["command"].startswith("ptychonn-ophyd train")
-    assert "gpu" in demo_recipe["machine"], "the shipped model was trained on a GPU"
     pth = open_model(DATA / demo_recipe["files"]["pth"])
     assert pth.spec == TrainingConfig(nconv=demo_recipe["config"]["nconv"]).spec
     frames = HeldOutCheck(TrainingConfig(demo=DemoScan(radius_um=0.2))).frames
@@ -200,5 +222,7 @@ def test_shipped_demo_model_reconstructs_the_held_out_object(demo_recipe):
     metrics = HeldOutCheck(TrainingConfig(demo=DemoScan(radius_um=0.6)))(model)
     assert metrics["held_out_ssim_aligned"] > 0.62
     assert metrics["held_out_phase_rms_aligned"] < 0.12
+    assert metrics["held_out_ssim_tilt"] > 0.85
+    assert metrics["held_out_phase_rms_tilt"] < 0.10
     # trained for the phase about the lit mean, its patches stitch fairly even unaligned
     assert metrics["held_out_ssim_plain"] > 0.35

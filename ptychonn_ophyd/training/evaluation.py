@@ -7,8 +7,11 @@ import torch
 
 from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import stitch
+from ptychonn_ophyd.analysis.tilt import corrected_tilts
+from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.training.config import TrainingConfig
@@ -68,7 +71,10 @@ class HeldOutCheck:
     probe-intensity weights as they are (``plain``) and in scan order with each patch's
     offset made to agree with the patches before it (``aligned``: the
     :class:`~ptychonn_ophyd.analysis.mosaic.Mosaic` that the live view, replay and the
-    demo use); the comparison covers the pixels
+    demo use), and with each patch's tilt taken from its frame's centre of mass and all
+    offsets solved at once (``tilt``: what the demo and ``replay --probe`` print as
+    tilt-corrected, :func:`~ptychonn_ophyd.analysis.replay.stitch_with_frame_tilts`);
+    the comparison covers the pixels
     :func:`~ptychonn_ophyd.analysis.figure.covered` names, after removing one constant
     phase offset.
     """
@@ -77,15 +83,18 @@ class HeldOutCheck:
         self.simulation: PtychoSimulation = config.demo.simulation(config.probe, config.style)
         self.frames = self.simulation.frames()
         self.weight = probe_weight(self.simulation.probe)
+        self.moments = frame_moments(self.frames)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         sim = self.simulation
         patches = predict(model, self.frames)["phase"].cpu().numpy()
         pixel, shape = sim.obj.pixel_size_um, sim.obj.shape
         aligned, _ = stitch_in_order(patches, sim.positions_um, pixel, self.weight)
+        tilted = corrected_tilts(patches, sim.positions_um, pixel, sim.probe, *self.moments)
         images = {
             "plain": stitch(patches, sim.positions_um, pixel, shape, self.weight),
             "aligned": aligned.on_grid(shape),
+            "tilt": stitch_with_solved_offsets(tilted, sim.positions_um, pixel, self.weight, shape),
         }
         metrics: dict[str, float] = {"held_out_points": len(sim)}
         for name, image in images.items():

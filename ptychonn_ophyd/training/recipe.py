@@ -49,6 +49,7 @@ class TrainingResult:
             "training_seconds": round(self.seconds, 1),
             "machine": self.machine,
             "initial_weights_sha256": initial_weights_hash(self.config),
+            "initial_weights_recipe": initial_weights_recipe(self.config),
             "command": command_line(self.config, self.name),
         }
 
@@ -127,6 +128,22 @@ def machine(device: torch.device) -> dict[str, str]:
 def initial_weights_hash(config: TrainingConfig) -> str:
     """SHA-256 of the checkpoint training started from (``""`` for fresh weights)."""
     return open_model(config.initial_weights).sha256 if config.initial_weights else ""
+
+
+def initial_weights_recipe(config: TrainingConfig) -> dict | None:
+    """The recipe written beside the checkpoint training started from, so that a chain
+    of runs is described whole; ``None`` for fresh weights or a checkpoint without one."""
+    if not config.initial_weights:
+        return None
+    weights = Path(config.initial_weights)
+    recipe = weights.with_name(f"{weights.stem}_recipe.json")
+    try:
+        return json.loads(recipe.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("the recipe is left out: %s is unreadable (%s)", recipe, err)
+        return None
 
 
 def command_line(config: TrainingConfig, name: str) -> str:
