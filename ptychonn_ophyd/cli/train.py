@@ -4,7 +4,7 @@ Draws fresh Poisson-noisy diffraction frames of random objects on the training d
 (a GPU when present), trains the chosen small model with a progress bar, reports each
 epoch's training and validation loss and, at the end, the held-out demo scan's SSIM and
 phase error, and writes ``<model>.pth``, ``<model>.onnx`` and ``<model>_recipe.json``
-into ``--out``.  The defaults are the recipe of the shipped demo model.
+into ``--out``.  The defaults are the first of the shipped demo model's two runs.
 """
 
 from __future__ import annotations

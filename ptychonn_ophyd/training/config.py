@@ -72,7 +72,8 @@ def _check_range(name: str, bounds: tuple[float, float], low: float, high: float
 class TrainingConfig:
     """A training recipe: everything needed to make a model again.
 
-    The defaults are the recipe of the shipped demo model, sized for one large GPU
+    The defaults are the first of the shipped demo model's two runs (from fresh
+    weights; ``benchmarks/demo_model.sh`` runs both), sized for one large GPU
     (17 minutes on an H200); tests and CPU runs shrink ``epochs``, ``frames_per_epoch``
     and ``nconv``.
 
