@@ -166,9 +166,13 @@ def test_the_figure_shows_the_covered_region_relative_and_names_the_run(scanned)
     assert replay_accuracy(data.start) == ""  # a model without a training recipe
 
 
-def test_the_bundled_model_brings_its_recorded_accuracy():
-    accuracy = replay_accuracy({"ptychonn": {"model": str(demo_model_path())}})
-    assert re.fullmatch(r"trained to held-out SSIM 0\.\d\d, phase rms 0\.\d\d rad", accuracy)
+def test_the_bundled_model_brings_its_recorded_accuracy_for_each_stitching():
+    start = {"ptychonn": {"model": str(demo_model_path())}}
+    pattern = r"trained to held-out SSIM (0\.\d\d), phase rms 0\.\d\d rad"
+    live = re.fullmatch(pattern, replay_accuracy(start))
+    tilted = re.fullmatch(pattern, replay_accuracy(start, "tilt"))
+    assert live and tilted
+    assert float(tilted[1]) > float(live[1]), "frame tilts stitch better than the live mosaic"
 
 
 def test_every_row_carries_the_moments_of_the_model_input_its_worker_inferred(scanned):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.models.bundled import recorded_accuracy
+from ptychonn_ophyd.models.bundled import Stitching, recorded_accuracy
 from ptychonn_ophyd.physics.objects import DEFAULT_PHASE_RANGE
 
 PHASE_RANGE = DEFAULT_PHASE_RANGE
@@ -77,9 +77,10 @@ def run_title(start: dict[str, Any], frames: int, accuracy: str = "") -> str:
     return "\n".join(lines + ([accuracy] if accuracy else []))
 
 
-def replay_accuracy(start: dict[str, Any]) -> str:
-    """The accuracy the run's model was trained to, where its recipe is known, else ""."""
-    return recorded_accuracy(str(start.get("ptychonn", {}).get("model", "")))
+def replay_accuracy(start: dict[str, Any], stitching: Stitching = "aligned") -> str:
+    """The accuracy the run's model was trained to with ``stitching``, where its recipe
+    records it, else ""."""
+    return recorded_accuracy(str(start.get("ptychonn", {}).get("model", "")), stitching)
 
 
 def save_figure(

@@ -30,6 +30,7 @@ from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.errors import RunLookupError
+from ptychonn_ophyd.models.bundled import Stitching
 from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.preprocess import PreprocessConfig
 from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
@@ -304,15 +305,16 @@ def save_png(
     amplitude: StitchedImage | None = None,
     positions: bool = False,
     method: str = "",
+    stitching: Stitching = "aligned",
 ) -> Path:
-    """Draw the run's stitched phase (and amplitude) with its uid, model, recorded
-    accuracy and stitching ``method`` in the title, and its scan positions if
-    ``positions``; returns the path."""
+    """Draw the run's stitched phase (and amplitude) with its uid, model, the accuracy
+    its recipe records for ``stitching`` and the stitching ``method`` in the title, and
+    its scan positions if ``positions``; returns the path."""
     region = covered(phase.weight)
     panels = [Panel("phase", relative_phase(phase.image, region), "phase")]
     if amplitude is not None:
         panels.append(Panel("amplitude", amplitude.image, "amplitude"))
-    notes = "  ·  ".join(n for n in (replay_accuracy(data.start), method) if n)
+    notes = "  ·  ".join(n for n in (replay_accuracy(data.start, stitching), method) if n)
     title = run_title(data.start, len(data.phase), notes)
     return save_figure(path, panels, phase, title, data.positions_um if positions else None)
 
@@ -359,11 +361,12 @@ def replay(
         phase, amplitude = data.mosaic.phase, data.mosaic.amplitude
     else:
         phase, amplitude = stitch_run(data, pixel_size_um, window)
-    method = ""
-    if probe is not None:
-        phase, method = stitch_with_frame_tilts(data, probe, pixel_size_um, window), FRAME_TILTS
     name = f"scan-{data.start.get('scan_id', 0)}-{data.start['uid'][:8]}"
-    return save_png(output or f"{name}.png", data, phase, amplitude, positions, method)
+    path = output or f"{name}.png"
+    if probe is None:
+        return save_png(path, data, phase, amplitude, positions)
+    phase = stitch_with_frame_tilts(data, probe, pixel_size_um, window)
+    return save_png(path, data, phase, amplitude, positions, FRAME_TILTS, "tilt")
 
 
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal
 
 from ptychonn_ophyd.errors import ModelError
 
@@ -24,8 +25,20 @@ DEMO_RECIPE = f"{Path(DEMO_MODEL).stem}_recipe.json"
 it), and what it scored on the held-out object."""
 
 
-def recorded_accuracy(model: str | Path) -> str:
-    """The held-out accuracy that ``model``'s training recipe records, in words, or "".
+Stitching = Literal["plain", "aligned", "tilt"]
+"""How a training recipe's held-out check stitched the patches: a plain average, the
+live view's mosaic (offsets matched in arrival order), or each patch's tilt from its
+frame with all offsets solved at once (replay's ``--probe`` path)."""
+
+
+def held_out_keys(stitching: Stitching) -> tuple[str, str]:
+    """A recipe's metric names of the held-out SSIM and phase rms for ``stitching``."""
+    return f"held_out_ssim_{stitching}", f"held_out_phase_rms_{stitching}"
+
+
+def recorded_accuracy(model: str | Path, stitching: Stitching = "aligned") -> str:
+    """The held-out accuracy that ``model``'s training recipe records for ``stitching``,
+    in words, or "" (no recipe, or one that did not judge that stitching).
 
     ``ptychonn-ophyd train`` writes ``<name>_recipe.json`` beside ``<name>.onnx``; the
     bundled demo model's recipe is :data:`DEMO_RECIPE`.
@@ -38,7 +51,7 @@ def recorded_accuracy(model: str | Path) -> str:
         recipe = Path(str(files("ptychonn_ophyd").joinpath("data", DEMO_RECIPE)))
     try:
         metrics = json.loads(recipe.read_text())["metrics"]
-        ssim, rms = metrics["held_out_ssim_aligned"], metrics["held_out_phase_rms_aligned"]
+        ssim, rms = (metrics[key] for key in held_out_keys(stitching))
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     return f"trained to held-out SSIM {ssim:.2f}, phase rms {rms:.2f} rad"

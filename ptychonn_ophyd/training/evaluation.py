@@ -9,8 +9,9 @@ from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
-from ptychonn_ophyd.analysis.stitch import stitch
+from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
+from ptychonn_ophyd.models.bundled import Stitching, held_out_keys
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
 from ptychonn_ophyd.physics.probe import probe_weight
@@ -91,7 +92,7 @@ class HeldOutCheck:
         pixel, shape = sim.obj.pixel_size_um, sim.obj.shape
         aligned, _ = stitch_in_order(patches, sim.positions_um, pixel, self.weight)
         tilted = corrected_tilts(patches, sim.positions_um, pixel, sim.probe, *self.moments)
-        images = {
+        images: dict[Stitching, StitchedImage] = {
             "plain": stitch(patches, sim.positions_um, pixel, shape, self.weight),
             "aligned": aligned.on_grid(shape),
             "tilt": stitch_with_solved_offsets(tilted, sim.positions_um, pixel, self.weight, shape),
@@ -99,6 +100,6 @@ class HeldOutCheck:
         metrics: dict[str, float] = {"held_out_points": len(sim)}
         for name, image in images.items():
             ssim, rms = compare_phase(image.image, sim.obj.phase, covered(image.weight))
-            metrics[f"held_out_ssim_{name}"] = ssim
-            metrics[f"held_out_phase_rms_{name}"] = rms
+            ssim_key, rms_key = held_out_keys(name)
+            metrics[ssim_key], metrics[rms_key] = ssim, rms
         return metrics
