@@ -26,9 +26,8 @@ from ptychonn_ophyd.analysis.figure import (
     save_figure,
 )
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
-from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.analysis.tilt import corrected_tilts
+from ptychonn_ophyd.analysis.tilt import stitch_tilt_corrected
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models.bundled import Stitching
 from ptychonn_ophyd.physics.probe import probe_weight
@@ -280,11 +279,10 @@ def stitch_with_frame_tilts(
     pixel_size_um = _pixel_size(data, pixel_size_um)
     if window is None:
         window = data.mosaic.window if data.mosaic is not None else probe_weight(probe)
-    stats = data.statistics
-    tilted = corrected_tilts(
-        data.phase, data.positions_um, pixel_size_um, probe, stats.totals, stats.centroids
+    moments = data.statistics.totals, data.statistics.centroids
+    return stitch_tilt_corrected(
+        data.phase, data.positions_um, pixel_size_um, probe, moments, window
     )
-    return stitch_with_solved_offsets(tilted, data.positions_um, pixel_size_um, window)
 
 
 def _pixel_size(data: InferenceData, pixel_size_um: float | None) -> float:
@@ -304,16 +302,16 @@ def save_png(
     phase: StitchedImage,
     amplitude: StitchedImage | None = None,
     positions: bool = False,
-    method: str = "",
     stitching: Stitching = "aligned",
 ) -> Path:
     """Draw the run's stitched phase (and amplitude) with its uid, model, the accuracy
-    its recipe records for ``stitching`` and the stitching ``method`` in the title, and
-    its scan positions if ``positions``; returns the path."""
+    its recipe records for ``stitching`` and, for the tilt path, :data:`FRAME_TILTS` in
+    the title, and its scan positions if ``positions``; returns the path."""
     region = covered(phase.weight)
     panels = [Panel("phase", relative_phase(phase.image, region), "phase")]
     if amplitude is not None:
         panels.append(Panel("amplitude", amplitude.image, "amplitude"))
+    method = FRAME_TILTS if stitching == "tilt" else ""
     notes = "  ·  ".join(n for n in (replay_accuracy(data.start, stitching), method) if n)
     title = run_title(data.start, len(data.phase), notes)
     return save_figure(path, panels, phase, title, data.positions_um if positions else None)
@@ -366,7 +364,7 @@ def replay(
     if probe is None:
         return save_png(path, data, phase, amplitude, positions)
     phase = stitch_with_frame_tilts(data, probe, pixel_size_um, window)
-    return save_png(path, data, phase, amplitude, positions, FRAME_TILTS, "tilt")
+    return save_png(path, data, phase, amplitude, positions, "tilt")
 
 
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.stitch import patch_corners, smallest_canvas
+from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
+from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners, smallest_canvas
 
 MAP_SPACING = 8
 """Node spacing (object pixels) of the piecewise-bilinear transmission map."""
@@ -204,3 +205,20 @@ def corrected_tilts(
         gradient[dark] = mean_gradient(gradient_field(patches[dark]), weight[dark])
         tilted[part] = with_mean_gradient(patches, gradient, weight)
     return tilted
+
+
+def stitch_tilt_corrected(
+    phase: np.ndarray,
+    positions_um: np.ndarray,
+    pixel_size_um: float,
+    probe: np.ndarray,
+    moments: tuple[np.ndarray, np.ndarray],
+    window: np.ndarray,
+    shape: tuple[int, int] | None = None,
+) -> StitchedImage:
+    """Phase patches given their frames' tilts (:func:`corrected_tilts`, ``moments`` its
+    ``totals, centroids``) and stitched with the offsets that make all of them agree
+    best (:func:`~ptychonn_ophyd.analysis.offsets.stitch_with_solved_offsets`, which
+    takes ``window`` and ``shape``)."""
+    tilted = corrected_tilts(phase, positions_um, pixel_size_um, probe, *moments)
+    return stitch_with_solved_offsets(tilted, positions_um, pixel_size_um, window, shape)

@@ -7,10 +7,9 @@ import torch
 
 from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
-from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.stitch import StitchedImage, stitch
-from ptychonn_ophyd.analysis.tilt import corrected_tilts
+from ptychonn_ophyd.analysis.tilt import stitch_tilt_corrected
 from ptychonn_ophyd.models.bundled import Stitching, held_out_keys
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
@@ -91,11 +90,12 @@ class HeldOutCheck:
         patches = predict(model, self.frames)["phase"].cpu().numpy()
         pixel, shape = sim.obj.pixel_size_um, sim.obj.shape
         aligned, _ = stitch_in_order(patches, sim.positions_um, pixel, self.weight)
-        tilted = corrected_tilts(patches, sim.positions_um, pixel, sim.probe, *self.moments)
         images: dict[Stitching, StitchedImage] = {
             "plain": stitch(patches, sim.positions_um, pixel, shape, self.weight),
             "aligned": aligned.on_grid(shape),
-            "tilt": stitch_with_solved_offsets(tilted, sim.positions_um, pixel, self.weight, shape),
+            "tilt": stitch_tilt_corrected(
+                patches, sim.positions_um, pixel, sim.probe, self.moments, self.weight, shape
+            ),
         }
         metrics: dict[str, float] = {"held_out_points": len(sim)}
         for name, image in images.items():
