@@ -89,7 +89,7 @@ def main() -> None:
     monitor = None
     try:
         pool.start(timeout=120)
-        monitor = ResultMonitor(pool.output_channels, [], on_result)
+        monitor = ResultMonitor(pool.batch_channels, on_result)
         monitor.start()
         for k, outage in enumerate(args.outages):
             source.start_free_run(frames, positions, args.rate)

@@ -51,6 +51,7 @@ PVAPY_KEYS = frozenset(
 """Keys pvapy itself puts into the processor's configuration dictionary."""
 
 Output = Literal["phase", "amplitude"]
+FrameOutputs = Literal["every", "preview", "none"]
 Gpus = Literal["auto"] | tuple[int, ...]
 
 
@@ -80,6 +81,15 @@ class InferenceSettings(BaseModel):
     )
     outputs: tuple[Output, ...] = Field(
         ("phase",), description='["phase"] or ["phase", "amplitude"]'
+    )
+    frame_outputs: FrameOutputs = Field(
+        "every",
+        description="per-frame NTNDArrays on <prefix>:<k>:output beside the batch channel: "
+        "every frame (for the stock tools), a preview (the latest result every "
+        "preview_period s, for viewers), or none",
+    )
+    preview_period: float = Field(
+        0.25, gt=0, le=60, description="seconds between two preview results"
     )
     warmup_queue_size: int = Field(
         4096,

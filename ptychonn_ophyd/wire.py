@@ -24,6 +24,14 @@ difference of its two timestamps: ``dataTimeStamp`` is the frame's, ``timeStamp`
 moment the worker published it.  Nothing is appended to the attribute list: rewriting
 it through pvapy's Python API would cost more than the rest of a result together.
 
+Every inferred batch is also published whole, as one update of the worker's batch
+channel ``<prefix>:<k>:batch`` (:data:`BATCH_TYPE`, :class:`ResultBatch`): the batch's
+phase (and amplitude) as one ``N x H x W`` array beside per-frame arrays of uniqueIds,
+frame times, positions and input moments.  This is the channel the Bluesky session and
+the benchmarks read: one PV Access update and one Python call per batch, not per frame.
+Per-frame NTNDArrays stay for the stock tools (c2dv, ``AdOutputFileProcessor``) and
+are published for every frame, as a preview, or not at all (``frame_outputs``).
+
 A worker's status channel carries pvapy's statistics and, under ``userStats``, the
 frame accounting of :data:`STATS_PVA_TYPES`; :class:`WorkerStatus` reads it.
 """
@@ -49,11 +57,18 @@ class WorkerChannels:
     amplitude: str
     status: str
     control: str
+    batch: str
 
     @classmethod
     def of(cls, prefix: str, consumer_id: int) -> WorkerChannels:
         base = f"{prefix}:{consumer_id}"
-        return cls(f"{base}:output", f"{base}:amplitude", f"{base}:status", f"{base}:control")
+        return cls(
+            f"{base}:output",
+            f"{base}:amplitude",
+            f"{base}:status",
+            f"{base}:control",
+            f"{base}:{BATCH_CHANNEL}",
+        )
 
     @staticmethod
     def patterns(prefix: str) -> dict[str, str]:
@@ -63,6 +78,10 @@ class WorkerChannels:
             "status-channel": f"{prefix}:*:status",
             "control-channel": f"{prefix}:*:control",
         }
+
+
+BATCH_CHANNEL = "batch"
+"""Name of a worker's batch channel beside its output: ``<prefix>:<k>:batch``."""
 
 
 def sibling_channel(output_channel: str | None, name: str) -> str | None:
@@ -192,13 +211,38 @@ def stamp(array: pva.NtNdArray, unique_id: int, when: float | None = None) -> No
 
 def read_attributes(array: pva.PvObject) -> dict[str, Attribute]:
     """The NTNDArray attributes as ``{name: value}``, as a monitor callback receives them."""
-    values = {}
-    for attribute in array["attribute"]:
-        value = attribute["value"]
-        if isinstance(value, tuple):  # a variant union arrives as a (value, type) pair
-            value = value[0]
-        values[attribute["name"]] = value["value"] if isinstance(value, dict) else value
-    return values
+    return {attribute["name"]: _value(attribute) for attribute in array["attribute"]}
+
+
+NO_POSITION = (float("nan"), float("nan"), -1)
+"""``(x, y, point)`` of a frame without position attributes."""
+
+
+def read_position(array: pva.PvObject) -> tuple[float, float, int]:
+    """A frame's :data:`POSITION_ATTRIBUTES` ``(x, y, point)``; :data:`NO_POSITION`'s
+    value for each one it lacks."""
+    x, y, point = NO_POSITION
+    for attribute in array.getStructureArray("attribute"):
+        name = attribute["name"]
+        if name == "x":
+            x = float(_value(attribute))
+        elif name == "y":
+            y = float(_value(attribute))
+        elif name == "point":
+            point = int(_value(attribute))
+    return x, y, point
+
+
+def read_frame_tags(array: pva.PvObject) -> tuple[float, ...]:
+    """A frame's :data:`FRAME_TAGS`, in their order: uniqueId, time, ``x``, ``y``, ``point``."""
+    return (array["uniqueId"], _seconds(array["dataTimeStamp"]), *read_position(array))
+
+
+def _value(attribute: Mapping[str, Any]) -> Attribute:
+    value = attribute["value"]
+    if isinstance(value, tuple):  # a variant union arrives as a (value, type) pair
+        value = value[0]
+    return value["value"] if isinstance(value, dict) else value
 
 
 @dataclass(frozen=True)
@@ -239,6 +283,171 @@ def time_stamp(seconds: float) -> dict[str, int]:
     ``PvTimeStamp``)."""
     whole = int(seconds)
     return {"secondsPastEpoch": whole, "nanoseconds": int((seconds - whole) * 1e9)}
+
+
+# -- result batches ----------------------------------------------------------------------
+
+BATCH_STRUCTURE_ID = "ptychonn:ResultBatch:1.0"
+"""The structure id of a batch channel's value."""
+
+FRAME_TAGS = {
+    "uniqueId": pva.LONG,
+    "frameTime": pva.DOUBLE,
+    "x": pva.DOUBLE,
+    "y": pva.DOUBLE,
+    "point": pva.INT,
+}
+"""What a batch says of each frame from the frame itself: its ``uniqueId`` and time
+(``dataTimeStamp``, seconds since the epoch) and its position attributes (NaN, and -1
+for ``point``, where the frame had none; :func:`read_position`)."""
+INPUT_MOMENT_FIELDS = {
+    "inputTotal": pva.DOUBLE,
+    "inputCentroidX": pva.DOUBLE,
+    "inputCentroidY": pva.DOUBLE,
+}
+"""What a batch says of each frame's model input: its total counts and centroid
+``(x, y)`` in the input's pixels (:func:`~ptychonn_ophyd.moments.frame_moments`)."""
+BATCH_FRAME_FIELDS = {**FRAME_TAGS, **INPUT_MOMENT_FIELDS}
+"""Per-frame arrays of a batch, one element a frame, in this order."""
+
+BATCH_TYPE = {
+    "consumerId": pva.INT,
+    "modelHash": pva.STRING,
+    "batch": pva.ULONG,
+    "framesBefore": pva.ULONG,
+    "height": pva.UINT,
+    "width": pva.UINT,
+    **{name: [kind] for name, kind in BATCH_FRAME_FIELDS.items()},
+    "phase": [pva.FLOAT],
+    "amplitude": [pva.FLOAT],
+    "timeStamp": {"secondsPastEpoch": pva.LONG, "nanoseconds": pva.INT, "userTag": pva.INT},
+}
+"""The value of a worker's batch channel (``<prefix>:<k>:batch``), a plain structure of
+scalars and scalar arrays that any PV Access client reads (pvapy, p4p, ``pvget``).
+
+==================  =========  ====================================================
+field               type       meaning
+==================  =========  ====================================================
+``consumerId``      int32      the worker
+``modelHash``       string     the model that made the batch
+``batch``           uint64     this worker's batch counter, from 1
+``framesBefore``    uint64     frames this worker published in batches before this
+                               one: a reader that missed an update sees the gap
+``height``          uint32     ``H`` of each image
+``width``           uint32     ``W`` of each image
+per-frame arrays    (N,)       :data:`BATCH_FRAME_FIELDS`
+``phase``           float32    ``N * H * W`` phases, frame after frame, row-major
+``amplitude``       float32    the same for the amplitude, empty for phase-only models
+``timeStamp``       time_t     when the worker published the batch
+==================  =========  ====================================================
+"""
+
+_FLOATS = np.dtype(np.float32)
+_FRAME_DTYPES = {
+    name: np.dtype({pva.LONG: np.int64, pva.INT: np.int32}.get(kind, np.float64))
+    for name, kind in BATCH_FRAME_FIELDS.items()
+}
+
+
+@dataclass(frozen=True)
+class ResultBatch:
+    """One batch of results, as a batch channel carries it (:data:`BATCH_TYPE`).
+
+    ``frames`` maps each of :data:`BATCH_FRAME_FIELDS` to its ``(N,)`` array;
+    ``phase`` and ``amplitude`` (``None`` for phase-only models) are ``(N, H, W)``
+    float32.  ``published`` is the publish time in seconds since the epoch.
+    """
+
+    consumer_id: int
+    model_hash: str
+    batch: int
+    frames_before: int
+    published: float
+    frames: dict[str, np.ndarray]
+    phase: np.ndarray
+    amplitude: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.phase)
+
+    @property
+    def unique_ids(self) -> np.ndarray:
+        """The frames' uniqueIds, ``(N,)`` int64."""
+        return self.frames["uniqueId"]
+
+
+def new_batch_value() -> pva.PvObject:
+    """An empty batch channel value (:data:`BATCH_TYPE`), to add a record or to fill."""
+    return pva.PvObject(BATCH_TYPE, BATCH_STRUCTURE_ID)
+
+
+def write_result_batch(target: pva.PvObject, batch: ResultBatch) -> None:
+    """Fill ``target`` (a :func:`new_batch_value`, reused batch after batch) with ``batch``.
+
+    Each array is handed to pvapy once; PV Access posts copy nothing more, so the same
+    ``target`` can be filled again as soon as it is posted.
+    """
+    h, w = batch.phase.shape[1:]
+    target.set(
+        {
+            "consumerId": batch.consumer_id,
+            "modelHash": batch.model_hash,
+            "batch": batch.batch,
+            "framesBefore": batch.frames_before,
+            "height": h,
+            "width": w,
+            "timeStamp": time_stamp(batch.published),
+        }
+    )
+    for name, dtype in _FRAME_DTYPES.items():
+        target[name] = np.ascontiguousarray(batch.frames[name], dtype)
+    target["phase"] = _flat(batch.phase)
+    target["amplitude"] = _flat(batch.amplitude) if batch.amplitude is not None else _NONE
+
+
+_NONE = np.zeros(0, _FLOATS)
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images, _FLOATS).reshape(-1)
+
+
+def parse_result_batch(value: Mapping[str, Any]) -> ResultBatch:
+    """The :class:`ResultBatch` of a batch channel update.
+
+    Every array is copied: pvapy hands a monitor's arrays as views of a buffer that the
+    next update overwrites.
+
+    Raises
+    ------
+    ValueError
+        The arrays' lengths do not fit ``height``, ``width`` and the number of uniqueIds.
+    """
+    h, w = value["height"], value["width"]
+    frames = {name: np.array(value[name], dtype) for name, dtype in _FRAME_DTYPES.items()}
+    n = len(frames["uniqueId"])
+    phase = np.array(value["phase"], _FLOATS)
+    amplitude = np.array(value["amplitude"], _FLOATS)
+    lengths = {name: len(array) for name, array in frames.items()}
+    if (
+        set(lengths.values()) != {n}
+        or phase.size != n * h * w
+        or amplitude.size not in (0, n * h * w)
+    ):
+        raise ValueError(
+            f"a batch of {n} frames of {h}x{w} has {phase.size} phase and {amplitude.size} "
+            f"amplitude values and per-frame arrays of {lengths}"
+        )
+    return ResultBatch(
+        consumer_id=value["consumerId"],
+        model_hash=value["modelHash"],
+        batch=value["batch"],
+        frames_before=value["framesBefore"],
+        published=_seconds(value["timeStamp"]),
+        frames=frames,
+        phase=phase.reshape(n, h, w),
+        amplitude=amplitude.reshape(n, h, w) if amplitude.size else None,
+    )
 
 
 # -- worker status -----------------------------------------------------------------------
@@ -286,6 +495,7 @@ STATS_PVA_TYPES = {
     "configured": pva.ULONG,
     "configureError": pva.STRING,
     "published": pva.ULONG,
+    "batchesPublished": pva.ULONG,
 }
 """The ``userStats`` structure on a worker's status channel."""
 
@@ -325,6 +535,7 @@ class WorkerStatus:
     error: str = ""
     configured: int = 0
     configure_error: str = ""
+    batches_published: int = 0
     missed: int = 0
     connected: bool = False
     published_at: float = 0.0
@@ -357,6 +568,7 @@ class WorkerStatus:
             error=user.get("error", ""),
             configured=user.get("configured", 0),
             configure_error=user.get("configureError", ""),
+            batches_published=user.get("batchesPublished", 0),
             missed=status.get("processorStats", {}).get("nMissed", 0),
             connected=status.get("receiverStats", {}).get("nReceived", 0) > 0,
             published_at=status.get("objectTime", 0.0),

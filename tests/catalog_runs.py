@@ -9,7 +9,6 @@ from event_model import ComposeStreamResource, compose_run
 from ptychonn_ophyd.session.catalog import catalog_writer
 from ptychonn_ophyd.session.results import InferenceResult
 from ptychonn_ophyd.session.stream import InferenceFile
-from ptychonn_ophyd.wire import Ntndarray
 
 
 def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -> str:
@@ -25,8 +24,17 @@ def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -
     writer("descriptor", primary.descriptor_doc)
     writer("event", primary.compose_event(data={"m": 1.0}, timestamps={"m": time.time()}))
     results = [
-        InferenceResult.of(
-            Ntndarray(i + 1, np.full((8, 8), i, np.float32), {"x": 0.1 * i, "y": 0.0}, time.time())
+        InferenceResult(
+            unique_id=i + 1,
+            phase=np.full((8, 8), i, np.float32),
+            amplitude=None,
+            consumer_id=-1,
+            latency_s=float("nan"),
+            x=0.1 * i,
+            y=0.0,
+            point=-1,
+            timestamp=time.time(),
+            model_hash="",
         )
         for i in range(n)
     ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 from frames import poisson_frames
-from pva_collector import Collector
+from pva_collector import BatchCollector, Collector
 from pva_consumers import (
     Consumer,
     connected,
@@ -21,10 +24,13 @@ from pva_consumers import (
 from pva_source import FrameSource, boolean_frame, empty_frame, ntnda, unknown_codec_frame
 
 from ptychonn_ophyd.engines import create_engine
+from ptychonn_ophyd.moments import frame_moments
+from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, BATCH_STRUCTURE_ID
 
 pytestmark = pytest.mark.timeout(60)
 
 SLOW_PROCESSOR = Path(__file__).with_name("pva_slow_processor.py")
+P4P_READER = Path(__file__).with_name("p4p_batch_reader.py")
 
 
 @pytest.fixture
@@ -220,3 +226,96 @@ def test_seed_command_line_in_fork_mode(consumers, source, channel_prefix, small
     assert {r.channel for r in collector.results} == set(collector._connected)
     assert consumer.stop() == 0
     assert children and wait_until(lambda: all(process_gone(pid) for pid in children), 10)
+
+
+def test_batch_channel_carries_every_frame_with_its_identity_moments_and_result(
+    consumers, source, channel_prefix, small_phase_onnx
+):
+    args = cpu_args(small_phase_onnx, batch_size=4, batch_timeout=0.05, frame_outputs="none")
+    start_ready(consumers, channel_prefix, source, args)
+    collector = BatchCollector([f"{channel_prefix}:1:batch"])
+    frames = poisson_frames(10, seed=5)
+    ids = source.publish_frames(frames, first_point=20)
+
+    assert collector.wait_for(10, timeout=20), f"{collector.frames} of 10 frames in batches"
+    batches = sorted(collector.batches, key=lambda b: b.batch)
+    assert [b.batch for b in batches] == list(range(1, len(batches) + 1))
+    assert [b.frames_before for b in batches] == list(
+        np.cumsum([0] + [len(b) for b in batches])[:-1]
+    )
+    order = np.argsort(collector.column("uniqueId"))
+    column = {name: collector.column(name)[order] for name in BATCH_FRAME_FIELDS}
+    assert column["uniqueId"].tolist() == ids
+    np.testing.assert_array_equal(column["point"], np.arange(20, 30))
+    np.testing.assert_allclose(column["x"], 0.5 * np.arange(20, 30))
+    np.testing.assert_allclose(column["y"], -0.25 * np.arange(20, 30))
+    np.testing.assert_allclose(column["frameTime"], [source.sent_at[i] for i in ids], atol=1e-6)
+    totals, centroids = frame_moments(frames.astype(np.float32))
+    np.testing.assert_allclose(column["inputTotal"], totals)
+    np.testing.assert_allclose(column["inputCentroidX"], centroids[:, 0])
+    np.testing.assert_allclose(column["inputCentroidY"], centroids[:, 1])
+    engine = create_engine(small_phase_onnx, backend="onnxruntime", max_batch=10)
+    expected = engine.infer(frames.astype(np.float32)).phase
+    phases = np.concatenate([b.phase for b in collector.batches])[order]
+    np.testing.assert_allclose(phases, expected, rtol=1e-4, atol=1e-5)
+    assert {(b.consumer_id, b.model_hash) for b in batches} == {(1, engine.model_hash)}
+    assert all(b.amplitude is None and b.published >= column["frameTime"].max() for b in batches)
+    assert wait_until(lambda: user_stats(channel_prefix)["inferred"] == 10, 5)
+    stats = user_stats(channel_prefix)
+    assert stats["batchesPublished"] == len(batches) and stats["published"] == 0
+
+
+def test_preview_publishes_a_few_frames_on_their_own_and_every_frame_in_batches(
+    consumers, source, channel_prefix, small_phase_onnx
+):
+    args = cpu_args(small_phase_onnx, frame_outputs="preview", preview_period=30)
+    start_ready(consumers, channel_prefix, source, args)
+    previews = Collector([f"{channel_prefix}:1:output"])
+    batches = BatchCollector([f"{channel_prefix}:1:batch"])
+    ids = source.publish_frames(poisson_frames(20, seed=6), rate_hz=200)
+
+    assert batches.wait_for(20, timeout=20) and previews.wait_for(1, timeout=10)
+    assert sorted(batches.column("uniqueId").tolist()) == ids
+    assert [r.unique_id for r in previews.results] == ids[:1]  # one preview per 30 s
+    assert wait_until(lambda: user_stats(channel_prefix)["published"] == 1, 5)
+
+
+def test_two_head_batches_carry_the_amplitude_beside_the_phase(
+    consumers, source, channel_prefix, make_checkpoint
+):
+    model = make_checkpoint("small_amp_phase", seed=3)[1]
+    args = cpu_args(model, outputs=["phase", "amplitude"], frame_outputs="none")
+    start_ready(consumers, channel_prefix, source, args)
+    collector = BatchCollector([f"{channel_prefix}:1:batch"])
+    frames = poisson_frames(6, seed=8)
+    source.publish_frames(frames)
+
+    assert collector.wait_for(6, timeout=20)
+    expected = create_engine(model, backend="onnxruntime").infer(frames.astype(np.float32))
+    order = np.argsort(collector.column("uniqueId"))
+    amplitude = np.concatenate([b.amplitude for b in collector.batches])[order]
+    phase = np.concatenate([b.phase for b in collector.batches])[order]
+    np.testing.assert_allclose(amplitude, expected.amplitude, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(phase, expected.phase, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_channel_reads_with_p4p(consumers, source, channel_prefix, small_phase_onnx):
+    pytest.importorskip("p4p", reason="p4p (the test extra) reads the batch channel")
+    start_ready(consumers, channel_prefix, source, cpu_args(small_phase_onnx, batch_size=4))
+    reader = subprocess.Popen(
+        [sys.executable, str(P4P_READER), f"{channel_prefix}:1:batch", "8", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "connected", reader.stdout.read()
+        ids = source.publish_frames(poisson_frames(8, seed=2), first_point=3)
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+    seen = json.loads(out.splitlines()[-1])
+    assert sorted(seen["uniqueId"]) == ids and sorted(seen["point"]) == list(range(3, 11))
+    assert {tuple(shape[1:3]) for shape in seen["shape"]} == {(128, 128)}
+    assert all(n * 128 * 128 == size for n, _, _, size in seen["shape"])
+    assert set(seen["id"]) == {BATCH_STRUCTURE_ID}

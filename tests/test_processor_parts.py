@@ -15,14 +15,22 @@ from pvapy.utility.adImageUtility import AdImageUtility
 from ptychonn_ophyd.errors import ArgsError, FrameRejected
 from ptychonn_ophyd.settings import parse_args, parse_update
 from ptychonn_ophyd.wire import (
+    BATCH_FRAME_FIELDS,
+    FRAME_TAGS,
     STATS_PVA_TYPES,
+    ResultBatch,
+    WorkerChannels,
+    new_batch_value,
     parse_ntndarray,
+    parse_result_batch,
+    read_frame_tags,
     read_result_descriptor,
     sibling_channel,
+    write_result_batch,
 )
 from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
-from ptychonn_ophyd.worker.output import ResultBuilder
+from ptychonn_ophyd.worker.output import FrameOutputGate, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
 
@@ -247,6 +255,79 @@ class TestResults:
         assert sibling_channel("inference:3:output", "amplitude") == "inference:3:amplitude"
         assert sibling_channel("results", "amplitude") == "results:amplitude"
         assert sibling_channel(None, "amplitude") is None
+
+
+def batch(n: int, amplitude: bool = False, seed: int = 0) -> ResultBatch:
+    rng = np.random.default_rng(seed)
+    frames = {name: rng.integers(-5, 1000, n).astype(float) for name in BATCH_FRAME_FIELDS}
+    images = rng.random((2, n, 3, 5), np.float32)
+    return ResultBatch(4, "0123456789ab", 7, 70, 1000.5, frames, images[0], images[1] * amplitude)
+
+
+class TestResultBatches:
+    @pytest.mark.parametrize("amplitude", [False, True])
+    def test_a_batch_reads_back_as_written(self, amplitude):
+        sent = batch(6, amplitude)
+        if not amplitude:
+            sent = ResultBatch(**{**sent.__dict__, "amplitude": None})
+        value = new_batch_value()
+        write_result_batch(value, sent)
+        got = parse_result_batch(value)
+        assert (got.consumer_id, got.model_hash, got.batch, got.frames_before) == (
+            4,
+            sent.model_hash,
+            7,
+            70,
+        )
+        assert got.published == pytest.approx(1000.5, abs=1e-6) and len(got) == 6
+        for name in BATCH_FRAME_FIELDS:
+            np.testing.assert_array_equal(got.frames[name], sent.frames[name])
+        assert got.unique_ids.dtype == np.int64 and got.frames["point"].dtype == np.int32
+        np.testing.assert_array_equal(got.phase, sent.phase)
+        if amplitude:
+            np.testing.assert_array_equal(got.amplitude, sent.amplitude)
+        else:
+            assert got.amplitude is None
+
+    def test_a_reused_value_takes_a_smaller_batch_whole(self):
+        value = new_batch_value()
+        write_result_batch(value, batch(8, amplitude=True))
+        smaller = ResultBatch(**{**batch(3, seed=1).__dict__, "amplitude": None})
+        write_result_batch(value, smaller)
+        got = parse_result_batch(value)
+        assert len(got) == 3 and got.amplitude is None
+        np.testing.assert_array_equal(got.unique_ids, smaller.unique_ids)
+
+    def test_arrays_that_do_not_fit_the_batch_are_refused(self):
+        value = new_batch_value()
+        write_result_batch(value, batch(4))
+        value["x"] = np.zeros(3)
+        with pytest.raises(ValueError, match="a batch of 4 frames of 3x5"):
+            parse_result_batch(value)
+
+    def test_frame_tags_are_read_in_their_declared_order(self):
+        frame = ntnda(np.zeros((8, 8), np.int16), 42, {"point": 3, "y": -0.5, "x": 1.5})
+        frame["dataTimeStamp"] = pva.PvTimeStamp(1000.25)
+        tags = dict(zip(FRAME_TAGS, read_frame_tags(frame), strict=True))
+        assert tags == {"uniqueId": 42, "frameTime": 1000.25, "x": 1.5, "y": -0.5, "point": 3}
+        plain = ntnda(np.zeros((2, 2), np.int16), 1)
+        bare = dict(zip(FRAME_TAGS, read_frame_tags(plain), strict=True))
+        assert np.isnan(bare["x"]) and np.isnan(bare["y"]) and bare["point"] == -1
+
+    def test_the_batch_channel_sits_beside_the_output(self):
+        channels = WorkerChannels.of("inference", 3)
+        assert channels.batch == sibling_channel(channels.output, "batch") == "inference:3:batch"
+
+
+class TestFrameOutputGate:
+    def test_every_and_none(self):
+        assert all(FrameOutputGate("every", 1.0).wants(t) for t in range(5))
+        assert not any(FrameOutputGate("none", 1.0).wants(t) for t in range(5))
+
+    def test_a_preview_takes_the_first_frame_of_each_period(self):
+        gate = FrameOutputGate("preview", 0.25)
+        times = [10.0, 10.1, 10.2, 10.26, 10.3, 10.6]
+        assert [gate.wants(t) for t in times] == [True, False, False, True, False, True]
 
 
 def test_throttle_counts_what_it_holds_back(caplog):

@@ -96,6 +96,11 @@ class ConsumerPool:
         return [c.output for c in self._channels]
 
     @property
+    def batch_channels(self) -> list[str]:
+        """Batch result channels, one per worker (:class:`~ptychonn_ophyd.wire.ResultBatch`)."""
+        return [c.batch for c in self._channels]
+
+    @property
     def amplitude_channels(self) -> list[str]:
         """Amplitude result channels; empty unless ``outputs`` asks for amplitude."""
         if "amplitude" not in self.config.outputs:
@@ -227,6 +232,7 @@ class ConsumerPool:
             "distributor_updates": self.config.distributor_updates,
             "input_channel": self.config.input_channel,
             "output_channels": self.output_channels,
+            "batch_channels": self.batch_channels,
             "amplitude_channels": self.amplitude_channels,
             "status_channels": self.status_channels,
             "pvapy_version": pva.__version__,

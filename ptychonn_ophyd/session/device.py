@@ -3,9 +3,11 @@
 ``stage()`` starts the consumer pool and returns once every worker is ready,
 ``trigger()`` finishes when every frame the source detector has produced so far has
 been inferred (or counted as dropped or rejected), ``unstage()`` stops the pool.
-The device monitors the pool's output channels and hands every result to its writer,
+The device monitors the pool's batch channels and hands every result to its writer,
 :attr:`PtychoNNDetector.stream`, which yields the run's inference stream documents.
-Its configuration signals are the fields of :class:`~ptychonn_ophyd.settings.PoolConfig`.
+Its configuration signals are the fields of :class:`~ptychonn_ophyd.settings.PoolConfig`;
+it asks the workers for per-frame results only as a preview for viewers
+(:data:`DEVICE_FRAME_OUTPUTS`), since it reads the batches.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 
 SETTINGS = tuple(PoolConfig.model_fields)
 """Configuration signals that choose how the pool runs: one per ``PoolConfig`` field."""
+
+DEVICE_FRAME_OUTPUTS = "preview"
+"""The device's default ``frame_outputs``: the latest result at a few Hz on each
+worker's output channel, for c2dv; every result reaches the run through the batches."""
 
 
 class FrameSource(Protocol):
@@ -128,6 +134,7 @@ class PtychoNNDetector(_Settings):
         **kwargs: Any,
     ) -> None:
         settings = {key: kwargs.pop(key) for key in SETTINGS if key in kwargs}
+        settings.setdefault("frame_outputs", DEVICE_FRAME_OUTPUTS)
         super().__init__(prefix, name=name, **kwargs)
         for key, value in settings.items():
             getattr(self, key).put(signal_value(value))
@@ -182,9 +189,9 @@ class PtychoNNDetector(_Settings):
         return len(self._received)
 
     @property
-    def output_channels(self) -> list[str]:
-        """The pool's phase channels (empty when not staged)."""
-        return self._monitor.output_channels if self._monitor else []
+    def batch_channels(self) -> list[str]:
+        """The pool's batch channels, which the device reads (empty when not staged)."""
+        return self._monitor.batch_channels if self._monitor else []
 
     @property
     def monitor_overruns(self) -> int:
@@ -250,9 +257,7 @@ class PtychoNNDetector(_Settings):
         self.pool.start(
             timeout=self.start_timeout, progress=lambda line: self.announce(f"{self.name}: {line}")
         )
-        self._monitor = ResultMonitor(
-            self.pool.output_channels, self.pool.amplitude_channels, self._on_result
-        )
+        self._monitor = ResultMonitor(self.pool.batch_channels, self._on_result)
         self._monitor.start()
         engine = self.pool.facts().get("engine") or config.backend
         self.announce(

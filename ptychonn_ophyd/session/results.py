@@ -1,4 +1,5 @@
-"""Results as the Bluesky side receives them: PV Access monitors on the workers' outputs."""
+"""Results as the Bluesky side receives them: PV Access monitors on the workers' batch
+channels (:class:`~ptychonn_ophyd.wire.ResultBatch`), one update per inferred batch."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.wire import Ntndarray, parse_ntndarray, read_result_descriptor
+from ptychonn_ophyd.wire import ResultBatch, parse_result_batch
 
 log = logging.getLogger(__name__)
 
 MONITOR_REQUEST = "record[queueSize=1000]field()"
-"""Monitor request: a deep server-side queue absorbs bursts. The client-side pvapy
-queue (``setMonitorMaxQueueLength``) stays off: in pvapy 5.6 it intermittently never
-calls the subscriber although updates are counted as received."""
+"""Monitor request: a deep server-side queue (of batches) absorbs bursts. The
+client-side pvapy queue (``setMonitorMaxQueueLength``) stays off: in pvapy 5.6 it
+intermittently never calls the subscriber although updates are counted as received."""
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,8 @@ class InferenceResult:
 
     ``x``, ``y`` (micrometres) and ``point`` come from the input frame's attributes and
     are NaN / -1 when the detector did not send them; ``timestamp`` is the frame's;
-    ``latency_s`` is frame to publish (the result's two timestamps); ``input_total`` and
-    ``input_centroid`` ``(x, y)`` are the model input's moments, which the worker
-    measured (NaN from a worker that did not, :class:`~ptychonn_ophyd.wire.ResultTags`).
+    ``latency_s`` is frame to publish; ``input_total`` and ``input_centroid`` ``(x, y)``
+    are the model input's moments, which the worker measured (NaN where unknown).
     """
 
     unique_id: int
@@ -46,71 +46,70 @@ class InferenceResult:
     input_centroid: tuple[float, float] = (float("nan"), float("nan"))
 
     @classmethod
-    def of(cls, phase: Ntndarray, amplitude: np.ndarray | None = None) -> InferenceResult:
-        """The result a phase NTNDArray (and its amplitude image, if any) describes."""
-        attributes = phase.attributes
-        tags = read_result_descriptor(phase.descriptor)
-        return cls(
-            unique_id=int(phase.unique_id),
-            phase=np.asarray(phase.image, dtype=np.float32),
-            amplitude=None if amplitude is None else np.asarray(amplitude, dtype=np.float32),
-            consumer_id=tags.consumer_id,
-            latency_s=float(phase.published - phase.timestamp),
-            x=float(attributes.get("x", np.nan)),
-            y=float(attributes.get("y", np.nan)),
-            point=int(attributes.get("point", -1)),
-            timestamp=float(phase.timestamp),
-            model_hash=tags.model_hash,
-            input_total=tags.input_total,
-            input_centroid=tags.input_centroid,
-        )
+    def of_batch(cls, batch: ResultBatch) -> list[InferenceResult]:
+        """The results of ``batch``, frame by frame (images are views of its arrays)."""
+        columns = {name: values.tolist() for name, values in batch.frames.items()}
+        amplitude = batch.amplitude if batch.amplitude is not None else [None] * len(batch)
+        return [
+            cls(
+                unique_id=unique_id,
+                phase=phase,
+                amplitude=amp,
+                consumer_id=batch.consumer_id,
+                latency_s=batch.published - frame_time,
+                x=x,
+                y=y,
+                point=point,
+                timestamp=frame_time,
+                model_hash=batch.model_hash,
+                input_total=total,
+                input_centroid=(cx, cy),
+            )
+            for unique_id, frame_time, x, y, point, total, cx, cy, phase, amp in zip(
+                *columns.values(), batch.phase, amplitude, strict=True
+            )
+        ]
 
 
 class ResultMonitor:
-    """PV Access monitors on the pool's output (and amplitude) channels.
+    """PV Access monitors on the pool's batch channels.
 
-    Each result goes to ``on_result`` in a pvapy thread; for two-head models it goes
-    once both halves of a uniqueId have arrived. ``overruns`` counts updates the
-    monitors lost (they are never silently gone).
+    Each result goes to ``on_result`` in a pvapy thread, batch after batch.
+    ``overruns`` counts the results the monitors lost: the frames a batch's
+    ``framesBefore`` says came before it that no batch brought (they are never
+    silently gone).
     """
 
     def __init__(
-        self,
-        output_channels: Iterable[str],
-        amplitude_channels: Iterable[str],
-        on_result: Callable[[InferenceResult], None],
+        self, batch_channels: Iterable[str], on_result: Callable[[InferenceResult], None]
     ) -> None:
-        self.output_channels = list(output_channels)
-        self.amplitude_channels = list(amplitude_channels)
+        self.batch_channels = list(batch_channels)
         self._on_result = on_result
         self._channels: list[Any] = []
         self._lock = threading.Lock()
-        self._phases: dict[int, Ntndarray] = {}
-        self._amplitudes: dict[int, np.ndarray] = {}
+        self._next_frame: dict[str, int | None] = {}
+        self._lost = 0
 
     def start(self, timeout: float = 10.0) -> None:
-        """Monitor the channels; wait up to ``timeout`` s for the phase channels to connect.
+        """Monitor the channels; wait up to ``timeout`` s for each to connect.
 
-        A monitor delivers only updates made after it connects, so results published
-        before that would be missed. Amplitude channels appear with the first result.
+        A monitor delivers only updates made after it connects (beside the channel's
+        current value, which is an earlier batch and is skipped), so results published
+        before that would be missed.
         """
         import pvaccess
 
-        for name in self.output_channels:
-            self._channels.append(self._monitor(pvaccess.Channel(name), self._phase))
-        for name in self.amplitude_channels:
-            self._channels.append(self._monitor(pvaccess.Channel(name), self._amplitude))
+        for name in self.batch_channels:
+            self._next_frame[name] = None
+            channel = pvaccess.Channel(name)
+            channel.monitor(lambda pv, name=name: self._batch(name, pv), MONITOR_REQUEST)
+            self._channels.append(channel)
         deadline = time.monotonic() + timeout
-        for channel in self._channels[: len(self.output_channels)]:
+        for channel in self._channels:
             while not channel.getMonitorCounters().get("nReceived", 0):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no connection to {channel.getName()} in {timeout} s")
                 time.sleep(0.01)
-
-    @staticmethod
-    def _monitor(channel: Any, callback: Callable) -> Any:
-        channel.monitor(callback, MONITOR_REQUEST)
-        return channel
 
     def stop(self) -> None:
         """Stop every monitor."""
@@ -123,30 +122,23 @@ class ResultMonitor:
 
     @property
     def overruns(self) -> int:
-        """Monitor updates lost so far, over all channels."""
-        return sum(c.getMonitorCounters().get("nOverruns", 0) for c in self._channels)
+        """Results the monitors lost so far, over all channels."""
+        return self._lost
 
-    def _phase(self, pv: Any) -> None:
-        if not pv["uniqueId"]:  # the value a channel holds before its first result
-            return
-        phase = parse_ntndarray(pv)
-        if not self.amplitude_channels:
-            self._on_result(InferenceResult.of(phase))
-            return
+    def _batch(self, name: str, pv: Any) -> None:
+        batch = parse_result_batch(pv)
         with self._lock:
-            amplitude = self._amplitudes.pop(phase.unique_id, None)
-            if amplitude is None:
-                self._phases[phase.unique_id] = phase
-                return
-        self._on_result(InferenceResult.of(phase, amplitude))
-
-    def _amplitude(self, pv: Any) -> None:
-        if not pv["uniqueId"]:
+            expected = self._next_frame[name]
+            self._next_frame[name] = batch.frames_before + len(batch)
+        if expected is None:  # the channel's value when the monitor connected
             return
-        amplitude = parse_ntndarray(pv)
-        with self._lock:
-            phase = self._phases.pop(amplitude.unique_id, None)
-            if phase is None:
-                self._amplitudes[amplitude.unique_id] = amplitude.image
-                return
-        self._on_result(InferenceResult.of(phase, amplitude.image))
+        if batch.frames_before > expected:
+            self._lost += batch.frames_before - expected
+            log.warning(
+                "%s: %d results lost before batch %d",
+                name,
+                batch.frames_before - expected,
+                batch.batch,
+            )
+        for result in InferenceResult.of_batch(batch):
+            self._on_result(result)

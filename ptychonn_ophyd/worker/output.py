@@ -1,11 +1,76 @@
-"""Result NTNDArrays that keep the identity of the frame they came from."""
+"""What a worker publishes: each batch whole, and result NTNDArrays that keep the
+identity of the frame they came from."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from time import perf_counter
 
 import numpy as np
 import pvaccess as pva
 
-from ptychonn_ophyd.wire import INPUT_TAGS, result_descriptor, time_stamp
+from ptychonn_ophyd.settings import FrameOutputs
+from ptychonn_ophyd.wire import (
+    INPUT_TAGS,
+    ResultBatch,
+    new_batch_value,
+    result_descriptor,
+    time_stamp,
+    write_result_batch,
+)
+
+
+class BatchRecord:
+    """A worker's batch channel (:data:`~ptychonn_ophyd.wire.BATCH_TYPE`): one update
+    per inferred batch, there from the worker's start.
+
+    Parameters
+    ----------
+    server
+        The worker's ``pva.PvaServer``.
+    channel
+        The record's name, ``<prefix>:<k>:batch``.
+    """
+
+    def __init__(self, server, channel: str) -> None:
+        self.channel = channel
+        self.batches = 0
+        self.frames = 0
+        self._server = server
+        self._value = new_batch_value()
+        server.addRecord(channel, new_batch_value(), None)
+
+    def publish(self, batch: ResultBatch) -> None:
+        """Post ``batch``, numbered by this record: its ``batch`` counter and
+        ``frames_before`` are the record's counts, whatever ``batch`` says."""
+        numbered = replace(batch, batch=self.batches + 1, frames_before=self.frames)
+        write_result_batch(self._value, numbered)
+        self._server.updateUnchecked(self.channel, self._value)
+        self.batches += 1
+        self.frames += len(batch)
+
+
+class FrameOutputGate:
+    """Which frames also get a result NTNDArray of their own (``frame_outputs``).
+
+    ``"every"`` frame, ``"none"``, or a ``"preview"``: the first frame after each
+    ``period`` seconds, so viewers see the latest result at a few Hz.
+    """
+
+    def __init__(self, mode: FrameOutputs, period: float) -> None:
+        self.mode = mode
+        self._period = period
+        self._due = 0.0
+
+    def wants(self, now: float | None = None) -> bool:
+        """Whether the frame received at ``now`` (``perf_counter()``) gets its own result."""
+        if self.mode != "preview":
+            return self.mode == "every"
+        now = perf_counter() if now is None else now
+        if now < self._due:
+            return False
+        self._due = now + self._period
+        return True
 
 
 class ResultBuilder:

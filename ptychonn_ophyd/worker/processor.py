@@ -10,9 +10,12 @@ It runs under the stock ``pvapy-hpc-consumer``::
         --n-consumers 4 --distributor-updates 8 --disable-curses
 
 pvapy's monitor thread calls :meth:`~InferPtychoNNImageProcessor.process` for each
-frame, which preprocesses it straight into a preallocated batch buffer; an inference
-thread infers whole batches (a partial one after ``batch_timeout``) and publishes one
-NTNDArray per frame.  Every frame ends up inferred, dropped or rejected, and counted.
+frame, which preprocesses it straight into a preallocated batch buffer and keeps its
+uniqueId, time and position; an inference thread infers whole batches (a partial one
+after ``batch_timeout``) and publishes each as one update of ``<prefix>:<k>:batch``
+(:class:`~ptychonn_ophyd.wire.ResultBatch`), and, as ``frame_outputs`` asks, one
+NTNDArray per frame on ``<prefix>:<k>:output`` for every frame, a preview, or none.
+Every frame ends up inferred, dropped or rejected, and counted.
 """
 
 from __future__ import annotations
@@ -37,11 +40,19 @@ from ptychonn_ophyd.models import ModelFile, open_model
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.preprocess import Preprocessor
 from ptychonn_ophyd.settings import parse_args, parse_update
-from ptychonn_ophyd.wire import STATS_PVA_TYPES, sibling_channel
+from ptychonn_ophyd.wire import (
+    BATCH_CHANNEL,
+    FRAME_TAGS,
+    INPUT_MOMENT_FIELDS,
+    STATS_PVA_TYPES,
+    ResultBatch,
+    read_frame_tags,
+    sibling_channel,
+)
 from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.engine_slot import EngineSlot
 from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
-from ptychonn_ophyd.worker.output import OutputRecord, ResultBuilder
+from ptychonn_ophyd.worker.output import BatchRecord, FrameOutputGate, OutputRecord, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
 
@@ -50,7 +61,7 @@ STOP_TIMEOUT = 30.0
 
 
 class InferPtychoNNImageProcessor(AdImageProcessor):
-    """PtychoNN inference on NTNDArray frames, one result NTNDArray per frame.
+    """PtychoNN inference on NTNDArray frames, published by the batch and by the frame.
 
     Parameters
     ----------
@@ -75,19 +86,23 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._throttle = Throttle(self.logger)
         n_buffers = max(2, -(-args.warmup_queue_size // args.batch_size))
         fill = Preprocessor(args.preprocess, shape).into
-        self._queue = BatchQueue(n_buffers, args.batch_size, shape, args.batch_timeout, fill)
+        self._queue = BatchQueue(
+            n_buffers, args.batch_size, shape, args.batch_timeout, fill, len(FRAME_TAGS)
+        )
         resized = args.preprocess.crop != (0, 0, 0, 0) or args.preprocess.bin != 1
         self._results = ResultBuilder(self.consumer_id, shape, resized)
         self._latencies = np.zeros(args.batch_size)
         self._slot = EngineSlot(self._build_engine)
         self._device = ""
-        self._amplitude_channel = None
-        if "amplitude" in args.outputs:
-            self._amplitude_channel = sibling_channel(configDict.get("outputChannel"), "amplitude")
+        self._gate = FrameOutputGate(args.frame_outputs, args.preview_period)
         pvas = configDict.get("outputMode", OperationMode.PVAS) == OperationMode.PVAS
         self._makes_output = pvas and bool(configDict.get("outputChannel"))
+        self._amplitude_channel = None
+        if "amplitude" in args.outputs and args.frame_outputs != "none":
+            self._amplitude_channel = sibling_channel(configDict.get("outputChannel"), "amplitude")
         self._output: OutputRecord | None = None
         self._amplitude_output: OutputRecord | None = None
+        self._batches: BatchRecord | None = None
         self._stopping = threading.Event()
         self._inference: threading.Thread | None = None
         self._configured = 0
@@ -97,8 +112,8 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
 
     def start(self) -> None:
         """Start building the engine and the inference thread; frames queue meanwhile."""
-        if "amplitude" in self.args.outputs and self._amplitude_channel is None:
-            self.logger.warning("no output channel: amplitude results are not published")
+        if not self._makes_output:
+            self.logger.warning("no PVA output channel: results are counted, not published")
         self._create_outputs()
         self._slot.load(self._model)
         self._inference = _thread(self._infer_stream, "ptychonn-inference")
@@ -106,7 +121,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             _thread(self._watch_parent, "ptychonn-watchdog")
 
     def getOutputPvObjectType(self, pvObject):
-        """``None`` (pvapy makes no record of its own) when :meth:`start` makes the record.
+        """``None`` (pvapy makes no record of its own) when :meth:`start` makes the records.
 
         pvapy asks at the first input frame, which can come before :meth:`start`.
         """
@@ -138,10 +153,10 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             return
         self._counts.received += 1
         try:
-            result = pvObject.copy()
-            if compressed:
+            result = pvObject.copy() if self._gate.wants(received_at) else None
+            if compressed and result is not None:
                 self._results.clear_codec(result)
-            if not self._queue.put(frame, result, received_at):
+            if not self._queue.put(frame, result, received_at, read_frame_tags(pvObject)):
                 self._drop_refused(pvObject["uniqueId"])
         except Exception as err:
             self._refuse(pvObject, err)
@@ -238,6 +253,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             configured=self._configured,
             configureError=self._configure_error,
             published=self._output.published if self._output is not None else 0,
+            batchesPublished=self._batches.batches if self._batches is not None else 0,
         )
         return stats
 
@@ -292,30 +308,67 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
     def _publish(
         self, buffer: int, n: int, prediction, moments: tuple[np.ndarray, np.ndarray]
     ) -> None:
-        """One result per frame, tagged with its model input's ``moments`` (totals and
-        centroids); the batch's frames share one publish time."""
-        frames = self._queue.meta[buffer]
+        """The batch as one update of the batch channel, then a result NTNDArray for each
+        frame kept for one (``frame_outputs``); the batch's frames share one publish time.
+
+        A batch that cannot be published is counted as dropped: its frames reach no
+        reader.  A per-frame result that cannot be published is only logged, since its
+        frame went out in the batch.
+        """
+        now = time.time()
+        self._latencies[:n] = perf_counter() - self._queue.received_at[buffer, :n]
+        try:
+            if self._batches is not None:
+                self._batches.publish(self._batch(buffer, n, prediction, moments, now))
+        except Exception:  # as for inference: count what is lost and go on
+            self._counts.dropped["error"] += n
+            self._throttle.warning("publish", f"batch of {n} results lost", exc_info=True)
+            return
+        self._counts.record_batch(self._latencies[:n])
+        kept = [
+            (i, frame) for i, frame in enumerate(self._queue.meta[buffer][:n]) if frame is not None
+        ]
+        if kept:
+            self._publish_frames(kept, prediction, moments, now)
+
+    def _batch(
+        self, buffer: int, n: int, prediction, moments: tuple[np.ndarray, np.ndarray], now: float
+    ) -> ResultBatch:
+        tags = self._queue.tags[buffer, :n]
+        frames = {name: tags[:, k] for k, name in enumerate(FRAME_TAGS)}
+        totals, centroids = moments
+        frames.update(zip(INPUT_MOMENT_FIELDS, (totals, *centroids.T), strict=True))
+        amplitude = prediction.amplitude if "amplitude" in self.args.outputs else None
+        return ResultBatch(
+            self.consumer_id,
+            self._results.model_hash,
+            0,
+            0,
+            now,
+            frames,
+            prediction.phase,
+            amplitude,
+        )
+
+    def _publish_frames(
+        self, kept: list, prediction, moments: tuple[np.ndarray, np.ndarray], now: float
+    ) -> None:
+        """One result NTNDArray for each ``(index in batch, received frame)`` of ``kept``."""
         amplitude = prediction.amplitude if self._amplitude_channel else None
         publish = self._output.publish if self._output is not None else self.updateOutputChannel
         totals, centroids = (m.tolist() for m in moments)  # floats format 3x faster
-        now = time.time()
-        self._latencies[:n] = perf_counter() - self._queue.received_at[buffer, :n]
-        published = n
-        for i in range(n):
-            try:
+        try:
+            for i, frame in kept:
                 result = self._results.result(
-                    frames[i], prediction.phase[i], now, totals[i], centroids[i]
+                    frame, prediction.phase[i], now, totals[i], centroids[i]
                 )
                 publish(result)
                 if amplitude is not None:
                     self._publish_amplitude(self._results.sibling(result, amplitude[i]))
-            except Exception:  # as for inference: count what is lost and go on
-                published = i
-                self._counts.dropped["error"] += n - i
-                self._throttle.warning("publish", f"{n - i} results lost", exc_info=True)
-                break
-        if published:
-            self._counts.record_batch(self._latencies[:published])
+        except Exception:
+            self._throttle.warning(
+                "publish-frames", "per-frame results not published", exc_info=True
+            )
 
     def _publish_amplitude(self, result) -> None:
         if self._amplitude_output is None:
@@ -330,9 +383,11 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         pvapy would create the output record from the first input frame; a consumer of
         the results started before then may find it only after the stream has passed.
         """
-        if self.pvaServer is None:
+        if self.pvaServer is None or not self._makes_output:
             return
-        if self._makes_output:
+        batch_channel = sibling_channel(self.outputChannel, BATCH_CHANNEL)
+        self._batches = BatchRecord(self.pvaServer, batch_channel)
+        if self.args.frame_outputs != "none":
             self._output = OutputRecord(self.pvaServer, self.outputChannel, self.logger)
         if self._amplitude_channel:
             self._amplitude_output = OutputRecord(self.pvaServer, self._amplitude_channel)
