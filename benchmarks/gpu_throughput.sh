@@ -14,7 +14,9 @@
 # 4 streams of 4 workers).  PYTHON, BACKEND, PRECISION, LATENCY_RATE, SWEEP_START and
 # PIPELINE_START (default python3, torch, bf16, 2000, 4000, 4000) let the same steps run
 # small on a CPU first.  FRAME_OUTPUTS (default none) is the workers' --frame-outputs in
-# the stream.py steps: stream.py reads only the batch channels.
+# the stream.py steps: stream.py reads only the batch channels.  STEPS (default all)
+# names the steps to run, e.g. STEPS="split_soak split_soak_b64", so that a device lease
+# can take them in two calls.
 set -uo pipefail
 model=${1:?model path}
 out=${2:?output folder}
@@ -37,6 +39,7 @@ pipeline=(--copy-model --backend onnxruntime --threads 1 --sweep --rate "$pipeli
 step() {
     local name=$1
     shift
+    [[ " ${STEPS:-all} " == *" all "* || " ${STEPS:-all} " == *" $name "* ]] || return 0
     echo "== $name: $*" | tee "$out/$name.txt"
     "$@" 2>&1 | tee -a "$out/$name.txt"
 }
@@ -63,7 +66,7 @@ EOF
 }
 
 step startup "$python" "$here/startup.py" "${engine[@]}" --starts 3
-startup_json
+[ -f "$out/startup.txt" ] && startup_json
 step pipeline_only "${stream[@]}" "${pipeline[@]}" --json "$out/pipeline_only.json"
 step passthrough_compare "${stream[@]}" "${pipeline[@]}" --compare-passthrough \
     --json "$out/passthrough_compare.json"

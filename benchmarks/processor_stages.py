@@ -2,11 +2,17 @@
 
 Times the processor's own per-frame steps on the simulated detector's NTNDArray (int16
 128x128 counts with ``ColorMode``, ``x``, ``y`` and ``point`` attributes and
-timestamps), each in a loop of its own.  Every frame goes through:
+timestamps), each in a loop of its own.  Every frame goes through, on pvAccess's
+receive thread:
 
 - ``decode``: :func:`~ptychonn_ophyd.worker.frames.decode_frame`;
-- ``tags``: :func:`~ptychonn_ophyd.wire.read_frame_tags` (uniqueId, time, position);
+- ``copy``: the PV copy kept at receipt (the frame's tags are read from it, and it
+  becomes the frame's own result if it gets one);
 - ``preprocess``: :meth:`~ptychonn_ophyd.preprocess.Preprocessor.into` the batch buffer;
+
+then on the inference thread:
+
+- ``tags``: :func:`~ptychonn_ophyd.wire.read_frame_tags` (uniqueId, time, position);
 - ``moments``: :func:`~ptychonn_ophyd.moments.frame_moments` of a batch, per frame;
 - ``batch``: :meth:`~ptychonn_ophyd.worker.output.BatchRecord.publish` of a batch
   (filling the batch value, posting it on a record nobody monitors), per frame.
@@ -14,7 +20,6 @@ timestamps), each in a loop of its own.  Every frame goes through:
 A frame that also gets a result NTNDArray of its own (``frame_outputs`` ``every``, or
 a preview) costs more:
 
-- ``copy``: the PV copy kept at receipt, which becomes the result;
 - ``result``: :meth:`~ptychonn_ophyd.worker.output.ResultBuilder.result` (the image,
   the descriptor with the input's moments, the timestamp), and beside it what a result
   would cost more if it rewrote the frame's attribute list through pvapy
@@ -104,14 +109,14 @@ def main() -> None:
     try:
         every_frame = {
             "decode": timed(lambda i: decode_frame(frame)),
-            "tags": timed(lambda i: read_frame_tags(frame)),
+            "copy": timed(lambda i: frame.copy()),
             "preprocess": timed(lambda i: fill(image, batch[i % size])),
+            "tags": timed(lambda i: read_frame_tags(frame)),
             "moments": timed(lambda i: frame_moments(batch)) / size,
             "batch": per_frame_us(lambda i: record.publish(results_batch), batches, args.repeats)
             / size,
         }
         own_result = {
-            "copy": timed(lambda i: frame.copy()),
             "result": timed(lambda i: builder.result(copies[i], phase, 1e-3, 1e6, (63.5, 64.5))),
             "publish": timed(lambda i: server.updateUnchecked(channel, results[i % n])),
         }

@@ -10,9 +10,10 @@ It runs under the stock ``pvapy-hpc-consumer``::
         --n-consumers 4 --distributor-updates 8 --disable-curses
 
 pvapy's monitor thread calls :meth:`~InferPtychoNNImageProcessor.process` for each
-frame, which preprocesses it straight into a preallocated batch buffer and keeps its
-uniqueId, time and position; an inference thread infers whole batches (a partial one
-after ``batch_timeout``) and publishes each as one update of ``<prefix>:<k>:batch``
+frame, which preprocesses it straight into a preallocated batch buffer and keeps a copy
+of the received PV; an inference thread infers whole batches (a partial one after
+``batch_timeout``), reads each frame's uniqueId, time and position from its copy, and
+publishes each batch as one update of ``<prefix>:<k>:batch``
 (:class:`~ptychonn_ophyd.wire.ResultBatch`), and, as ``frame_outputs`` asks, one
 NTNDArray per frame on ``<prefix>:<k>:output`` for every frame, a preview, or none.
 Every frame ends up inferred, dropped or rejected, and counted.
@@ -59,6 +60,13 @@ from ptychonn_ophyd.worker.throttle import Throttle
 STOP_TIMEOUT = 30.0
 """Seconds :meth:`InferPtychoNNImageProcessor.stop` waits for queued frames to be inferred."""
 
+SWITCH_INTERVAL = 5e-4
+"""Seconds the inference thread may hold the GIL while pvAccess's receive thread waits
+for it (Python's default is 5 ms): every frame needs the GIL on arrival, and a frame
+waiting for it is a frame not read from the socket.  Measured on the H200 host, one
+worker, pipeline-only: 4,125 frames/s lossless at 5 ms, 4,500 at 0.5 ms (BENCHMARKS.md,
+version 5)."""
+
 
 class InferPtychoNNImageProcessor(AdImageProcessor):
     """PtychoNN inference on NTNDArray frames, published by the batch and by the frame.
@@ -86,9 +94,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._throttle = Throttle(self.logger)
         n_buffers = max(2, -(-args.warmup_queue_size // args.batch_size))
         fill = Preprocessor(args.preprocess, shape).into
-        self._queue = BatchQueue(
-            n_buffers, args.batch_size, shape, args.batch_timeout, fill, len(FRAME_TAGS)
-        )
+        self._queue = BatchQueue(n_buffers, args.batch_size, shape, args.batch_timeout, fill)
         resized = args.preprocess.crop != (0, 0, 0, 0) or args.preprocess.bin != 1
         self._results = ResultBuilder(self.consumer_id, shape, resized)
         self._latencies = np.zeros(args.batch_size)
@@ -112,6 +118,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
 
     def start(self) -> None:
         """Start building the engine and the inference thread; frames queue meanwhile."""
+        sys.setswitchinterval(SWITCH_INTERVAL)
         if not self._makes_output:
             self.logger.warning("no PVA output channel: results are counted, not published")
         self._create_outputs()
@@ -137,6 +144,10 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
     def process(self, pvObject) -> None:
         """Queue one frame as model input, or count it as rejected or dropped.
 
+        This runs on pvAccess's receive thread, which reads no more frames while it runs:
+        it keeps a copy of the PV (a C++ copy) and leaves reading the frame's attributes
+        (pvapy converts every attribute to Python) to the inference thread.
+
         The channel's value before the detector's first frame (:class:`NoFrameYet`),
         which a worker receives when it reconnects to a restarted source at once, is
         no frame: it is logged, not counted.
@@ -153,10 +164,10 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             return
         self._counts.received += 1
         try:
-            result = pvObject.copy() if self._gate.wants(received_at) else None
-            if compressed and result is not None:
-                self._results.clear_codec(result)
-            if not self._queue.put(frame, result, received_at, read_frame_tags(pvObject)):
+            kept = pvObject.copy()
+            if compressed:
+                self._results.clear_codec(kept)
+            if not self._queue.put(frame, (kept, self._gate.wants(received_at)), received_at):
                 self._drop_refused(pvObject["uniqueId"])
         except Exception as err:
             self._refuse(pvObject, err)
@@ -325,16 +336,14 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             self._throttle.warning("publish", f"batch of {n} results lost", exc_info=True)
             return
         self._counts.record_batch(self._latencies[:n])
-        kept = [
-            (i, frame) for i, frame in enumerate(self._queue.meta[buffer][:n]) if frame is not None
-        ]
+        kept = [(i, pv) for i, (pv, own) in enumerate(self._queue.meta[buffer][:n]) if own]
         if kept:
             self._publish_frames(kept, prediction, moments, now)
 
     def _batch(
         self, buffer: int, n: int, prediction, moments: tuple[np.ndarray, np.ndarray], now: float
     ) -> ResultBatch:
-        tags = self._queue.tags[buffer, :n]
+        tags = np.array([read_frame_tags(pv) for pv, _ in self._queue.meta[buffer][:n]])
         frames = {name: tags[:, k] for k, name in enumerate(FRAME_TAGS)}
         totals, centroids = moments
         frames.update(zip(INPUT_MOMENT_FIELDS, (totals, *centroids.T), strict=True))
