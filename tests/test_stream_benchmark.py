@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,38 @@ def test_a_trial_splits_its_lost_frames_by_where_they_were_lost(stream):
     assert any(note.startswith("warning: a collector was busy 90%") for note in trial.notes())
 
 
+@dataclass
+class FakeTrial:
+    """What :func:`stream.sweep` reads of a trial."""
+
+    offered_hz: float
+    kept_up: bool
+
+    def line(self) -> str:
+        return f"offered {self.offered_hz:.0f} Hz, kept up: {self.kept_up}"
+
+    def notes(self) -> list[str]:
+        return []
+
+
+def test_a_sweep_reports_the_rate_offered_not_the_rate_asked(stream):
+    def pipeline(rate: float) -> FakeTrial:  # keeps up to 5,000 Hz; sources offer 1 % less
+        return FakeTrial(0.99 * rate, rate <= 5000)
+
+    best, trials = stream.sweep(pipeline, 1000, refine=3, limit=1e6)
+    assert [round(t.offered_hz) for t in trials[:5]] == [990, 1485, 2228, 3341, 5012]
+    assert best == max(t.offered_hz for t in trials if t.kept_up) < 5000
+
+
+def test_a_sweep_stops_where_the_source_falls_short(stream, capsys):
+    def source_limited(rate: float) -> FakeTrial:  # the source offers at most 3,000 Hz
+        return FakeTrial(min(rate, 3000.0), True)
+
+    best, trials = stream.sweep(source_limited, 1000, refine=3, limit=1e6)
+    assert best == 3000.0 and len(trials) == 4  # 1,000, 1,500, 2,250, then 3,375 asked
+    assert "the sweep stops at the source's limit" in capsys.readouterr().out
+
+
 def test_collector_processes_record_every_frame_of_every_batch(stream, channel_prefix):
     """Two collector processes share three batch channels; a batch never published
     shows as a gap in its channel's ``framesBefore``."""
@@ -252,6 +285,6 @@ def test_comparing_with_pvapy_passthrough_reports_both_rates_and_their_ratio(tmp
     assert ours["lost"] == 0
     assert theirs["processed"] == theirs["sent"] > 0
     assert theirs["missed"] == 0
-    assert result["passthrough_best_lossless_hz"] == 200
-    assert result["ratio"] == result["best_lossless_hz"] / 200
+    assert result["passthrough_best_lossless_hz"] == theirs["offered_hz"]
+    assert result["ratio"] == result["best_lossless_hz"] / theirs["offered_hz"]
     assert "ratio" in done.stdout
