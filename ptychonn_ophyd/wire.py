@@ -38,6 +38,7 @@ frame accounting of :data:`STATS_PVA_TYPES`; :class:`WorkerStatus` reads it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -220,17 +221,14 @@ NO_POSITION = (float("nan"), float("nan"), -1)
 
 def read_position(array: pva.PvObject) -> tuple[float, float, int]:
     """A frame's :data:`POSITION_ATTRIBUTES` ``(x, y, point)``; :data:`NO_POSITION`'s
-    value for each one it lacks."""
-    x, y, point = NO_POSITION
+    value for each one it lacks or that is not a number."""
+    found = dict(zip(POSITION_ATTRIBUTES, NO_POSITION, strict=True))
     for attribute in array.getStructureArray("attribute"):
         name = attribute["name"]
-        if name == "x":
-            x = float(_value(attribute))
-        elif name == "y":
-            y = float(_value(attribute))
-        elif name == "point":
-            point = int(_value(attribute))
-    return x, y, point
+        if name in found:
+            with contextlib.suppress(TypeError, ValueError):
+                found[name] = type(found[name])(_value(attribute))
+    return found["x"], found["y"], found["point"]
 
 
 def read_frame_tags(array: pva.PvObject) -> tuple[float, ...]:

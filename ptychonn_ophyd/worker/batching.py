@@ -16,8 +16,7 @@ class BatchQueue:
     The monitor thread :meth:`put` s each frame into the next free slot of the open
     buffer; the inference thread :meth:`take` s full buffers at once and a partial one
     when its first frame has waited ``timeout`` seconds, then :meth:`release` s it.
-    Nothing is allocated per frame: beside its model input, each frame's numeric
-    ``tags`` (its uniqueId, time and position) go into a row of :attr:`tags`.
+    Nothing is allocated per frame.
 
     Parameters
     ----------
@@ -25,8 +24,6 @@ class BatchQueue:
         The queue holds ``n_buffers * batch_size`` frames.
     frame_shape
         ``(H, W)`` of the model input.
-    n_tags
-        Numbers kept per frame in :attr:`tags`.
     timeout
         Longest wait, in seconds, of the first frame of a partial batch.
     fill
@@ -41,11 +38,9 @@ class BatchQueue:
         frame_shape: tuple[int, int],
         timeout: float,
         fill: Callable[[np.ndarray, np.ndarray], None],
-        n_tags: int = 0,
     ) -> None:
         self.frames = np.empty((n_buffers, batch_size, *frame_shape), np.float32)
         self.received_at = np.zeros((n_buffers, batch_size))
-        self.tags = np.zeros((n_buffers, batch_size, n_tags))
         self.meta: list[list[object]] = [[None] * batch_size for _ in range(n_buffers)]
         self.batch_size = batch_size
         self.timeout = timeout
@@ -69,11 +64,8 @@ class BatchQueue:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def put(
-        self, frame: np.ndarray, meta: object, received_at: float, tags: tuple[float, ...] = ()
-    ) -> bool:
-        """Queue ``frame`` with ``meta`` and ``tags``; ``False`` when every buffer is full
-        or closed."""
+    def put(self, frame: np.ndarray, meta: object, received_at: float) -> bool:
+        """Queue ``frame`` with ``meta``; ``False`` when every buffer is full or closed."""
         with self._cond:
             if self._closed:
                 return False
@@ -85,7 +77,6 @@ class BatchQueue:
             self._fill(frame, self.frames[b, i])
             self.meta[b][i] = meta
             self.received_at[b, i] = received_at
-            self.tags[b, i] = tags
             self._count = i + 1
             if i == 0:
                 self._opened_at = received_at
