@@ -5,9 +5,10 @@ PVA channel on loopback) stitches 128x128 float32 results on a grid scan:
 
 1. ``ceiling``: all results queued at once, then ``finish()``; the stitching thread's
    cost per frame and so the highest rate one core sustains;
-2. for each ``--rates``: a producer thread calls ``take()`` at that rate (as the result
-   monitor's pvapy thread does) for ``--seconds``; reported: the rate reached, the
-   producer's time per ``take()``, the queue's largest backlog, and how long
+2. for each ``--rates``: a producer thread calls ``take()`` with batches of ``BATCH``
+   rows at that rate of frames (as the result monitor's pvapy thread does) for
+   ``--seconds``; reported: the rate reached, the producer's time per frame in
+   ``take()``, the queue's largest backlog (in batches), and how long
    ``finish()`` waited after the last result.  Kept: every frame in the mosaic and the
    wait under 0.5 s.
 
@@ -26,35 +27,34 @@ import numpy as np
 from ptychonn_ophyd.loopback import use_loopback
 from ptychonn_ophyd.physics.probe import make_probe, probe_weight
 from ptychonn_ophyd.session.live_view import LiveView
-from ptychonn_ophyd.session.results import InferenceResult
 
 PIXEL_UM = 0.01
 STEP_UM = 0.05
 
 
-def results(n: int, seed: int = 0) -> list[InferenceResult]:
-    """``n`` results on a snake-free square grid, random phase (16 distinct patches)."""
+BATCH = 8
+"""Rows a ``take()`` brings, as one worker batch does."""
+
+
+def results(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` rows on a snake-free square grid, random phase (16 distinct patches), in
+    batches of :data:`BATCH`."""
     side = int(np.ceil(np.sqrt(n)))
     rng = np.random.default_rng(seed)
     patches = rng.normal(0, 0.3, (16, 128, 128)).astype(np.float32)
-    made = []
-    for i in range(n):
-        row, col = divmod(i, side)
-        made.append(
-            InferenceResult(
-                unique_id=i + 1,
-                phase=patches[i % 16],
-                amplitude=None,
-                consumer_id=1,
-                latency_s=0.0,
-                x=(col - side / 2) * STEP_UM,
-                y=(row - side / 2) * STEP_UM,
-                point=i,
-                timestamp=0.0,
-                model_hash="",
-            )
+    index = np.arange(n)
+    row, col = np.divmod(index, side)
+    batches = []
+    for start in range(0, n, BATCH):
+        rows = index[start : start + BATCH]
+        batches.append(
+            {
+                "phase": patches[rows % 16],
+                "x": (col[rows] - side / 2) * STEP_UM,
+                "y": (row[rows] - side / 2) * STEP_UM,
+            }
         )
-    return made
+    return batches
 
 
 def new_run(live: LiveView, prefix: str) -> None:
@@ -66,8 +66,8 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
     batch = results(n)
     new_run(live, prefix)
     start = time.perf_counter()
-    for result in batch:
-        live.take(result)
+    for rows in batch:
+        live.take(rows)
     queued = time.perf_counter()
     final = live.finish()
     done = time.perf_counter()
@@ -88,14 +88,14 @@ def paced(live: LiveView, prefix: str, rate: float, seconds: float) -> None:
 
     def produce() -> None:
         t0 = time.perf_counter()
-        for i, result in enumerate(batch):
-            ahead = t0 + i / rate - time.perf_counter()
+        for i, rows in enumerate(batch):
+            ahead = t0 + i * BATCH / rate - time.perf_counter()
             if ahead > 0.001:
                 time.sleep(ahead)
             t = time.perf_counter()
-            live.take(result)
+            live.take(rows)
             taking[0] += time.perf_counter() - t
-            if i % 256 == 0:
+            if i % 32 == 0:
                 backlog[0] = max(backlog[0], live.backlog)
 
     start = time.perf_counter()

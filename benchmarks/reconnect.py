@@ -48,7 +48,7 @@ def main() -> None:
         use_loopback()
     from ptychonn_ophyd.models.bundled import demo_model_path
     from ptychonn_ophyd.pool import ConsumerPool
-    from ptychonn_ophyd.session.results import InferenceResult, ResultMonitor
+    from ptychonn_ophyd.session.results import ResultMonitor
     from ptychonn_ophyd.settings import PoolConfig
     from ptychonn_ophyd.sim.server import SimDetectorServer
 
@@ -70,11 +70,14 @@ def main() -> None:
     lock = threading.Lock()
     base = [1]
 
-    def on_result(result: InferenceResult) -> None:
+    def on_batch(batch) -> None:
+        ids = batch.unique_ids
         with lock:
-            counts[result.consumer_id] = counts.get(result.consumer_id, 0) + 1
-            if result.unique_id >= base[0]:
-                firsts.setdefault((base[0], result.consumer_id), (result.timestamp, time.time()))
+            counts[batch.consumer_id] = counts.get(batch.consumer_id, 0) + len(batch)
+            after = np.flatnonzero(ids >= base[0])
+            if after.size:
+                sent = float(batch.frames["frameTime"][after[0]])
+                firsts.setdefault((base[0], batch.consumer_id), (sent, time.time()))
 
     def wait(condition, what: str) -> None:
         deadline = time.monotonic() + args.deadline
@@ -89,7 +92,7 @@ def main() -> None:
     monitor = None
     try:
         pool.start(timeout=120)
-        monitor = ResultMonitor(pool.batch_channels, on_result)
+        monitor = ResultMonitor(pool.batch_channels, on_batch)
         monitor.start()
         for k, outage in enumerate(args.outages):
             source.start_free_run(frames, positions, args.rate)

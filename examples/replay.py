@@ -10,7 +10,7 @@ with the object pixel size of the start document, and draw the result.
 import argparse
 
 from ptychonn_ophyd.analysis.replay import find_run, load_inference, save_png, stitch_run
-from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
+from ptychonn_ophyd.catalog import open_existing_catalog, resolve_location
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("uid", nargs="?", default="-1", help="run uid or -1 (latest)")

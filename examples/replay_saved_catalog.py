@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from ptychonn_ophyd.analysis.replay import replay
-from ptychonn_ophyd.session.catalog import open_existing_catalog
-from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.catalog import open_existing_catalog
+from ptychonn_ophyd.run_schema import frame_accounting
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("folder", type=Path, help="folder of an embedded catalog")

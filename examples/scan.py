@@ -28,10 +28,10 @@ from ptychonn_ophyd.paths import run_engine_metadata  # noqa: E402
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation  # noqa: E402
 from ptychonn_ophyd.physics.objects import held_out_object  # noqa: E402
 from ptychonn_ophyd.physics.probe import make_probe  # noqa: E402
+from ptychonn_ophyd.run_schema import frame_accounting  # noqa: E402
 from ptychonn_ophyd.session.device import PtychoNNDetector  # noqa: E402
 from ptychonn_ophyd.session.plans import scan_with_inference  # noqa: E402
 from ptychonn_ophyd.session.progress import show_progress  # noqa: E402
-from ptychonn_ophyd.session.stream import frame_accounting  # noqa: E402
 from ptychonn_ophyd.session.wiring import connect  # noqa: E402
 from ptychonn_ophyd.sim.detector import SimPtychoDetector  # noqa: E402
 

@@ -151,7 +151,7 @@ def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simul
     from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase
     from ptychonn_ophyd.analysis.replay import load_inference, stitch_with_frame_tilts
-    from ptychonn_ophyd.session.catalog import open_catalog
+    from ptychonn_ophyd.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
     run = catalog[uid]

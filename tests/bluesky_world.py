@@ -24,9 +24,10 @@ from ophyd.sim import SynAxis
 from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
 from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
+from ptychonn_ophyd.run_schema import OUTCOMES
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
-from ptychonn_ophyd.session.stream import OUTCOMES, InferenceStream
+from ptychonn_ophyd.session.supplement import InferenceSupplement
 from ptychonn_ophyd.session.wiring import connect
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
 
@@ -41,7 +42,7 @@ class Beamline:
     sy: SynAxis
     det: SimPtychoDetector
     inference: PtychoNNDetector
-    stream: InferenceStream
+    supplement: InferenceSupplement
     catalog: Any
     catalog_folder: Path
     documents: list[tuple[str, dict]] = field(default_factory=list)
@@ -112,7 +113,8 @@ def beamline(
     RE = RunEngine()
     catalog_dir = catalog_dir or tmp_path / "catalog"
     catalog = connect(RE, inference, catalog_dir, grace=grace, live_view=live_view)
-    world = Beamline(RE, sx, sy, det, inference, inference.stream, catalog, catalog_dir)
+    (supplement,) = [p for p in RE.preprocessors if isinstance(p, InferenceSupplement)]
+    world = Beamline(RE, sx, sy, det, inference, supplement, catalog, catalog_dir)
     RE.subscribe(lambda name, doc: world.documents.append((name, doc)))
     RE.subscribe(lambda name, doc: world.remember_workers())
     try:
@@ -128,6 +130,14 @@ def beamline(
             live_view.close()
         catalog.context.close()
         assert_gone(world.pids)
+
+
+def until(condition, what: str, deadline: float = 60.0) -> None:
+    """Wait until ``condition()`` (generous ``deadline``: the machine may be busy)."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"no {what} in {deadline} s"
+        time.sleep(0.02)
 
 
 def assert_gone(pids: set[int], timeout: float = 15.0) -> None:

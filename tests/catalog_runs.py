@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 from event_model import ComposeStreamResource, compose_run
 
-from ptychonn_ophyd.session.catalog import catalog_writer
-from ptychonn_ophyd.session.results import InferenceResult
-from ptychonn_ophyd.session.stream import InferenceFile
+from ptychonn_ophyd.catalog import catalog_writer
+from ptychonn_ophyd.session.writer import InferenceFile, StreamSpec
 
 
 def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -> str:
@@ -23,23 +22,22 @@ def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -
     )
     writer("descriptor", primary.descriptor_doc)
     writer("event", primary.compose_event(data={"m": 1.0}, timestamps={"m": time.time()}))
-    results = [
-        InferenceResult(
-            unique_id=i + 1,
-            phase=np.full((8, 8), i, np.float32),
-            amplitude=None,
-            consumer_id=-1,
-            latency_s=float("nan"),
-            x=0.1 * i,
-            y=0.0,
-            point=-1,
-            timestamp=time.time(),
-            model_hash="",
-        )
-        for i in range(n)
-    ]
-    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", (8, 8), amplitude=False)
-    keys = file.data_keys((8, 8), False, "test")
+    rows = {
+        "phase": np.stack([np.full((8, 8), i, np.float32) for i in range(n)]),
+        "unique_id": np.arange(1, n + 1),
+        "consumer_id": np.full(n, -1),
+        "latency": np.full(n, np.nan),
+        "x": 0.1 * np.arange(n),
+        "y": np.zeros(n),
+        "point": np.full(n, -1),
+        "frame_time": np.full(n, time.time()),
+        "input_total": np.full(n, np.nan),
+        "input_centroid_x": np.full(n, np.nan),
+        "input_centroid_y": np.full(n, np.nan),
+    }
+    spec = StreamSpec("inference", "test", (8, 8), False, {}, {})
+    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", spec)
+    keys = spec.data_keys()
     inference = bundle.compose_descriptor(name="inference", data_keys=keys)
     writer("descriptor", inference.descriptor_doc)
     datums = {}
@@ -48,11 +46,11 @@ def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -
             "application/x-hdf5",
             file.path.as_uri(),
             key,
-            {"dataset": f"/{key}", "swmr": True, "chunk_shape": file.chunk_shape(key)},
+            {"dataset": f"/{key}", "swmr": True, "chunk_shape": spec.chunk_shape(key)},
         )
         writer("stream_resource", resource.stream_resource_doc)
         datums[key] = resource.compose_stream_datum
-    start, stop = file.append(results)
+    start, stop = file.append(rows)
     for compose in datums.values():
         writer(
             "stream_datum",

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from catalog_runs import write_run
 
-from ptychonn_ophyd.errors import CatalogError
-from ptychonn_ophyd.session.catalog import (
+from ptychonn_ophyd.catalog import (
     assets_directory,
     open_catalog,
     open_existing_catalog,
     resolve_location,
 )
+from ptychonn_ophyd.errors import CatalogError
+
+pytestmark = pytest.mark.processes
 
 
 def test_embedded_catalog_is_made_in_a_folder_and_read_from_another_process(tmp_path):
@@ -34,7 +36,7 @@ def test_embedded_catalog_is_made_in_a_folder_and_read_from_another_process(tmp_
     assert list(run["inference"]["unique_id"].read()) == [1, 2, 3, 4, 5]
 
     script = textwrap.dedent(f"""
-        from ptychonn_ophyd.session.catalog import open_catalog
+        from ptychonn_ophyd.catalog import open_catalog
         run = open_catalog({str(folder)!r})[-1]
         print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape,
               run["primary"].read()["m"].values.tolist())
@@ -172,7 +174,7 @@ def run_at_once(tmp_path: Path, script: str, args: list[list[str]]) -> list[str]
 
 @pytest.mark.parametrize("trial", range(3))
 def test_two_processes_can_open_one_new_catalog_at_once(tmp_path, trial):
-    script = "from ptychonn_ophyd.session.catalog import open_catalog\n"
+    script = "from ptychonn_ophyd.catalog import open_catalog\n"
     script += "print(len(open_catalog(sys.argv[3])), flush=True)\n"
     outs = run_at_once(tmp_path, script, [[str(tmp_path / "catalog")]] * 2)
     assert [out.strip() for out in outs] == ["0", "0"]
@@ -182,7 +184,7 @@ SCAN = """
 from bluesky import RunEngine
 from bluesky.plans import scan
 from ophyd.sim import det, motor
-from ptychonn_ophyd.session.catalog import catalog_writer, open_catalog
+from ptychonn_ophyd.catalog import catalog_writer, open_catalog
 RE = RunEngine()
 RE.subscribe(catalog_writer(open_catalog(sys.argv[3])))
 print(*RE(scan([det], motor, -1, 1, int(sys.argv[4]))), flush=True)
@@ -212,7 +214,7 @@ def test_opening_an_embedded_catalog_prints_nothing_of_tiled_even_verbose(tmp_pa
         f"""
         from ptychonn_ophyd.cli import configure_logging
         configure_logging(verbose=True)
-        from ptychonn_ophyd.session.catalog import open_catalog
+        from ptychonn_ophyd.catalog import open_catalog
         catalog = open_catalog({str(tmp_path / "catalog")!r})
         print(len(catalog))
         catalog.context.close()

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from frames import poisson_frames
 
+pytestmark = pytest.mark.processes
+
 
 def ptychonn_ophyd(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

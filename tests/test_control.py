@@ -11,6 +11,8 @@ import pytest
 from ptychonn_ophyd.errors import ControlError
 from ptychonn_ophyd.pool.control import send_command
 
+pytestmark = pytest.mark.processes
+
 BUSY_SERVER = """
 import os, sys, time
 import pvaccess as pva

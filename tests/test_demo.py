@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.processes
+
 
 def test_small_demo_reconstructs_the_held_out_object_without_losing_frames(tmp_path):
     done = subprocess.run(

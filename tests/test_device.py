@@ -4,14 +4,17 @@ from types import SimpleNamespace
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
+import numpy as np
 import pytest
-from bluesky_world import assert_gone, beamline
+from bluesky_world import assert_gone, beamline, until
 from ophyd.device import Staged
 from pva_consumers import process_gone
 
 from ptychonn_ophyd.errors import InferenceTimeoutError, PoolStartError
 from ptychonn_ophyd.models import open_model
-from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.run_schema import frame_accounting
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture
@@ -140,3 +143,28 @@ def test_workers_kept_warm_take_the_next_scan_with_the_same_settings(
 
         w.inference.shutdown()
         assert_gone(w.pids)
+
+
+def test_a_warm_pool_s_earlier_lost_frames_do_not_finish_the_next_staging_s_points(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    """Kept warm, the pool's counters run on from its first staging: frames it rejected
+    then must not stand in for this staging's frames still without a result."""
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, keep_warm=True) as w:
+        w.det.stage()
+        w.inference.stage()
+        w.remember_workers()
+        w.det.server.publish(np.ones((5, 64, 64), np.float32), [[0.0, 0.0]] * 5, [0] * 5)
+        until(lambda: sum(w.inference.pool.stats().rejected.values()) == 5, "5 frames rejected")
+        w.inference.unstage()
+
+        w.inference.source = SimpleNamespace(last_unique_id=5)
+        w.inference.trigger_timeout = 2.0
+        w.inference.stage()
+        assert w.inference.pool is not None and set(w.inference.pool.pids) <= w.pids
+        w.inference.source.last_unique_id = 8  # three frames claimed, none sent
+        status = w.inference.trigger()
+        with pytest.raises(InferenceTimeoutError, match=r"uniqueId 6, 7, 8"):
+            status.wait(30)
+        w.inference.unstage()
+        w.det.unstage()

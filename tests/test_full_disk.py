@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from bluesky_world import assert_every_frame_counted
 
-from ptychonn_ophyd.session.catalog import open_catalog
-from ptychonn_ophyd.session.stream import STREAM, frame_accounting
+from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.run_schema import STREAM, frame_accounting
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
 DISK = "4m"
 """A tmpfs this small fills after a few dozen 128x128 results (64 KiB each)."""

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from bluesky_world import assert_every_frame_counted, assert_gone
 
-from ptychonn_ophyd.session.catalog import open_catalog
-from ptychonn_ophyd.session.stream import STREAM, frame_accounting
+from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.run_schema import STREAM, frame_accounting
 from ptychonn_ophyd.session.wiring import PAUSED_AT_EXIT
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
 SCRIPT = """
 import json, os, signal, sys, threading

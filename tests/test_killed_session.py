@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from bluesky_world import assert_gone
 
-from ptychonn_ophyd.session.catalog import open_catalog
-from ptychonn_ophyd.session.stream import STREAM
+from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.run_schema import STREAM
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
 SCAN = """
 import json, sys

@@ -1,6 +1,8 @@
 """The package layout says where code runs, and its import rules hold."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import ptychonn_ophyd
@@ -53,3 +55,32 @@ def test_no_module_imports_itself_through_others():
 
     cycles = [m for m in graph if reaches(m, m, {m})]
     assert not cycles
+
+
+def test_analysis_reads_runs_through_the_run_schema_not_the_session():
+    for module, imported in imports().items():
+        if layer(module) == "analysis":
+            assert "session" not in {layer(m) for m in imported}, module
+
+
+SESSION_WITHOUT_TILED = """
+import sys
+
+class NoTiled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tiled", "bluesky_tiled_plugins"):
+            raise ImportError(f"{name} is not installed here")
+
+sys.meta_path.insert(0, NoTiled())
+from ptychonn_ophyd.session import device, live_view, plans, supplement  # noqa: F401
+"""
+
+
+def test_the_session_imports_without_tiled():
+    """A host with the Bluesky packages but not Tiled's server stack runs scans with
+    the documents going elsewhere (the GPU host's benchmark does); only the catalog
+    and the wiring to it need Tiled."""
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_WITHOUT_TILED], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

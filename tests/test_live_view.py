@@ -12,10 +12,12 @@ from bluesky_world import beamline
 
 from ptychonn_ophyd.analysis.replay import load_inference, stitch_run
 from ptychonn_ophyd.physics.probe import make_probe, probe_weight
+from ptychonn_ophyd.run_schema import frame_accounting
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.plans import scan_with_inference
-from ptychonn_ophyd.session.stream import frame_accounting
 from ptychonn_ophyd.wire import mosaic_channel, parse_ntndarray
+
+pytestmark = pytest.mark.processes
 
 
 class MosaicWatcher:

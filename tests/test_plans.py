@@ -12,8 +12,10 @@ from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_every_frame_counted, assert_gone, beamline, validate_all
 
 from ptychonn_ophyd.errors import WorkerDiedError
-from ptychonn_ophyd.session.plans import FRAME_STATISTICS_KEY, scan_with_inference
-from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.run_schema import FRAME_STATISTICS_KEY, frame_accounting
+from ptychonn_ophyd.session.plans import scan_with_inference
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture

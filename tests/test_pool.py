@@ -24,7 +24,7 @@ from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.pool import ConsumerPool
 from ptychonn_ophyd.settings import PoolConfig
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
 
 @pytest.fixture

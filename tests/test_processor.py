@@ -27,7 +27,7 @@ from ptychonn_ophyd.engines import create_engine
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, BATCH_STRUCTURE_ID
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(60)]
 
 SLOW_PROCESSOR = Path(__file__).with_name("pva_slow_processor.py")
 P4P_READER = Path(__file__).with_name("p4p_batch_reader.py")

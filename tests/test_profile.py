@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.processes
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "profile_ptychonn"
 EXAMPLES = REPO / "examples"
@@ -40,7 +42,7 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
         "print(type(RE).__name__, type(catalog).__name__, type(bec).__name__, "
         "type(RE.waiting_hook).__name__, det.name, inference.name, sep=',');"
         "uid, = RE(scan_with_inference(det, inference, sy, -0.2, 0.2, 2, sx, -0.2, 0.2, 2));"
-        "from ptychonn_ophyd.session.stream import frame_accounting;"
+        "from ptychonn_ophyd.run_schema import frame_accounting;"
         "print('stored', frame_accounting(catalog[uid])['stored']);"
         "print('png', replay(-1, catalog))"
     )

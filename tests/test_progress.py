@@ -5,10 +5,13 @@ import os
 import re
 import threading
 
+import pytest
 from bluesky_world import beamline
 
 from ptychonn_ophyd.session.plans import scan_with_inference
 from ptychonn_ophyd.session.progress import show_progress
+
+pytestmark = pytest.mark.processes
 
 
 def grid(w, n: int, **kw):

@@ -28,17 +28,16 @@ from ptychonn_ophyd.analysis.replay import (
     stitch_with_frame_tilts,
 )
 from ptychonn_ophyd.analysis.stitch import stitch
+from ptychonn_ophyd.catalog import assets_directory, open_catalog
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.models.bundled import demo_model_path
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
-from ptychonn_ophyd.session.catalog import assets_directory, open_catalog
-from ptychonn_ophyd.session.plans import (
-    FRAME_STATISTICS_KEY,
-    FrameStatisticsKeys,
-    scan_with_inference,
-)
+from ptychonn_ophyd.run_schema import FRAME_STATISTICS_KEY, FrameStatisticsKeys
+from ptychonn_ophyd.session.plans import scan_with_inference
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")

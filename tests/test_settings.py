@@ -46,6 +46,7 @@ def test_a_bad_setting_is_named_in_one_line(small_phase_onnx):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.processes
 def test_the_receiver_queue_option_reaches_pvapy_and_frames_flow(
     tmp_path, channel_prefix, small_phase_onnx
 ):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from bluesky_world import assert_every_frame_counted, beamline
 
-from ptychonn_ophyd.session.stream import STREAM, frame_accounting
+from ptychonn_ophyd.run_schema import STREAM, frame_accounting
 from ptychonn_ophyd.sim.server import SimDetectorServer
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
 RATE_HZ = 40
 DEADLINE = 60.0

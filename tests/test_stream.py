@@ -8,7 +8,9 @@ import bluesky.preprocessors as bpp
 import pytest
 from bluesky_world import beamline
 
-from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.run_schema import frame_accounting
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture
@@ -53,9 +55,9 @@ def test_late_results_are_counted(tmp_path, channel_prefix, small_phase_onnx):
             (uid,) = w.RE(bpp.run_wrapper(plan, md={"detectors": ["inference"]}))
             deadline = time.monotonic() + 10
             summary = frame_accounting(w.catalog[uid])
-            while w.stream.late[uid] < summary["not_in_time"] and time.monotonic() < deadline:
+            while w.supplement.late(uid) < summary["not_in_time"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert summary["stored"] + w.stream.late[uid] == 6
+            assert summary["stored"] + w.supplement.late(uid) == 6
         finally:
             w.inference.unstage()
             w.det.unstage()

@@ -168,6 +168,7 @@ def test_a_sweep_stops_where_the_source_falls_short(stream, capsys):
     assert "the sweep stops at the source's limit" in capsys.readouterr().out
 
 
+@pytest.mark.processes
 def test_collector_processes_record_every_frame_of_every_batch(stream, channel_prefix):
     """Two collector processes share three batch channels; a batch never published
     shows as a gap in its channel's ``framesBefore``."""
@@ -218,6 +219,7 @@ def run_benchmark(*options: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=170)
 
 
+@pytest.mark.processes
 def test_a_run_through_the_pool_accounts_for_every_frame(tmp_path):
     out = tmp_path / "run.json"
     done = run_benchmark(
@@ -253,6 +255,7 @@ def test_a_run_through_the_pool_accounts_for_every_frame(tmp_path):
     assert "waited" in done.stdout
 
 
+@pytest.mark.processes
 def test_comparing_with_pvapy_passthrough_reports_both_rates_and_their_ratio(tmp_path):
     out = tmp_path / "compare.json"
     done = run_benchmark(

@@ -21,7 +21,7 @@ LOOPS = int(os.environ.get("TIFF_STAGE_LOOPS", "20"))
 FRAMES = 40
 FILE_PROCESSOR = "pvapy.hpc.adOutputFileProcessor.AdOutputFileProcessor"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
 
 
 def test_output_record_exists_before_the_first_frame(channel_prefix, small_phase_onnx, tmp_path):

@@ -8,11 +8,13 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_world import assert_gone, make_devices
 
+from ptychonn_ophyd.catalog import assets_directory, open_catalog
 from ptychonn_ophyd.errors import StreamWiringError
-from ptychonn_ophyd.session.catalog import assets_directory, open_catalog
-from ptychonn_ophyd.session.stream import frame_accounting
+from ptychonn_ophyd.run_schema import frame_accounting
 from ptychonn_ophyd.session.supplement import InferenceSupplement
 from ptychonn_ophyd.session.wiring import connect
+
+pytestmark = pytest.mark.processes
 
 
 @contextlib.contextmanager
@@ -35,8 +37,9 @@ def test_a_tiled_writer_subscribed_to_the_run_engine_gets_the_inference_stream(
     with devices(tmp_path, channel_prefix, small_phase_onnx) as (det, inference, pids):
         client = open_catalog(tmp_path / "catalog")
         RE = RunEngine()
-        RE.preprocessors.append(InferenceSupplement(inference))
-        inference.stream.assets_dir = assets_directory(tmp_path / "catalog")
+        RE.preprocessors.append(
+            InferenceSupplement(inference, assets_dir=assets_directory(tmp_path / "catalog"))
+        )
         RE.subscribe(TiledWriter(client))  # as the Bluesky documentation subscribes it
         RE.subscribe(lambda name, doc: pids.update(inference.pool.pids if inference.pool else ()))
 

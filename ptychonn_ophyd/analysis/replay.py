@@ -28,18 +28,20 @@ from ptychonn_ophyd.analysis.figure import (
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import stitch_tilt_corrected
+from ptychonn_ophyd.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models.bundled import Stitching
 from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.preprocess import PreprocessConfig
-from ptychonn_ophyd.session.catalog import open_existing_catalog, resolve_location
-from ptychonn_ophyd.session.live_view import MOSAIC_STREAM
-from ptychonn_ophyd.session.plans import (
+from ptychonn_ophyd.run_schema import (
     FRAME_STATISTICS_KEY,
+    INPUT_MOMENTS,
+    METADATA_KEY,
+    MOSAIC_STREAM,
     PIXEL_SIZE_KEY,
+    STREAM,
     FrameStatisticsKeys,
 )
-from ptychonn_ophyd.session.stream import INPUT_MOMENTS, METADATA_KEY, STREAM
 from ptychonn_ophyd.settings import from_signal_value, validated
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ def load_mosaic(run: Any) -> StoredMosaic | None:
 
 def input_moments(stream: Any) -> FrameStatistics | None:
     """Each row's model-input moments as its worker measured them
-    (:data:`~ptychonn_ophyd.session.stream.INPUT_MOMENTS`), or ``None`` for an inference
+    (:data:`~ptychonn_ophyd.run_schema.INPUT_MOMENTS`), or ``None`` for an inference
     stream without them (a run stored before workers measured them)."""
     if not all(key in stream for key in INPUT_MOMENTS):
         return None
@@ -337,7 +339,7 @@ def replay(
     ----------
     catalog
         A catalog client node, or a folder / Tiled URI of an existing catalog for
-        :func:`~ptychonn_ophyd.session.catalog.open_existing_catalog` (``None``: the
+        :func:`~ptychonn_ophyd.catalog.open_existing_catalog` (``None``: the
         default catalog).
     output
         PNG path (default ``scan-<scan_id>-<uid8>.png`` in the current folder).

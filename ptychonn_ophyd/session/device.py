@@ -1,36 +1,37 @@
 """The ophyd device that runs PtychoNN inference on a detector's PV Access stream.
 
-``stage()`` starts the consumer pool and returns once every worker is ready,
-``trigger()`` finishes when every frame the source detector has produced so far has
-been inferred (or counted as dropped or rejected), ``unstage()`` stops the pool.
-The device monitors the pool's batch channels and hands every result to its writer,
-:attr:`PtychoNNDetector.stream`, which yields the run's inference stream documents.
-Its configuration signals are the fields of :class:`~ptychonn_ophyd.settings.PoolConfig`;
-it asks the workers for per-frame results only as a preview for viewers
+``stage()`` starts the consumer pool (:mod:`~ptychonn_ophyd.session.workers`) and
+returns once every worker is ready, ``trigger()`` finishes when every frame the source
+detector has produced so far has been inferred or counted as dropped or rejected
+(:mod:`~ptychonn_ophyd.session.trigger`), ``unstage()`` stops the pool.  The device
+hands every result batch to its fan-out, :attr:`PtychoNNDetector.results`, which the
+trigger and the run's writer (through the supplement) subscribe to.  Its configuration
+signals are the fields of :class:`~ptychonn_ophyd.settings.PoolConfig`; it asks the
+workers for per-frame results only as a preview for viewers
 (:data:`DEVICE_FRAME_OUTPUTS`), since it reads the batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Kind, Signal
 from ophyd.device import create_device_from_components
-from ophyd.status import DeviceStatus
+from ophyd.status import StatusBase
 
-from ptychonn_ophyd.errors import InferenceTimeoutError, StreamWiringError, WorkerDiedError
+from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.pool import ConsumerPool, PoolStats
-from ptychonn_ophyd.session.results import InferenceResult, ResultMonitor
-from ptychonn_ophyd.session.stream import InferenceStream
+from ptychonn_ophyd.session.ledger import Counts, FrameLedger
+from ptychonn_ophyd.session.results import ResultFanout
+from ptychonn_ophyd.session.trigger import PointTrigger
+from ptychonn_ophyd.session.workers import Workers
 from ptychonn_ophyd.settings import PoolConfig, signal_value
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ SETTINGS = tuple(PoolConfig.model_fields)
 DEVICE_FRAME_OUTPUTS = "preview"
 """The device's default ``frame_outputs``: the latest result at a few Hz on each
 worker's output channel, for c2dv; every result reaches the run through the batches."""
+WATCH_PERIOD = 0.05
+"""Seconds between two readings of the source's counter and the pool's counts while
+staged (a source that restarts shows as its counter going back)."""
 
 
 class FrameSource(Protocol):
@@ -142,16 +146,13 @@ class PtychoNNDetector(_Settings):
         self.trigger_timeout = trigger_timeout
         self.start_timeout = start_timeout
         self.keep_warm = keep_warm
+        self.results = ResultFanout()
+        """Every result batch of the staged pool goes here; subscribe to take them."""
         self.announce = announce or log.info
-        self.stream = InferenceStream(self)
-        self.supplement: object | None = None
-        self.pool: ConsumerPool | None = None
+        self._workers = Workers(name, self.results.on_batch, lambda line: self.announce(line))
         self._config: PoolConfig | None = None
-        self._monitor: ResultMonitor | None = None
-        self._warm: tuple[PoolConfig, ConsumerPool, ResultMonitor] | None = None
-        self._arrived = threading.Condition()
-        self._received: set[int] = set()
-        self._first_id = 1
+        self._trigger: PointTrigger | None = None
+        self._watching = threading.Event()
         self._final_stats: PoolStats | None = None
 
     # -- settings ------------------------------------------------------------------
@@ -175,118 +176,29 @@ class PtychoNNDetector(_Settings):
         """``(H, W)`` of the results: the model's input size."""
         return open_model((self._config or self.pool_config()).model).input_shape
 
-    # -- results -------------------------------------------------------------------
-
-    def _on_result(self, result: InferenceResult) -> None:
-        with self._arrived:
-            self._received.add(result.unique_id)
-            self._arrived.notify_all()
-        self.stream.take(result)
+    # -- the pool ------------------------------------------------------------------
 
     @property
-    def inferred_count(self) -> int:
-        """Results received since staging: the ``inferred`` reading, live."""
-        return len(self._received)
+    def pool(self) -> ConsumerPool | None:
+        """The running pool (``None`` when not staged)."""
+        return self._workers.pool
 
     @property
     def batch_channels(self) -> list[str]:
         """The pool's batch channels, which the device reads (empty when not staged)."""
-        return self._monitor.batch_channels if self._monitor else []
+        monitor = self._workers.monitor
+        return monitor.batch_channels if monitor else []
 
     @property
     def monitor_overruns(self) -> int:
-        """Results the output monitors lost since staging."""
-        return self._monitor.overruns if self._monitor else 0
+        """Results the batch monitors lost since the pool started."""
+        monitor = self._workers.monitor
+        return monitor.overruns if monitor else 0
 
-    # -- staging -------------------------------------------------------------------
-
-    def stage(self) -> list[object]:
-        """Start the consumer pool and return when every worker is ready.
-
-        Raises
-        ------
-        StreamWiringError
-            No RunEngine carries this device's inference stream: its results would be lost.
-        ArgsError
-            A setting does not fit.
-        PoolStartError
-            A worker did not start; the message names it and shows its log.
-        """
-        if self.supplement is None:
-            raise StreamWiringError(
-                f"{self.name}: no RunEngine stores its results; call "
-                f"ptychonn_ophyd.session.wiring.connect(RE, {self.name}) (or "
-                f"RE.preprocessors.append(InferenceSupplement({self.name}))) before staging"
-            )
-        self._config = self.pool_config()
-        staged = super().stage()
-        try:
-            self._attach(self._config)
-        except BaseException:
-            self._stop()
-            self.shutdown()
-            super().unstage()
-            raise
-        return staged
-
-    def _attach(self, config: PoolConfig) -> None:
-        """Take the workers kept warm when their settings are these, else start new ones."""
-        warm, self._warm = self._warm, None
-        if warm is not None and warm[0] == config and _healthy(warm[1]):
-            _, self.pool, self._monitor = warm
-            self.announce(f"{self.name}: {_workers(config)} kept warm, ready at once")
-        else:
-            if warm is not None:
-                _close(*warm[1:])
-            self._start(config)
-        facts = self.pool.facts()
-        self.model_hash.put(str(facts.get("model_hash", "")))
-        self.engine.put(str(facts.get("engine", facts.get("backend", ""))))
-        self.gpu_names.put(", ".join(facts.get("gpu_names") or []))
-        self._received = set()
-        self._final_stats = None
-        self._first_id = self.source_last_id() + 1
-
-    def _start(self, config: PoolConfig) -> None:
-        self.announce(
-            f"{self.name}: starting {_workers(config)} on {config.input_channel} at "
-            f"{time.strftime('%H:%M:%S')} (model {Path(config.model).name}, {config.backend})"
-        )
-        began = time.monotonic()
-        self.pool = ConsumerPool(config)
-        self.pool.start(
-            timeout=self.start_timeout, progress=lambda line: self.announce(f"{self.name}: {line}")
-        )
-        self._monitor = ResultMonitor(self.pool.batch_channels, self._on_result)
-        self._monitor.start()
-        engine = self.pool.facts().get("engine") or config.backend
-        self.announce(
-            f"{self.name}: {_workers(config)} ready in {time.monotonic() - began:.1f} s ({engine})"
-        )
-
-    def unstage(self) -> list[object]:
-        """Stop the monitor and the pool (the RunEngine calls this on abort and failure too)."""
-        try:
-            self._stop()
-        finally:
-            unstaged = super().unstage()
-        return unstaged
-
-    def _stop(self) -> None:
-        monitor, pool = self._monitor, self.pool
-        self._monitor = self.pool = None
-        if pool is not None:
-            self._final_stats = pool.stats()
-        if self.keep_warm and pool is not None and monitor is not None and _healthy(pool):
-            self._warm = (self._config, pool, monitor)
-            return
-        _close(pool, monitor)
-
-    def shutdown(self) -> None:
-        """Stop the workers kept warm (``keep_warm``); unstaging stops all others."""
-        warm, self._warm = self._warm, None
-        if warm is not None:
-            _close(*warm[1:])
+    @property
+    def inferred_count(self) -> int:
+        """Frames inferred since staging: the ``inferred`` reading, live."""
+        return self._trigger.inferred if self._trigger is not None else 0
 
     def pool_stats(self, since: float | None = None) -> PoolStats | None:
         """The pool's statistics: live while staged, as at the last unstage after, or None.
@@ -296,6 +208,10 @@ class PtychoNNDetector(_Settings):
         """
         return self.pool.stats(since) if self.pool is not None else self._final_stats
 
+    def pool_counts(self, since: float | None = None) -> Counts:
+        """Frames the pool received, dropped and rejected since it started."""
+        return Counts.of(self.pool_stats(since))
+
     def facts(self) -> dict[str, Any]:
         """Model, backend, engine and pool facts for run metadata (pool running or not)."""
         facts = {key: getattr(self, key).get() for key in SETTINGS}
@@ -303,81 +219,114 @@ class PtychoNNDetector(_Settings):
             facts.update(self.pool.facts())
         return _jsonable(facts)
 
+    # -- staging -------------------------------------------------------------------
+
+    def stage(self) -> list[object]:
+        """Start the consumer pool and return when every worker is ready.
+
+        Raises
+        ------
+        StreamWiringError
+            No RunEngine stores this device's results: they would be lost.
+        ArgsError
+            A setting does not fit.
+        PoolStartError
+            A worker did not start; the message names it and shows its log.
+        """
+        if not self.results.storing:
+            raise StreamWiringError(
+                f"{self.name}: no RunEngine stores its results; call "
+                f"ptychonn_ophyd.session.wiring.connect(RE, {self.name}) (or "
+                f"RE.preprocessors.append(InferenceSupplement({self.name}))) before staging"
+            )
+        self._config = self.pool_config()
+        staged = super().stage()
+        try:
+            pool = self._workers.start(self._config, self.start_timeout)
+        except BaseException:
+            self._workers.release(keep_warm=False)
+            self._workers.shutdown()
+            super().unstage()
+            raise
+        facts = pool.facts()
+        self.model_hash.put(str(facts.get("model_hash", "")))
+        self.engine.put(str(facts.get("engine", facts.get("backend", ""))))
+        self.gpu_names.put(", ".join(facts.get("gpu_names") or []))
+        self._final_stats = None
+        self._begin_watch()
+        return staged
+
+    def _begin_watch(self) -> None:
+        """Start the staging's trigger and its watch thread."""
+        first_id = self.source_last_id() + 1 if self.source is not None else None
+        ledger = FrameLedger(first_id, time.time(), self.pool_counts())
+        self._trigger = PointTrigger(self.name, ledger, self.trigger_timeout)
+        self.results.subscribe(self._trigger)
+        self._watching = threading.Event()
+        threading.Thread(
+            target=self._watch,
+            args=(self._trigger, self._watching),
+            name=f"{self.name}-watch",
+            daemon=True,
+        ).start()
+
+    def _watch(self, trigger: PointTrigger, ended: threading.Event) -> None:
+        """Read the source's counter and the pool's counts every :data:`WATCH_PERIOD`."""
+        while not ended.wait(WATCH_PERIOD):
+            pool = self.pool
+            if pool is None:
+                return
+            try:
+                if self.source is not None:
+                    self.results.on_source(self.source_last_id(), time.time())
+                trigger.poll(Counts.of(pool.stats()), pool.check_health)
+            except Exception:  # a source that cannot be read now is read again soon
+                log.debug("%s: watching the source and the pool failed", self.name, exc_info=True)
+
+    def unstage(self) -> list[object]:
+        """Stop the monitor and the pool (the RunEngine calls this on abort and failure too)."""
+        try:
+            self._end_watch()
+            if self.pool is not None:
+                self._final_stats = self.pool.stats()
+            self._workers.release(self.keep_warm)
+        finally:
+            unstaged = super().unstage()
+        return unstaged
+
+    def _end_watch(self) -> None:
+        self._watching.set()
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            self.results.unsubscribe(trigger)
+            trigger.close("unstaged")
+
+    def shutdown(self) -> None:
+        """Stop the workers kept warm (``keep_warm``); unstaging stops all others."""
+        self._workers.shutdown()
+
     # -- acquisition ---------------------------------------------------------------
 
-    def trigger(self) -> DeviceStatus:
+    def trigger(self) -> StatusBase:
         """A status that finishes once every frame produced so far is inferred.
 
         It fails with :class:`~ptychonn_ophyd.errors.InferenceTimeoutError` naming the
         missing uniqueIds when no result came for ``trigger_timeout`` s, and with the
         pool's ``WorkerDiedError`` when a worker dies.
         """
-        status = DeviceStatus(self)
-        if self.pool is None:
+        if self._trigger is None:
+            status = StatusBase()
             status.set_exception(RuntimeError(f"{self.name} is not staged: no consumer pool"))
             return status
-        last = self.source_last_id()
-        waiter = threading.Thread(
-            target=self._wait_inferred,
-            args=(status, last),
-            name=f"{self.name}-trigger",
-            daemon=True,
-        )
-        waiter.start()
-        return status
-
-    def _wait_inferred(self, status: DeviceStatus, last: int) -> None:
-        progress, seen = time.monotonic(), len(self._received)
-        try:
-            while not self._accounted(last):
-                self.pool.check_health()
-                if len(self._received) != seen:
-                    progress, seen = time.monotonic(), len(self._received)
-                elif time.monotonic() - progress > self.trigger_timeout:
-                    raise InferenceTimeoutError(
-                        self.name, self.missing_ids(last), self.trigger_timeout, self._lost()
-                    )
-                with self._arrived:
-                    self._arrived.wait(0.1)
-        except Exception as error:
-            status.set_exception(error)
-        else:
-            status.set_finished()
-
-    def _accounted(self, last: int) -> bool:
-        pool = self.pool
-        if pool is None:
-            raise RuntimeError(f"{self.name} was unstaged while waiting for inference")
-        if self.source is None:
-            stats = pool.stats()
-            return stats.inferred + self._lost(stats) >= stats.received
-        expected = last - self._first_id + 1
-        received = len(self._received)
-        return received >= expected or received + self._lost() >= expected
-
-    def _lost(self, stats: PoolStats | None = None) -> int:
-        stats = stats or self.pool.stats()
-        return int(stats.dropped) + int(sum(stats.rejected.values()))
-
-    def missing_ids(self, last: int | None = None) -> list[int]:
-        """uniqueIds produced since staging (up to ``last``) with no result yet."""
-        last = self.source_last_id() if last is None else last
-        received = set(self._received)
-        return [i for i in range(self._first_id, last + 1) if i not in received]
+        return self._trigger.wait(self.source_last_id() if self.source is not None else None)
 
     def source_last_id(self) -> int:
-        """The source's newest uniqueId (0 without a source); a counter that went back
-        means the source restarted at 1."""
-        if self.source is None:
-            return 0
-        last = last_unique_id(self.source)
-        if last < self._first_id - 1:
-            self._first_id = 1
-        return last
+        """The source's newest uniqueId (0 without a source)."""
+        return last_unique_id(self.source) if self.source is not None else 0
 
     def read(self) -> dict[str, dict[str, Any]]:
-        """Frames inferred (results received since staging), dropped and rejected, rate
-        (Hz) and latency (s) as the workers last reported them."""
+        """Frames inferred, dropped and rejected since staging, rate (Hz) and latency (s)
+        as the workers last reported them."""
         self._update_stats()
         return super().read()
 
@@ -385,37 +334,15 @@ class PtychoNNDetector(_Settings):
         if self.pool is None:
             return
         stats = self.pool.stats()
+        counts = Counts.of(stats)
+        if self._trigger is not None:
+            counts = counts.since(self._trigger.ledger.pool_at_start)
         self.inferred.put(self.inferred_count)
-        self.dropped.put(int(stats.dropped))
-        self.rejected.put(int(sum(stats.rejected.values())))
+        self.dropped.put(counts.dropped)
+        self.rejected.put(sum(counts.rejected.values()))
         self.rate.put(float(stats.rate_hz))
         self.latency_p50.put(float(stats.latency_p50_s))
         self.latency_p99.put(float(stats.latency_p99_s))
-
-
-def _close(pool: ConsumerPool | None, monitor: ResultMonitor | None) -> None:
-    """Stop ``pool``, then ``monitor``."""
-    with contextlib.ExitStack() as stopping:
-        # Last in, first out: the monitor stops after the pool, because pvapy's
-        # stopMonitor holds the GIL and a result arriving meanwhile could wait for good.
-        if monitor is not None:
-            stopping.callback(monitor.stop)
-        if pool is not None:
-            stopping.callback(pool.stop)
-
-
-def _workers(config: PoolConfig) -> str:
-    """``"1 worker"`` or ``"4 workers"``."""
-    return f"{config.n_workers} worker{'s' * (config.n_workers != 1)}"
-
-
-def _healthy(pool: ConsumerPool) -> bool:
-    """Whether every worker of ``pool`` still runs."""
-    try:
-        pool.check_health()
-    except WorkerDiedError:
-        return False
-    return True
 
 
 def last_unique_id(source: FrameSource) -> int:

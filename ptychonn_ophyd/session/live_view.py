@@ -1,8 +1,8 @@
 """The live view of a scan: its results stitched as they arrive, shown, and stored.
 
-The inference stream hands each result that becomes a row of the run to
-:meth:`LiveView.take`, in row order, from the pvapy thread that received it; that
-only queues it.  A background thread adds the queued results in batches to the run's
+The run hands the rows it keeps to :meth:`LiveView.take`, batch by batch in row order,
+from the pvapy thread that received them; that only queues them.  A background thread
+adds the queued rows to the run's
 :class:`~ptychonn_ophyd.analysis.mosaic.Mosaic` (every frame is used) and, at most
 every ``update_period`` seconds, publishes a snapshot on the PVA channel
 ``<prefix>:mosaic`` and keeps it for the figure.  At the end of the run
@@ -29,16 +29,14 @@ import numpy as np
 
 from ptychonn_ophyd.analysis.mosaic import Mosaic, check_window
 from ptychonn_ophyd.analysis.stitch import StitchedImage
+from ptychonn_ophyd.run_schema import Rows
 from ptychonn_ophyd.session.mosaic_channel import MosaicChannel
-from ptychonn_ophyd.session.results import InferenceResult
 from ptychonn_ophyd.settings import LiveViewSettings, validated
 
 log = logging.getLogger(__name__)
 
-MOSAIC_STREAM = "mosaic"
-"""Name of the one-row stream holding a run's final stitched image."""
 BATCH = 512
-"""Most results the stitching thread takes from the queue at once."""
+"""Most rows the stitching thread takes from the queue at once."""
 _END = None
 """Queued after the last result of a run."""
 
@@ -62,7 +60,7 @@ class _Run:
         self.uid = uid
         self.mosaic = mosaic
         self.channel = channel
-        self.results: queue.SimpleQueue[InferenceResult | None] = queue.SimpleQueue()
+        self.rows: queue.SimpleQueue[Rows | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -131,24 +129,24 @@ class LiveView:
             self._channel = MosaicChannel()
         self._channel.serve(prefix)
 
-    def take(self, result: InferenceResult) -> None:
-        """Queue a result of the run (called in a pvapy thread, in row order)."""
+    def take(self, rows: Rows) -> None:
+        """Queue rows of the run (called in a pvapy thread, in row order)."""
         run = self._run
         if run is not None:
-            run.results.put(result)
+            run.rows.put(rows)
 
     @property
     def backlog(self) -> int:
-        """Results of the current run queued but not stitched yet."""
+        """Row batches of the current run queued but not stitched yet."""
         run = self._run
-        return run.results.qsize() if run is not None else 0
+        return run.rows.qsize() if run is not None else 0
 
     def finish(self) -> Snapshot | None:
         """Stitch what is still queued, publish the final mosaic and return it."""
         run, self._run = self._run, None
         if run is None:
             return None
-        run.results.put(_END)
+        run.rows.put(_END)
         run.thread.join()
         if run.error is not None:
             log.error("the live mosaic of run %s failed: %s", run.uid, run.error)
@@ -170,7 +168,7 @@ class LiveView:
         try:
             ending = False
             while not ending:
-                batch, ending = _drain(run.results, max(shown_at + period - time.monotonic(), 0))
+                batch, ending = _drain(run.rows, max(shown_at + period - time.monotonic(), 0))
                 if batch:
                     _add(run.mosaic, batch)
                 now = time.monotonic()
@@ -197,31 +195,31 @@ NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 """Matplotlib backends that draw no window."""
 
 
-def _drain(
-    results: queue.SimpleQueue[InferenceResult | None], wait: float
-) -> tuple[list[InferenceResult], bool]:
-    """Up to :data:`BATCH` queued results (waiting up to ``wait`` s for the first), and
-    whether the run's end came."""
-    batch: list[InferenceResult] = []
+def _drain(rows: queue.SimpleQueue[Rows | None], wait: float) -> tuple[list[Rows], bool]:
+    """Queued rows up to about :data:`BATCH` (waiting up to ``wait`` s for the first),
+    and whether the run's end came."""
+    batch: list[Rows] = []
+    count = 0
     try:
-        item = results.get(timeout=wait) if wait > 0 else results.get_nowait()
+        item = rows.get(timeout=wait) if wait > 0 else rows.get_nowait()
         while True:
             if item is _END:
                 return batch, True
             batch.append(item)
-            if len(batch) >= BATCH:
+            count += len(item["phase"])
+            if count >= BATCH:
                 return batch, False
-            item = results.get_nowait()
+            item = rows.get_nowait()
     except queue.Empty:
         return batch, False
 
 
-def _add(mosaic: Mosaic, batch: list[InferenceResult]) -> None:
-    phase = np.stack([r.phase for r in batch])
-    positions = np.array([(r.x, r.y) for r in batch], dtype=np.float64)
+def _add(mosaic: Mosaic, batch: list[Rows]) -> None:
+    phase = np.concatenate([rows["phase"] for rows in batch])
+    positions = np.concatenate([np.stack([rows["x"], rows["y"]], axis=1) for rows in batch])
     amplitude = None
-    if mosaic.has_amplitude and all(r.amplitude is not None for r in batch):
-        amplitude = np.stack([r.amplitude for r in batch])
+    if mosaic.has_amplitude and all("amplitude" in rows for rows in batch):
+        amplitude = np.concatenate([rows["amplitude"] for rows in batch])
     mosaic.add(phase, positions, amplitude)
 
 

@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Generator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Generator
 from typing import Any, Literal, Protocol
 
 import bluesky.plan_stubs as bps
@@ -18,7 +17,12 @@ from bluesky.plan_patterns import inner_product, outer_product
 from bluesky.utils import FailedStatus, Msg, RunEngineControlException
 
 from ptychonn_ophyd.errors import WorkerDiedError
-from ptychonn_ophyd.session.stream import METADATA_KEY
+from ptychonn_ophyd.run_schema import (
+    FRAME_STATISTICS_KEY,
+    METADATA_KEY,
+    PIXEL_SIZE_KEY,
+    FrameStatisticsKeys,
+)
 
 Plan = Generator[Msg, Any, Any]
 
@@ -38,71 +42,6 @@ class FlyDetector(Protocol):
     def kickoff(self) -> Any: ...
 
     def complete(self) -> Any: ...
-
-
-PIXEL_SIZE_KEY = "object_pixel_size_um"
-"""Start-document key for the object pixel size (micrometres), which replay stitches with."""
-
-FRAME_STATISTICS_KEY = "frame_statistics"
-"""Start-document key naming where the primary stream holds each point's frame statistics
-(a :class:`FrameStatisticsKeys` as a dict), which give each patch its tilt in replay."""
-
-
-@dataclass(frozen=True)
-class FrameStatisticsKeys:
-    """The primary-stream keys of each point's last frame id and its frames' statistics.
-
-    A step scan records them at every point when the detector reports them (as an
-    areaDetector statistics plugin does: total counts, centroid column ``x`` and row
-    ``y``); :mod:`ptychonn_ophyd.analysis.tilt` takes each patch's tilt from them.  A
-    detector this plan does not recognise can name its own in the start document:
-    ``md={"frame_statistics": {"unique_id": ..., "total": ..., "centroid_x": ...,
-    "centroid_y": ...}}``.
-    """
-
-    unique_id: str
-    total: str
-    centroid_x: str
-    centroid_y: str
-
-    @classmethod
-    def of(cls, detector: Any) -> FrameStatisticsKeys | None:
-        """The keys a detector with ``last_unique_id`` and ``stats`` (``total``,
-        ``centroid_x``, ``centroid_y`` signals, as
-        :class:`~ptychonn_ophyd.sim.detector.SimPtychoDetector`) reads; else ``None``."""
-        stats, last = getattr(detector, "stats", None), getattr(detector, "last_unique_id", None)
-        names = tuple(cls.__dataclass_fields__)[1:]  # total, centroid_x, centroid_y
-        if last is None or not all(hasattr(stats, n) for n in names):
-            return None
-        return cls(last.name, *(getattr(stats, n).name for n in names))
-
-    @classmethod
-    def from_start(cls, start: Mapping[str, Any]) -> FrameStatisticsKeys | None:
-        """The keys a run's start document names, ``None`` where it names none.
-
-        Raises
-        ------
-        ValueError
-            The entry is not a mapping of exactly this class's four fields.
-        """
-        entry = start.get(FRAME_STATISTICS_KEY)
-        if entry is None:
-            return None
-        fields = tuple(cls.__dataclass_fields__)
-        if (
-            not isinstance(entry, Mapping)
-            or sorted(entry) != sorted(fields)
-            or not all(isinstance(key, str) for key in entry.values())
-        ):
-            raise ValueError(
-                f"run {start.get('uid')}: {FRAME_STATISTICS_KEY!r} in its start document "
-                f"must map exactly {', '.join(fields)} to primary-stream keys, not {entry!r}"
-            )
-        return cls(**entry)
-
-    def as_start(self) -> dict[str, str]:
-        """The start-document entry."""
-        return asdict(self)
 
 
 def scan_with_inference(
@@ -258,21 +197,26 @@ def _step(detector: Any, inference: Any, motors: list, points: list[dict]) -> Pl
 
 
 def _fly(detector: Any, inference: Any, motors: list, points: list[dict]) -> Plan:
-    """Free-run the detector along the path while the motors follow it at the frame rate,
-    then wait until every frame is inferred.
+    """Run the detector's trajectory, then wait until every frame is inferred.
 
-    The detector is a :class:`FlyDetector`: it is prepared with the scan's points.
+    The detector is a :class:`FlyDetector`: it is prepared with the scan's points and
+    free-runs along them (kickoff, complete), each frame carrying its position, so the
+    RunEngine handles a few messages a scan, not a few a frame.  The motors are put at
+    the first point before and at the last point after, where the trajectory leaves
+    them.
     """
+    yield from bps.mv(*_motion(points[0]))
     yield from bps.prepare(detector, points, wait=True)
-    pace = 1.0 / detector.fly_rate_hz if detector.fly_rate_hz else 0.0
     yield from bps.kickoff(detector, wait=True)
-    cache: dict = defaultdict(lambda: None)
-    for point in points:
-        yield from bps.move_per_step(point, cache)
-        yield from bps.sleep(pace)
     yield from bps.complete(detector, wait=True)
+    yield from bps.mv(*_motion(points[-1]))
     yield from bps.trigger(inference, wait=True)
     yield from _read_event([*motors, detector, inference])
+
+
+def _motion(point: dict) -> list:
+    """``bps.mv`` arguments that put each motor of ``point`` at its position."""
+    return [value for motor, position in point.items() for value in (motor, position)]
 
 
 def _read_event(devices: list) -> Plan:

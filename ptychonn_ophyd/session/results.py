@@ -7,10 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import Any, Protocol
 
 from ptychonn_ophyd.wire import ResultBatch, parse_result_batch
 
@@ -22,69 +19,72 @@ client-side pvapy queue (``setMonitorMaxQueueLength``) stays off: in pvapy 5.6 i
 intermittently never calls the subscriber although updates are counted as received."""
 
 
-@dataclass(frozen=True)
-class InferenceResult:
-    """One frame's prediction as published by a worker.
+class BatchSink(Protocol):
+    """What the fan-out hands results and source readings to."""
 
-    ``x``, ``y`` (micrometres) and ``point`` come from the input frame's attributes and
-    are NaN / -1 when the detector did not send them; ``timestamp`` is the frame's;
-    ``latency_s`` is frame to publish; ``input_total`` and ``input_centroid`` ``(x, y)``
-    are the model input's moments, which the worker measured (NaN where unknown).
+    def on_batch(self, batch: ResultBatch) -> None: ...
+
+    def on_source(self, last_id: int, now: float) -> None: ...
+
+
+class ResultFanout:
+    """One fan-out from the results monitor to everyone who takes results: the device's
+    trigger, the run being written, the live view behind it.
+
+    Subscribers are called in a pvapy thread, in the order they subscribed; one that
+    raises is logged and the others still get the batch.  ``storing`` says whether a
+    subscriber stores the results (a run's writer), so staging can refuse to lose them.
     """
 
-    unique_id: int
-    phase: np.ndarray
-    amplitude: np.ndarray | None
-    consumer_id: int
-    latency_s: float
-    x: float
-    y: float
-    point: int
-    timestamp: float
-    model_hash: str
-    input_total: float = float("nan")
-    input_centroid: tuple[float, float] = (float("nan"), float("nan"))
+    def __init__(self) -> None:
+        self._sinks: tuple[BatchSink, ...] = ()
+        self._storing: set[int] = set()
+        self._lock = threading.Lock()
 
-    @classmethod
-    def of_batch(cls, batch: ResultBatch) -> list[InferenceResult]:
-        """The results of ``batch``, frame by frame (images are views of its arrays)."""
-        columns = {name: values.tolist() for name, values in batch.frames.items()}
-        amplitude = batch.amplitude if batch.amplitude is not None else [None] * len(batch)
-        return [
-            cls(
-                unique_id=unique_id,
-                phase=phase,
-                amplitude=amp,
-                consumer_id=batch.consumer_id,
-                latency_s=batch.published - frame_time,
-                x=x,
-                y=y,
-                point=point,
-                timestamp=frame_time,
-                model_hash=batch.model_hash,
-                input_total=total,
-                input_centroid=(cx, cy),
-            )
-            for unique_id, frame_time, x, y, point, total, cx, cy, phase, amp in zip(
-                *columns.values(), batch.phase, amplitude, strict=True
-            )
-        ]
+    def subscribe(self, sink: BatchSink, *, stores: bool = False) -> None:
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+            if stores:
+                self._storing.add(id(sink))
+
+    def unsubscribe(self, sink: BatchSink) -> None:
+        with self._lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self._storing.discard(id(sink))
+
+    @property
+    def storing(self) -> bool:
+        return bool(self._storing)
+
+    def on_batch(self, batch: ResultBatch) -> None:
+        for sink in self._sinks:
+            try:
+                sink.on_batch(batch)
+            except Exception:
+                log.exception("%r failed to take batch %d", sink, batch.batch)
+
+    def on_source(self, last_id: int, now: float) -> None:
+        for sink in self._sinks:
+            try:
+                sink.on_source(last_id, now)
+            except Exception:
+                log.exception("%r failed to take a source reading", sink)
 
 
 class ResultMonitor:
     """PV Access monitors on the pool's batch channels.
 
-    Each result goes to ``on_result`` in a pvapy thread, batch after batch.
+    Each batch goes to ``on_batch`` in a pvapy thread.
     ``overruns`` counts the results the monitors lost: the frames a batch's
     ``framesBefore`` says came before it that no batch brought (they are never
     silently gone).
     """
 
     def __init__(
-        self, batch_channels: Iterable[str], on_result: Callable[[InferenceResult], None]
+        self, batch_channels: Iterable[str], on_batch: Callable[[ResultBatch], None]
     ) -> None:
         self.batch_channels = list(batch_channels)
-        self._on_result = on_result
+        self._on_batch = on_batch
         self._channels: list[Any] = []
         self._lock = threading.Lock()
         self._next_frame: dict[str, int | None] = {}
@@ -140,5 +140,4 @@ class ResultMonitor:
                 batch.frames_before - expected,
                 batch.batch,
             )
-        for result in InferenceResult.of_batch(batch):
-            self._on_result(result)
+        self._on_batch(batch)

@@ -5,17 +5,18 @@ every plan; :class:`InferenceSupplement` does the same for the inference stream,
 is there whatever the plan (``bp.count``, ``bp.grid_scan``, ``scan_with_inference``, a
 plan of your own) and whoever listens to the RunEngine::
 
-    RE.preprocessors.append(InferenceSupplement(inference))
+    RE.preprocessors.append(InferenceSupplement(inference, assets_dir=assets))
     RE.subscribe(TiledWriter(client))
 
 In a run that names the device among its ``detectors`` (or carries the ``ptychonn``
-start key), it declares the stream after ``open_run``, collects the new rows after an
-event (at most every ``collect_period`` seconds), and before ``close_run`` waits for the
-frames still being inferred, collects the last rows and reads the frame accounting into
-``inference_accounting``.  With a :class:`~ptychonn_ophyd.session.live_view.LiveView`
-it starts the run's live mosaic after ``open_run`` and reads its final image into the
-one-row stream ``mosaic`` before ``close_run``.  The documents
-come from the RunEngine, so nothing has to sit between it and its subscribers.
+start key), it builds the run's :class:`~ptychonn_ophyd.session.run.InferenceRun` after
+``open_run`` and declares its stream, collects the new rows after an event (at most
+every ``collect_period`` seconds), and before ``close_run`` waits for the frames still
+being inferred, collects the last rows and reads the frame accounting into
+``inference_accounting``.  With a :class:`~ptychonn_ophyd.session.live_view.LiveView` the
+run's rows are also stitched live, and its final image is read into the one-row stream
+``mosaic``.  The documents come from the RunEngine, so nothing has to sit between it and
+its subscribers.
 """
 
 from __future__ import annotations
@@ -23,24 +24,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bluesky.plan_stubs as bps
 from bluesky.preprocessors import plan_mutator
-from bluesky.run_engine import WaitForTimeoutError
-from bluesky.utils import FailedStatus, Msg
+from bluesky.utils import Msg
 
 from ptychonn_ophyd.errors import StreamWiringError
-from ptychonn_ophyd.session.live_view import MOSAIC_STREAM, LiveView, MosaicReading
-from ptychonn_ophyd.session.plans import PIXEL_SIZE_KEY
-from ptychonn_ophyd.session.stream import ACCOUNTING_STREAM, METADATA_KEY, STREAM, FrameAccounting
-
-log = logging.getLogger(__name__)
+from ptychonn_ophyd.run_schema import (
+    ACCOUNTING_STREAM,
+    METADATA_KEY,
+    MOSAIC_STREAM,
+    PIXEL_SIZE_KEY,
+    STREAM,
+)
+from ptychonn_ophyd.session.ledger import FrameLedger
+from ptychonn_ophyd.session.live_view import LiveView, MosaicReading
+from ptychonn_ophyd.session.run import AccountingReading, InferenceRun
+from ptychonn_ophyd.session.writer import StreamSpec, StreamWriter
+from ptychonn_ophyd.wire import ResultBatch
 
 if TYPE_CHECKING:
     from ptychonn_ophyd.session.device import PtychoNNDetector
 
+log = logging.getLogger(__name__)
+
 Plan = Generator[Msg, Any, Any]
+
+SETTLE_PERIOD = 0.02
+"""Seconds between two looks at whether a run's frames all have an outcome."""
 
 
 class InferenceSupplement:
@@ -50,57 +63,90 @@ class InferenceSupplement:
     ----------
     device
         The inference device; one supplement per device.
+    assets_dir
+        Folder for the runs' HDF5 files, in the catalog's readable storage
+        (:func:`~ptychonn_ophyd.catalog.assets_directory`).
     grace
         Seconds the end of a run waits for frames still being inferred.
     collect_period
         Least seconds between two collects during a run: each collect announces its rows
         with one ``stream_datum`` per column, which a ``TiledWriter`` writes one by one
-        in the RunEngine's thread (about a second for all columns of an embedded catalog
-        on the 2-core machine), so collecting often slows the scan.
+        in the RunEngine's thread, so collecting often slows the scan.
     live_view
         Stitches each run's results as they arrive, and its final image is stored.
 
     Raises
     ------
     StreamWiringError
-        ``device`` has a supplement already: a second would write every row twice.
+        ``device``'s results are stored already: a second supplement would store every
+        row twice.
     """
 
     def __init__(
         self,
         device: PtychoNNDetector,
+        assets_dir: Path | None = None,
         grace: float = 5.0,
         collect_period: float = 2.0,
         live_view: LiveView | None = None,
     ) -> None:
-        if device.supplement is not None:
+        if device.results.storing:
             raise StreamWiringError(
                 f"{device.name} already has an InferenceSupplement; a second one would store "
                 "every result twice"
             )
-        device.supplement = self
         self.device = device
-        self.stream = device.stream
-        self.stream.grace = grace
-        self.accounting = FrameAccounting(f"{device.name}_accounting")
+        self.assets_dir = assets_dir
+        self.grace = grace
         self.collect_period = collect_period
-        self._collected_at = 0.0
         self.live_view = live_view
+        self.run: InferenceRun | None = None
+        """The run being written; after it ends, the last one (counting late results)."""
+        self.accounting = AccountingReading(f"{device.name}_accounting")
         self.mosaic = MosaicReading(f"{device.name}_mosaic")
-        if live_view is not None:
-            self.stream.followers.append(live_view.take)
+        self._late: dict[str, int] = {}
+        self._writing = False
+        self._collected_at = 0.0
+        device.results.subscribe(self, stores=True)
 
     def __call__(self, plan: Plan) -> Plan:
         return (yield from plan_mutator(plan, self._insert))
 
+    # -- results, from the device's fan-out --------------------------------------------
+
+    def on_batch(self, batch: ResultBatch) -> None:
+        run = self.run
+        if run is not None:
+            run.on_batch(batch)
+
+    def on_source(self, last_id: int, now: float) -> None:
+        run = self.run
+        if run is not None and not run.sealed:
+            run.on_source(last_id, now)
+
+    def late(self, uid: str) -> int:
+        """Results of run ``uid``'s frames that came after its rows were stored."""
+        run = self.run
+        return run.late if run is not None and run.uid == uid else self._late.get(uid, 0)
+
+    # -- the plan ----------------------------------------------------------------------
+
     def _insert(self, msg: Msg) -> tuple[Plan | None, Plan | None]:
         if msg.command == "open_run" and self._uses_device(msg.kwargs):
             return self._open(msg), None
-        if msg.command == "save" and self.stream.open and self._due():
-            return None, bps.collect(self.stream, name=STREAM)
-        if msg.command == "close_run" and self.stream.open:
+        if msg.command == "save" and self._writing and self._due():
+            return None, self._collect(self.run.writer)
+        if msg.command == "close_run" and self._writing:
             return self._close(msg), None
         return None, None
+
+    def _collect(self, writer: StreamWriter) -> Plan:
+        """Announce the rows written since the last collect; fail the run if the disk
+        filled (:class:`~ptychonn_ophyd.errors.StorageFullError`)."""
+        yield from bps.collect(writer, name=STREAM)
+        failure = writer.take_failure()
+        if failure is not None:
+            raise failure
 
     def _due(self) -> bool:
         """Whether ``collect_period`` has passed since the last collect (then it restarts)."""
@@ -115,29 +161,72 @@ class InferenceSupplement:
 
     def _open(self, msg: Msg) -> Plan:
         uid = yield msg
-        if self.live_view is not None:  # before the stream takes its first result
-            self._begin_mosaic(uid, msg.kwargs)
-        self.stream.begin(uid)
-        yield from bps.declare_stream(self.stream, name=STREAM, collect=True)
+        if self.assets_dir is None:
+            raise StreamWiringError(
+                f"{self.device.name}: no assets folder for the inference stream; give "
+                "InferenceSupplement an assets_dir (connect() does)"
+            )
+        device = self.device
+        spec = StreamSpec(
+            name=device.name,
+            source=f"PVA:{device.output_prefix.get()}",
+            image_shape=device.image_shape(),
+            amplitude="amplitude" in device.heads,
+            configuration=device.read_configuration(),
+            configuration_keys=device.describe_configuration(),
+        )
+        first_id = device.source_last_id() + 1 if device.source is not None else None
+        ledger = FrameLedger(first_id, time.time(), device.pool_counts())
+        follow = self._begin_mosaic(uid, msg.kwargs, spec) if self.live_view else None
+        writer = StreamWriter(uid, spec, self.assets_dir)
+        if self.run is not None:
+            self._late[self.run.uid] = self.run.late
+        self.run, self._writing = InferenceRun(ledger, writer, follow), True
+        yield from bps.declare_stream(writer, name=STREAM, collect=True)
         return uid
 
-    def _begin_mosaic(self, uid: str, md: dict) -> None:
-        live, device = self.live_view, self.device
-        if live.begin(
-            uid, md.get(PIXEL_SIZE_KEY), device.image_shape(), "amplitude" in device.heads
-        ):
-            live.publish_on(device.output_prefix.get())
+    def _begin_mosaic(self, uid: str, md: dict, spec: StreamSpec) -> Any:
+        """The live view's ``take`` when it stitches this run, else ``None``."""
+        live = self.live_view
+        if not live.begin(uid, md.get(PIXEL_SIZE_KEY), spec.image_shape, spec.amplitude):
+            return None
+        live.publish_on(self.device.output_prefix.get())
+        return live.take
 
     def _close(self, msg: Msg) -> Plan:
-        yield from self._settle()
-        self.stream.seal()
-        yield from bps.collect(self.stream, name=STREAM)
-        self.accounting.set(self.stream.end())
+        run, self._writing = self.run, False
+        yield from self._settle(run)
+        pool = self.device.pool_counts()
+        if not run.settled(pool):
+            # Frames without an outcome yet: received by a worker (not_in_time) or not
+            # (missed).  The workers' counts can be a status period old; ask for newer.
+            pool = self.device.pool_counts(since=time.time())
+        self.accounting.set(
+            run.end(pool, monitor_overruns=self.device.monitor_overruns, grace_s=self.grace)
+        )
+        yield from bps.collect(run.writer, name=STREAM)
+        failure = run.writer.take_failure()  # the run fails after its accounting is stored
         yield from bps.create(ACCOUNTING_STREAM)
         yield from bps.read(self.accounting)
         yield from bps.save()
         yield from self._store_mosaic()
+        if failure is not None:
+            raise failure
         return (yield msg)
+
+    def _settle(self, run: InferenceRun) -> Plan:
+        """Wait up to ``grace`` s for the run's frames still being inferred."""
+        deadline = time.monotonic() + self.grace
+        while not self._settled(run) and time.monotonic() < deadline:
+            yield from bps.sleep(SETTLE_PERIOD)
+
+    def _settled(self, run: InferenceRun) -> bool:
+        """Whether every frame of ``run`` has an outcome, as the source's counter (read
+        now: the watch thread reads it only every period) and the pool say."""
+        device = self.device
+        if device.source is not None:
+            run.on_source(device.source_last_id(), time.time())
+        return device.pool is None or run.settled(device.pool_counts())
 
     def _store_mosaic(self) -> Plan:
         """Read the run's final mosaic into :data:`MOSAIC_STREAM` (when it has one)."""
@@ -150,19 +239,3 @@ class InferenceSupplement:
         yield from bps.create(MOSAIC_STREAM)
         yield from bps.read(self.mosaic)
         yield from bps.save()
-
-    def _settle(self) -> Plan:
-        """Wait for the frames still being inferred (up to the stream's grace period).
-
-        In a run that is failing, the RunEngine may end this wait at once with
-        ``WaitForTimeoutError``; the run is closed all the same, with the reason that
-        made it fail rather than that one.
-        """
-        try:
-            yield from bps.trigger(self.stream, wait=True)
-        except (WaitForTimeoutError, FailedStatus) as err:
-            log.warning(
-                "%s: the wait for results in flight at the end of the run was cut short (%s)",
-                self.device.name,
-                err,
-            )

@@ -6,8 +6,8 @@ The IPython profile, the demo and the tests all call :func:`connect`::
     RE(scan_with_inference(det, inference, sy, -1, 1, 11, sx, -1, 1, 11))
 
 Wiring by hand works the same way: ``RE.preprocessors.append(InferenceSupplement(
-inference))``, ``inference.stream.assets_dir = assets_directory(...)`` and
-``RE.subscribe(TiledWriter(client))``, as the Bluesky documentation subscribes it.
+inference, assets_dir=assets_directory(...)))`` and ``RE.subscribe(TiledWriter(client))``,
+as the Bluesky documentation subscribes it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
+from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog
 from ptychonn_ophyd.errors import StreamWiringError
-from ptychonn_ophyd.session.catalog import assets_directory, catalog_writer, open_catalog
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
@@ -48,7 +48,7 @@ def connect(
     ----------
     catalog
         An embedded catalog folder or a Tiled URI (see
-        :func:`~ptychonn_ophyd.session.catalog.open_catalog`).
+        :func:`~ptychonn_ophyd.catalog.open_catalog`).
     grace
         Seconds the end of a run waits for frames still being inferred.
     live_view
@@ -69,8 +69,10 @@ def connect(
             "every run twice (the inference stream reaches the first one already)"
         )
     client = open_catalog(catalog)
-    inference.stream.assets_dir = assets_directory(catalog)
-    RE.preprocessors.append(InferenceSupplement(inference, grace, live_view=live_view))
+    supplement = InferenceSupplement(
+        inference, assets_directory(catalog), grace=grace, live_view=live_view
+    )
+    RE.preprocessors.append(supplement)
     RE.subscribe(catalog_writer(client))
     if live_view is not None:
         live_view.publish_on(inference.output_prefix.get())  # viewers can connect now

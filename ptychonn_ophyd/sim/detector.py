@@ -23,7 +23,7 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.sim.server import SimDetectorServer, encode_path
 
 DEFAULT_CHANNEL = "sim:det:image"
 
@@ -128,6 +128,11 @@ class SimPtychoDetector(Device):
         """The PVA server: started at the first staging, up until :meth:`close`."""
         self.fly_positions_um: np.ndarray | None = None
         self.fly_rate_hz = 100.0
+        self.fly_passes = 1
+        """Times a fly scan's path is flown (a long run at a high rate need not simulate
+        every frame: the frames of a pass repeat)."""
+        self._fly_frames: tuple[object, list | None] = (None, None)
+        """The path :meth:`prepare` simulated, and its frames as NTNDArrays."""
         self._point = 0
 
     def stage(self) -> list[object]:
@@ -196,20 +201,30 @@ class SimPtychoDetector(Device):
             self.server.stop_free_run()
 
     def prepare(self, points: list[dict]) -> StatusBase:
-        """Take a fly path: the scan's points, ``{motor: position}`` each.
+        """Take a fly path: the scan's points, ``{motor: position}`` each, and simulate
+        its frames now, so that :meth:`kickoff` starts sending at once.
 
         The frames' positions are the ``x_motor`` and ``y_motor`` values of each point;
         a motor the scan does not move stays where it is.
         """
         axes = (self.x_motor, self.y_motor)
         self.fly_positions_um = [tuple(float(p.get(m, m.position)) for m in axes) for p in points]
+        frames = self.simulation.frames_at(self.fly_positions_um)
+        self._fly_frames = (self.fly_positions_um, encode_path(frames, self.fly_positions_um))
         return _finished()
 
     def kickoff(self) -> StatusBase:
-        """Start a free run along ``fly_positions_um`` at ``fly_rate_hz``."""
+        """Start a free run along ``fly_positions_um`` at ``fly_rate_hz``, ``fly_passes``
+        times over."""
         if self.fly_positions_um is None:
             raise RuntimeError("set fly_positions_um (and fly_rate_hz) before kickoff")
-        self.start_free_run(self.fly_positions_um, self.fly_rate_hz)
+        positions = self.fly_positions_um
+        path, cache = self._fly_frames
+        if path is not positions:  # set by hand since prepare
+            cache = encode_path(self.simulation.frames_at(positions), positions)
+        n_frames = len(positions) * self.fly_passes
+        self._require_server().start_encoded_run(cache, self.fly_rate_hz, n_frames)
+        self._fly_frames = (None, None)
         return _finished()
 
     def complete(self) -> StatusBase:

@@ -36,6 +36,25 @@ def make_frame(frame: np.ndarray, x_um: float, y_um: float, point: int) -> pva.N
     return make_ntndarray(frame, 0, position, DESCRIPTOR)
 
 
+def encode_path(
+    frames: np.ndarray, positions_um: np.ndarray | Sequence[Sequence[float]]
+) -> list[pva.NtNdArray]:
+    """The NTNDArrays of a path: frame ``k`` at position ``k``, ``point = k``.
+
+    Raises
+    ------
+    ValueError
+        The path has not one position a frame.
+    """
+    positions = np.asarray(positions_um, float).reshape(-1, 2)
+    if len(positions) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(positions)} positions")
+    return [
+        make_frame(frame, x, y, point)
+        for point, (frame, (x, y)) in enumerate(zip(frames, positions, strict=True))
+    ]
+
+
 DESCRIPTOR = "ptychonn_ophyd simulated ptychography frame"
 
 
@@ -68,6 +87,9 @@ class SimDetectorServer:
         self._stop_run = threading.Event()
         self.free_run_rate = 0.0
         """Frames per second the last free run actually sent (0 before one ends)."""
+        self.free_run_cpu = 0.0
+        """CPU seconds the last free run's sending thread used (benchmarks leave it out
+        of the session's share, since a real detector sends from its own IOC)."""
 
     @property
     def last_unique_id(self) -> int:
@@ -165,18 +187,17 @@ class SimDetectorServer:
         as fast as possible.  Frames due while the thread was busy are sent at once, so
         the average rate holds as long as the machine keeps up.
         """
+        self.start_encoded_run(encode_path(frames, positions_um), rate_hz, n_frames)
+
+    def start_encoded_run(
+        self, cache: Sequence[pva.NtNdArray], rate_hz: float, n_frames: int | None = None
+    ) -> None:
+        """:meth:`start_free_run` with frames made already (:func:`encode_path`)."""
         self._require_server()
         if self.free_running:
             raise RuntimeError("a free run is already going")
-        if rate_hz < 0 or len(frames) == 0 or (n_frames is not None and n_frames < 0):
+        if rate_hz < 0 or len(cache) == 0 or (n_frames is not None and n_frames < 0):
             raise ValueError("need rate >= 0, at least one frame and n_frames >= 0")
-        positions = np.asarray(positions_um, float).reshape(-1, 2)
-        if len(positions) != len(frames):
-            raise ValueError(f"{len(frames)} frames but {len(positions)} positions")
-        cache = [
-            make_frame(frame, x, y, point)
-            for point, (frame, (x, y)) in enumerate(zip(frames, positions, strict=True))
-        ]
         self._stop_run.clear()
         self._thread = threading.Thread(
             target=self._free_run, args=(cache, rate_hz, n_frames), name="sim-free-run", daemon=True
@@ -214,6 +235,7 @@ class SimDetectorServer:
                 self._stop_run.wait(max(0.0, start + sent * period - time.perf_counter()))
         elapsed = time.perf_counter() - start
         self.free_run_rate = sent / elapsed if elapsed > 0 else 0.0
+        self.free_run_cpu = time.thread_time()
         log.info("free run sent %d frames at %.0f Hz", sent, self.free_run_rate)
 
     def _send(self, array: pva.NtNdArray) -> None:

@@ -2,8 +2,8 @@
 
 # ruff: noqa: F821 (names made by the startup files before this one)
 
+from ptychonn_ophyd.catalog import resolve_location
 from ptychonn_ophyd.paths import run_engine_metadata
-from ptychonn_ophyd.session.catalog import resolve_location
 
 
 def _banner() -> str:

@@ -27,7 +27,7 @@ from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
 from ptychonn_ophyd.errors import CatalogError, CatalogNotFoundError
-from ptychonn_ophyd.session.stream import STREAM, writer_alive
+from ptychonn_ophyd.run_schema import STREAM
 
 if TYPE_CHECKING:
     from tiled.catalog.adapter import CatalogContainerAdapter
@@ -336,3 +336,16 @@ def catalog_writer(client: Container) -> TiledWriter:
     the inference stream's documents come from the RunEngine too.
     """
     return TiledWriter(client, batch_size=1)
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process still holds the HDF5 file at ``path`` open as its writer (it
+    holds a shared ``flock`` on it: :class:`~ptychonn_ophyd.session.writer.InferenceFile`)."""
+    try:
+        with open(path, "rb") as probe:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # gone or unreadable: nobody writes it
+        return False
+    return False

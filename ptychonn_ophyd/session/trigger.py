@@ -1,0 +1,122 @@
+"""The device's trigger: a status per point that finishes when the point's frames have an
+outcome.
+
+:class:`PointTrigger` keeps a :class:`~ptychonn_ophyd.session.ledger.FrameLedger` of the
+staging, fed the result batches by the fan-out, and the statuses waiting on it.  A
+batch finishes the statuses it completes at once; :meth:`PointTrigger.poll`, called by
+the device's one watch thread, brings the pool's counts (dropped and rejected frames
+never come as results), checks the workers' health and fails a wait that got no result
+for ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ophyd.status import StatusBase
+
+from ptychonn_ophyd.errors import InferenceTimeoutError
+from ptychonn_ophyd.session.ledger import Counts, FrameLedger
+from ptychonn_ophyd.wire import ResultBatch
+
+
+@dataclass
+class _Wait:
+    status: StatusBase
+    upto: int | None
+    """Frames produced the point waits for (``None``: whatever the pool received)."""
+
+
+class PointTrigger:
+    """Trigger statuses of one staging.
+
+    Parameters
+    ----------
+    name
+        The device's, for messages.
+    ledger
+        The staging's frames.
+    timeout
+        Seconds without any new result after which a wait fails with
+        :class:`~ptychonn_ophyd.errors.InferenceTimeoutError`.
+    """
+
+    def __init__(self, name: str, ledger: FrameLedger, timeout: float) -> None:
+        self.name = name
+        self.ledger = ledger
+        self.timeout = timeout
+        self._pool = ledger.pool_at_start
+        self._waits: list[_Wait] = []
+        self._progress = time.monotonic()
+        self._lock = threading.Lock()
+
+    @property
+    def inferred(self) -> int:
+        """Frames inferred in this staging."""
+        return self.ledger.inferred
+
+    def wait(self, last_id: int | None) -> StatusBase:
+        """A status that finishes once the frames up to the source's ``last_id`` (``None``:
+        every frame the pool received) have an outcome."""
+        status = StatusBase()
+        with self._lock:
+            upto = None
+            if last_id is not None:
+                self.ledger.observe_source(last_id, time.time())
+                upto = self.ledger.produced(self._pool)
+            self._waits.append(_Wait(status, upto))
+            self._progress = time.monotonic()
+            self._finish_done()
+        return status
+
+    def on_batch(self, batch: ResultBatch) -> None:
+        with self._lock:
+            self.ledger.take(batch.unique_ids, batch.frames["frameTime"])
+            self._progress = time.monotonic()
+            self._finish_done()
+
+    def on_source(self, last_id: int, now: float) -> None:
+        with self._lock:
+            self.ledger.observe_source(last_id, now)
+
+    def poll(self, pool: Counts, check_health: Callable[[], None]) -> None:
+        """Take the pool's counts now; fail the waits if a worker died or no result came
+        for ``timeout`` s."""
+        with self._lock:
+            self._pool = pool
+            self._finish_done()
+            if not self._waits:
+                return
+            try:
+                check_health()
+                if time.monotonic() - self._progress > self.timeout:
+                    raise InferenceTimeoutError(
+                        self.name,
+                        self.ledger.missing(limit=1000),
+                        self.timeout,
+                        pool.since(self.ledger.pool_at_start).lost,
+                    )
+            except Exception as error:
+                self._fail_all(error)
+
+    def close(self, why: str) -> None:
+        """Fail every wait (the staging ended under them)."""
+        with self._lock:
+            self._fail_all(RuntimeError(f"{self.name}: {why} while waiting for inference"))
+
+    def _finish_done(self) -> None:
+        waiting = []
+        for wait in self._waits:
+            if self.ledger.settled(self._pool, wait.upto):
+                wait.status.set_finished()
+            else:
+                waiting.append(wait)
+        self._waits = waiting
+
+    def _fail_all(self, error: BaseException) -> None:
+        waits, self._waits = self._waits, []
+        for wait in waits:
+            wait.status.set_exception(error)

@@ -1,0 +1,116 @@
+"""The device's workers: a consumer pool and the monitor of its batch channels, started,
+kept warm between stagings, and stopped.
+
+Starting a pool takes seconds (imports, CUDA, channels); :class:`Workers` keeps one
+running after a staging when asked, and gives it to the next staging whose settings are
+the same, so back-to-back scans start at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ptychonn_ophyd.errors import WorkerDiedError
+from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.session.results import ResultMonitor
+from ptychonn_ophyd.settings import PoolConfig
+from ptychonn_ophyd.wire import ResultBatch
+
+
+class Workers:
+    """The pool of a device and its results monitor, with at most one set kept warm.
+
+    Parameters
+    ----------
+    name
+        The device's, for messages.
+    on_batch
+        Given every result batch (in a pvapy thread).
+    announce
+        Told when the pool starts, what its start waits for, and when it is ready.
+    """
+
+    def __init__(
+        self, name: str, on_batch: Callable[[ResultBatch], None], announce: Callable[[str], None]
+    ) -> None:
+        self.name = name
+        self.pool: ConsumerPool | None = None
+        self._on_batch = on_batch
+        self._announce = announce
+        self._monitor: ResultMonitor | None = None
+        self._config: PoolConfig | None = None
+        self._warm: tuple[PoolConfig, ConsumerPool, ResultMonitor] | None = None
+
+    @property
+    def monitor(self) -> ResultMonitor | None:
+        return self._monitor
+
+    def start(self, config: PoolConfig, timeout: float) -> ConsumerPool:
+        """The running pool for ``config``: the one kept warm when its settings are these,
+        else a new one, ready (waits up to ``timeout`` s for every worker)."""
+        warm, self._warm = self._warm, None
+        if warm is not None and warm[0] == config and healthy(warm[1]):
+            self._config, self.pool, self._monitor = warm
+            self._announce(f"{self.name}: {_workers(config)} kept warm, ready at once")
+            return self.pool
+        if warm is not None:
+            _close(*warm[1:])
+        self._announce(
+            f"{self.name}: starting {_workers(config)} on {config.input_channel} at "
+            f"{time.strftime('%H:%M:%S')} (model {Path(config.model).name}, {config.backend})"
+        )
+        began = time.monotonic()
+        self._config, self.pool = config, ConsumerPool(config)
+        self.pool.start(
+            timeout=timeout, progress=lambda line: self._announce(f"{self.name}: {line}")
+        )
+        self._monitor = ResultMonitor(self.pool.batch_channels, self._on_batch)
+        self._monitor.start()
+        engine = self.pool.facts().get("engine") or config.backend
+        self._announce(
+            f"{self.name}: {_workers(config)} ready in {time.monotonic() - began:.1f} s ({engine})"
+        )
+        return self.pool
+
+    def release(self, keep_warm: bool) -> None:
+        """Let go of the running pool: kept warm when asked and healthy, else stopped."""
+        pool, monitor, config = self.pool, self._monitor, self._config
+        self.pool = self._monitor = None
+        if keep_warm and pool is not None and monitor is not None and healthy(pool):
+            self._warm = (config, pool, monitor)
+            return
+        _close(pool, monitor)
+
+    def shutdown(self) -> None:
+        """Stop the pool kept warm."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            _close(*warm[1:])
+
+
+def _close(pool: ConsumerPool | None, monitor: ResultMonitor | None) -> None:
+    """Stop ``pool``, then ``monitor``."""
+    with contextlib.ExitStack() as stopping:
+        # Last in, first out: the monitor stops after the pool, because pvapy's
+        # stopMonitor holds the GIL and a result arriving meanwhile could wait for good.
+        if monitor is not None:
+            stopping.callback(monitor.stop)
+        if pool is not None:
+            stopping.callback(pool.stop)
+
+
+def _workers(config: PoolConfig) -> str:
+    """``"1 worker"`` or ``"4 workers"``."""
+    return f"{config.n_workers} worker{'s' * (config.n_workers != 1)}"
+
+
+def healthy(pool: ConsumerPool) -> bool:
+    """Whether every worker of ``pool`` still runs."""
+    try:
+        pool.check_health()
+    except WorkerDiedError:
+        return False
+    return True
