@@ -1,5 +1,6 @@
-"""The Bluesky side: the ophyd device, its inference stream, plans and the catalog.
+"""The Bluesky side: the ophyd device, the runs' inference stream and its accounting, plans.
 
 Only this package imports :mod:`ptychonn_ophyd.pool`: staging the device starts the
-workers.
+workers.  It imports without Tiled; only :mod:`~ptychonn_ophyd.session.wiring` (and
+:mod:`ptychonn_ophyd.catalog`) need it.
 """

@@ -1,0 +1,331 @@
+"""A fly scan through the whole session, as a user runs it: how long it takes against its
+acquisition, and what the session's process spends a frame.
+
+``scan_with_inference(..., mode="fly")`` on a RunEngine with the inference device wired
+to a catalog (``connect``, an embedded Tiled catalog) or, with ``--catalog none``, its
+documents to a callback that only counts them (a host without Tiled's server stack);
+either way the supplement writes every result into the run's HDF5 file.  The simulated
+detector free-runs at ``--rate`` along a ``--side`` x ``--side`` grid, ``--passes``
+times; a model that copies its input (``--model copy``) leaves the pipeline's own cost.
+
+Printed, for a small scan (``--baseline-side``) and then the one asked for: the scan's
+wall time against its acquisition time (frames / rate), the time spent simulating the
+frames (in ``prepare``, before the acquisition; not counted), the session process's CPU
+per frame by thread, the workers' CPU, the rows stored and the frame accounting; then
+the marginal CPU per frame between the two scans (what a frame costs once the per-scan
+costs, Tiled's writes of a run's documents above all, are left out).  Everything the
+session process spends counts but the simulation and the detector's sending thread
+(which measures itself): the threads of the simulated detector's PV Access server,
+which a real detector runs in its own IOC, cannot be told from the session's own PV
+Access threads and count too, so the figure errs high.
+
+    python benchmarks/scan_rate.py --side 100 --rate 2000                   # 2-core machine
+    python benchmarks/scan_rate.py --side 150 --passes 27 --rate 20000 --workers 8 \\
+        --catalog none                                                       # H200 host
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ptychonn_ophyd.loopback import use_loopback
+
+HERE = Path(__file__).resolve().parent
+
+
+class ThreadCpu:
+    """The CPU of each thread of this process, read every ``period`` s from a thread of
+    its own, so that a thread which ends during the scan (the writer's, a status's)
+    still shows with its name and what it used up to its last reading."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.cpu: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self._period = period
+        self._stop = threading.Event()
+        self._read()
+        self._thread = threading.Thread(target=self._run, name=SAMPLER, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._read()
+
+    def _read(self) -> None:
+        python = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        for task in Path("/proc/self/task").iterdir():
+            tid = int(task.name)
+            try:
+                stat = (task / "stat").read_text()
+                self.names.setdefault(tid, python.get(tid) or (task / "comm").read_text().strip())
+            except (ProcessLookupError, FileNotFoundError):  # the thread ended meanwhile
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            self.cpu[tid] = (int(fields[11]) + int(fields[12])) / TICKS
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLER = "scan_rate-sampler"
+NOT_COUNTED = {
+    "sim-free-run": " (the detector sending: not counted)",
+    SAMPLER: " (this benchmark's readings: not counted)",
+}
+
+
+def workers_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            cpu = psutil.Process(pid).cpu_times()
+            total += cpu.user + cpu.system + cpu.children_user + cpu.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class Documents:
+    """Counts the documents of each kind (what a callback sees without a catalog)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.counts[name] += 1
+
+
+def model_path(choice: str, folder: Path) -> Path:
+    if choice != "copy":
+        return Path(choice)
+    sys.path.insert(0, str(HERE))
+    from stream import copy_model
+
+    return copy_model(folder)
+
+
+@dataclass
+class World:
+    RE: Any
+    sx: Any
+    sy: Any
+    det: Any
+    inference: Any
+    documents: Documents
+    catalog: Any
+
+
+def build(args: argparse.Namespace, folder: Path) -> World:
+    """The RunEngine, motors, detector and inference device, wired as ``connect`` does."""
+    from bluesky import RunEngine
+    from ophyd.sim import SynAxis
+
+    from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+    from ptychonn_ophyd.physics.objects import held_out_object
+    from ptychonn_ophyd.physics.probe import make_probe
+    from ptychonn_ophyd.session.device import PtychoNNDetector
+    from ptychonn_ophyd.sim.detector import SimPtychoDetector
+
+    prefix = f"scanrate{int(time.time())}"
+    sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
+    simulation = PtychoSimulation(held_out_object(256), make_probe())
+    det = SimPtychoDetector(simulation, sx, sy, f"{prefix}:image", name="det")
+    det.fly_rate_hz = args.rate
+    inference = PtychoNNDetector(
+        name="inference",
+        model=str(model_path(args.model, folder)),
+        backend=args.backend,
+        n_workers=args.workers,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        input_channel=f"{prefix}:image",
+        output_prefix=f"{prefix}:inference",
+        source=det,
+        log_dir=folder / "logs",
+        start_timeout=300,
+    )
+    RE = RunEngine()
+    documents = Documents()
+    RE.subscribe(documents)
+    if args.catalog == "none":
+        from ptychonn_ophyd.session.supplement import InferenceSupplement
+
+        assets = Path(args.assets or folder / "assets")
+        assets.mkdir(parents=True, exist_ok=True)
+        RE.preprocessors.append(InferenceSupplement(inference, assets, grace=args.grace))
+        catalog = None
+    else:
+        from ptychonn_ophyd.session.wiring import connect
+
+        catalog = connect(RE, inference, args.catalog or folder / "catalog", grace=args.grace)
+    return World(RE, sx, sy, det, inference, documents, catalog)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", type=int, default=100, help="grid points a side")
+    parser.add_argument("--passes", type=int, default=1, help="times the path is flown")
+    parser.add_argument(
+        "--baseline-side", type=int, default=10, help="side of the small scan run first"
+    )
+    parser.add_argument("--rate", type=float, default=2000.0, help="frames/s")
+    parser.add_argument("--model", default="copy", help="'copy' or a model file")
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--catalog", default="", help="catalog folder, or 'none'")
+    parser.add_argument("--assets", default="", help="HDF5 folder with --catalog none")
+    args = parser.parse_args()
+    use_loopback()
+
+    folder = Path(tempfile.mkdtemp(prefix="scan_rate-"))
+    frames = args.side * args.side * args.passes
+    need = frames * 128 * 128 * 4 * 1.05
+    free = shutil.disk_usage(args.assets or folder).free
+    if need > free:
+        sys.exit(f"scan_rate: {frames} rows need {need / 2**30:.1f} GiB, {free / 2**30:.1f} free")
+    world = build(args, folder)
+    world.inference.keep_warm = True  # the scans are timed without the workers' start
+    try:
+        base = scan(world, args.baseline_side, 1, args)
+        big = scan(world, args.side, args.passes, args)
+    finally:
+        world.inference.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+    extra = big.frames - base.frames
+    print(
+        f"marginal session CPU per frame ({args.side}x{args.side} x {args.passes} against "
+        f"{args.baseline_side}x{args.baseline_side}, the per-scan costs cancelled): "
+        f"{1e6 * (big.session_cpu - base.session_cpu) / extra:.1f} us; per-scan cost "
+        f"{big.session_cpu - big.frames * (big.session_cpu - base.session_cpu) / extra:.2f} s"
+    )
+
+
+@dataclass
+class Scan:
+    frames: int
+    session_cpu: float
+
+
+def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan:
+    """Fly a ``side`` x ``side`` grid ``passes`` times; print what it took."""
+    from ptychonn_ophyd.session.plans import scan_with_inference
+
+    det, inference, RE = world.det, world.inference, world.RE
+    frames = side * side * passes
+    det.fly_passes = passes
+    simulated: dict[str, float] = {}
+    prepare = type(det).prepare
+
+    def prepare_and_time(points):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        status = prepare(det, points)
+        simulated.update(wall=time.perf_counter() - t0, cpu=time.thread_time() - c0)
+        simulated["thread"] = threading.get_native_id()
+        return status
+
+    det.prepare = prepare_and_time
+    plan = scan_with_inference(
+        det, inference, world.sy, -0.5, 0.5, side, world.sx, -0.5, 0.5, side, mode="fly"
+    )
+    me = psutil.Process()
+    RE(_stage_only(det, inference))  # workers up (kept warm) before the clock starts
+    pids = [child.pid for child in me.children(recursive=True)]
+    process_before = sum(me.cpu_times()[:2])
+    workers_before = workers_cpu(pids)
+    threads = ThreadCpu()
+    before = dict(threads.cpu)
+    t0 = time.perf_counter()
+    (uid,) = RE(plan)
+    wall = time.perf_counter() - t0
+    threads.stop()
+    process = sum(me.cpu_times()[:2]) - process_before - simulated["cpu"]
+    workers = workers_cpu(pids) - workers_before
+
+    acquisition = frames / args.rate
+    counted = wall - simulated["wall"]
+    print(
+        f"fly scan {side}x{side} x {passes} pass(es) = {frames} frames at "
+        f"{args.rate:.0f} Hz: acquisition {acquisition:.2f} s, wall {wall:.2f} s, of which "
+        f"simulating the frames {simulated['wall']:.2f} s -> {counted:.2f} s "
+        f"({counted / acquisition:.2f} x acquisition); the detector sent at "
+        f"{det.server.free_run_rate:.0f} Hz"
+    )
+    per_thread: Counter[tuple[int, str]] = Counter()
+    for tid, cpu in threads.cpu.items():
+        used = cpu - before.get(tid, 0.0)
+        if tid == simulated["thread"]:
+            used -= simulated["cpu"]
+        per_thread[(tid, threads.names.get(tid, "?"))] += used
+    sending = det.server.free_run_cpu
+    sampling = sum(used for (_, name), used in per_thread.items() if name == SAMPLER)
+    unseen = process - sum(per_thread.values())
+    session = process - sending - sampling
+    print("session process CPU by thread (ms per frame):")
+    for (tid, name), used in per_thread.most_common():
+        if used >= 1e-3:
+            apart = NOT_COUNTED.get(name, "")
+            print(f"  {name:<36} {tid:>8} {1e3 * used / frames:8.4f}{apart}")
+    print(f"  {'(between the last readings)':<36} {'':>8} {1e3 * unseen / frames:8.4f}")
+    print(
+        f"session CPU per frame: {1e6 * session / frames:.1f} us "
+        f"({session:.2f} s over {counted:.2f} s: {session / counted:.2f} cores); "
+        f"workers {1e6 * workers / frames:.1f} us"
+    )
+    summary, rows = results(world, uid)
+    print(f"rows stored: {rows}; documents: {dict(world.documents.counts)}")
+    print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))
+    world.documents.counts.clear()
+    for path in Path(summary["file"]).parent.glob(f"{uid}-*.h5"):
+        path.unlink()  # a long soak writes tens of GB
+    return Scan(frames, session)
+
+
+def results(world: World, uid: str) -> tuple[dict, int]:
+    """The run's frame accounting and the rows its stream holds."""
+    from ptychonn_ophyd.run_schema import STREAM, frame_accounting
+
+    if world.catalog is None:
+        summary = inference_summary(world.RE)
+        return summary, summary["stored"]
+    run = world.catalog[uid]
+    return frame_accounting(run), len(run[STREAM]["unique_id"].read())
+
+
+def inference_summary(RE) -> dict:
+    """The last run's frame accounting, from the supplement (no catalog to read back)."""
+    from ptychonn_ophyd.session.supplement import InferenceSupplement
+
+    (supplement,) = [p for p in RE.preprocessors if isinstance(p, InferenceSupplement)]
+    return dict(supplement.accounting.summary)
+
+
+def _stage_only(det, inference):
+    """Start the workers (kept warm) before the timed scan, as a beamline's are."""
+    import bluesky.plan_stubs as bps
+
+    yield from bps.stage(det)
+    yield from bps.stage(inference)
+    yield from bps.unstage(inference)
+    yield from bps.unstage(det)
+
+
+if __name__ == "__main__":
+    main()
