@@ -44,6 +44,15 @@ from ptychonn_ophyd.loopback import use_loopback
 
 HERE = Path(__file__).resolve().parent
 
+TICKS = os.sysconf("SC_CLK_TCK")
+"""Clock ticks a second: the unit of /proc's CPU times."""
+SAMPLER = "scan_rate-sampler"
+"""Name of the thread that reads the CPU times."""
+NOT_COUNTED = {  # threads listed but not counted as the session's
+    "sim-free-run": " (the detector sending: not counted)",
+    SAMPLER: " (this benchmark's readings: not counted)",
+}
+
 
 class ThreadCpu:
     """The CPU of each thread of this process, read every ``period`` s from a thread of
@@ -79,14 +88,6 @@ class ThreadCpu:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
             self.cpu[tid] = (int(fields[11]) + int(fields[12])) / TICKS
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-SAMPLER = "scan_rate-sampler"
-NOT_COUNTED = {
-    "sim-free-run": " (the detector sending: not counted)",
-    SAMPLER: " (this benchmark's readings: not counted)",
-}
 
 
 def workers_cpu(pids: list[int]) -> float:
