@@ -10,13 +10,16 @@ budget, and judges a model's phase patches two ways:
   validation does): the network's patches, and the same given their frames' tilts
   (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`);
 - stitched, after one global offset, over the covered region (as the demo does): the
-  live view's mosaic, and replay's tilt-corrected path
+  live view without a probe (each patch matched to the ones before it,
+  :class:`~ptychonn_ophyd.analysis.mosaic.Mosaic`), the live view with the probe
+  (:class:`~ptychonn_ophyd.analysis.solved_mosaic.SolvedMosaic`, its final image, which
+  replay gives again), and the whole-patch computation it stands for
   (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`, then
   :func:`~ptychonn_ophyd.analysis.offsets.stitch_with_solved_offsets`).
 
 The last row pools the objects: the RMS of their errors, the mean of their SSIMs.
 
-    python benchmarks/unseen_scans.py MODEL.pth [--seeds 1 2 3 4 5 6 7 8]
+    python benchmarks/unseen_scans.py MODEL.pth [--seeds 1 2 ... 16]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
+from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.models import build_torch_model, open_model
@@ -62,12 +66,15 @@ def judge(model: torch.nn.Module, config: TrainingConfig, seed: int) -> dict[str
     )
     frames = sim.frames()
     phase = predict(model, frames)["phase"].numpy().astype(np.float64)
-    tilted = corrected_tilts(phase, positions, obj.pixel_size_um, sim.probe, *frame_moments(frames))
+    moments = frame_moments(frames)
+    tilted = corrected_tilts(phase, positions, obj.pixel_size_um, sim.probe, *moments)
     truth = sim.ground_truth()[0].astype(np.float64)
     weight = probe_weight(sim.probe)
     lit = torch.as_tensor(weight >= LIT_THRESHOLD)
-    live, _ = stitch_in_order(phase, positions, obj.pixel_size_um, weight)
-    solved = stitch_with_solved_offsets(tilted, positions, obj.pixel_size_um, weight)
+    ordered, _ = stitch_in_order(phase, positions, obj.pixel_size_um, weight)
+    live = SolvedMosaic(obj.pixel_size_um, sim.probe)
+    live.add(phase, positions, moments=moments)
+    whole = stitch_with_solved_offsets(tilted, positions, obj.pixel_size_um, weight)
 
     def stitched(image: StitchedImage) -> tuple[float, float]:
         image = image.on_grid(obj.shape)
@@ -78,15 +85,16 @@ def judge(model: torch.nn.Module, config: TrainingConfig, seed: int) -> dict[str
         "patch rms, frame tilts": phase_rms_error(
             torch.as_tensor(tilted), torch.as_tensor(truth), lit
         ),
-        **dict(zip(("live ssim", "live rms"), stitched(live), strict=True)),
-        **dict(zip(("corrected ssim", "corrected rms"), stitched(solved), strict=True)),
+        **dict(zip(("ordered ssim", "ordered rms"), stitched(ordered), strict=True)),
+        **dict(zip(("live ssim", "live rms"), stitched(live.phase()), strict=True)),
+        **dict(zip(("whole-patch ssim", "whole-patch rms"), stitched(whole), strict=True)),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a phase model checkpoint (.pth)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 9)))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 17)))
     args = parser.parse_args()
     opened = open_model(args.model)
     model = build_torch_model(opened.spec, opened.state_dict())

@@ -3,11 +3,11 @@
 A scan over the held-out object (one the demo model never saw in training) runs through
 the whole system as at a beamline; the reconstruction is then read back from the
 catalog (the mosaic the live view stitched during the scan and stored with the run) and
-judged against the simulation's ground truth.  It is judged a second time as replay
-with the probe stitches it: each patch's tilt taken from its frame's centre of mass,
-which the detector's statistics recorded at every scan point
-(:mod:`ptychonn_ophyd.analysis.tilt`), and every offset solved at once over the whole
-scan (:mod:`ptychonn_ophyd.analysis.offsets`).
+judged against the simulation's ground truth.  The live view has the simulated
+detector's probe, so each patch takes the tilt its frame's centre of mass says and the
+offsets are solved over the scan
+(:class:`~ptychonn_ophyd.analysis.solved_mosaic.SolvedMosaic`): the stored image is
+the one replay stitches again.
 """
 
 from __future__ import annotations
@@ -58,13 +58,11 @@ class DemoSummary:
     uid: str
     picture: Path
     catalog: str
-    probe: Path
     sent: int
     inferred: int
     ssim: float
     phase_rms: float
-    tilt_ssim: float
-    tilt_phase_rms: float
+    stitching: str
 
     @property
     def lost(self) -> int:
@@ -72,10 +70,8 @@ class DemoSummary:
 
     @property
     def replay_command(self) -> str:
-        """The command that replays this run from this catalog, with each patch's tilt
-        from its frame, ready to paste."""
-        catalog, probe = shlex.quote(str(self.catalog)), shlex.quote(str(self.probe))
-        return f"ptychonn-ophyd replay {self.uid} --catalog {catalog} --probe {probe}"
+        """The command that replays this run from this catalog, ready to paste."""
+        return f"ptychonn-ophyd replay {self.uid} --catalog {shlex.quote(str(self.catalog))}"
 
     def lines(self) -> list[str]:
         return [
@@ -84,10 +80,9 @@ class DemoSummary:
             f"catalog: {self.catalog}",
             f"replay: {self.replay_command}",
             f"frames: {self.sent} sent, {self.inferred} inferred, {self.lost} lost",
+            f"stitched with: {self.stitching}",
             f"ssim: {self.ssim:.3f}",
             f"phase rms error: {self.phase_rms:.3f} rad",
-            f"tilt-corrected ssim: {self.tilt_ssim:.3f}",
-            f"tilt-corrected phase rms error: {self.tilt_phase_rms:.3f} rad",
         ]
 
 
@@ -107,7 +102,7 @@ def _scan(config: DemoConfig, catalog_location: str):
     from ptychonn_ophyd.models.bundled import demo_model_path
     from ptychonn_ophyd.physics.diffraction import DetectorConfig, PtychoSimulation
     from ptychonn_ophyd.physics.objects import held_out_object
-    from ptychonn_ophyd.physics.probe import make_probe, probe_weight
+    from ptychonn_ophyd.physics.probe import make_probe
     from ptychonn_ophyd.session.device import PtychoNNDetector
     from ptychonn_ophyd.session.live_view import LiveView
     from ptychonn_ophyd.session.plans import scan_with_inference
@@ -130,7 +125,7 @@ def _scan(config: DemoConfig, catalog_location: str):
         log_dir=config.output_dir / "logs",
     )
     RE = RunEngine()
-    live_view = LiveView(probe_weight(simulation.probe), figure=False)
+    live_view = LiveView(probe=det.probe, figure=False)
     catalog = connect(RE, inference, catalog_location, live_view=live_view)
     show_progress(RE, inference)
     half, n = SIZES[config.size]
@@ -146,75 +141,53 @@ def _scan(config: DemoConfig, catalog_location: str):
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):
-    """Compare the mosaic the live view stored with the run against the ground truth, and
-    the patches stitched with their frames' tilts; save the probe for replay."""
+    """Compare the mosaic the live view stored with the run against the ground truth."""
     from ptychonn_ophyd.analysis.figure import covered
     from ptychonn_ophyd.analysis.reconstruction import compare_phase
-    from ptychonn_ophyd.analysis.replay import load_inference, stitch_with_frame_tilts
+    from ptychonn_ophyd.analysis.replay import load_inference
     from ptychonn_ophyd.catalog import open_catalog
 
     catalog = open_catalog(catalog_location)
-    run = catalog[uid]
-    data = load_inference(run)
+    data = load_inference(catalog[uid])
+    catalog.context.close()
     truth = simulation.obj.phase
     image = data.mosaic.phase.on_grid(truth.shape)
     ssim, rms = compare_phase(image.image, truth, covered(image.weight))
-    tilted_image = stitch_with_frame_tilts(data, simulation.probe).on_grid(truth.shape)
-    tilt_ssim, tilt_rms = compare_phase(tilted_image.image, truth, covered(tilted_image.weight))
     path = config.output_dir / f"demo-{uid[:8]}.png"
-    picture = _save_picture(
-        path, data, truth, image, tilted_image, ((ssim, rms), (tilt_ssim, tilt_rms))
-    )
-    catalog.context.close()
-    probe = config.output_dir / "probe.npy"
-    np.save(probe, simulation.probe)
+    picture = _save_picture(path, data, truth, image, (ssim, rms))
     return DemoSummary(
         uid,
         picture,
         catalog_location,
-        probe,
         sent,
         len(data.phase),
         ssim,
         rms,
-        tilt_ssim,
-        tilt_rms,
+        data.mosaic.stitching,
     )
 
 
 def _save_picture(
-    path: Path,
-    data,
-    truth: np.ndarray,
-    image,
-    tilted,
-    accuracy: tuple[tuple[float, float], tuple[float, float]],
+    path: Path, data, truth: np.ndarray, image, accuracy: tuple[float, float]
 ) -> Path:
-    """Ground truth, reconstruction, error and the tilt-corrected reconstruction, on the
-    replay figure's colour scale.
+    """Ground truth, reconstruction and error on one phase scale.
 
-    Each reconstruction gets the phase offset that best matches the truth; all are then
+    The reconstruction gets the phase offset that best matches the truth; both are then
     shown from the truth's median, as replay shows a phase image from its own.
     """
     from ptychonn_ophyd.analysis.figure import Panel, covered, phase_median, run_title, save_figure
-    from ptychonn_ophyd.analysis.replay import FRAME_TILTS
 
     region = covered(image.weight)
     offset = phase_median(truth, region)
-
-    def matched(stitched) -> np.ndarray:
-        return stitched.image - np.mean((stitched.image - truth)[region])
-
-    aligned = matched(image)
+    aligned = image.image - np.mean((image.image - truth)[region])
     panels = [
         Panel("ground truth", truth - offset, "phase"),
         Panel("reconstruction from the catalog", aligned - offset, "phase"),
         Panel("error", aligned - truth, "error"),
-        Panel(FRAME_TILTS, matched(tilted) - offset, "phase"),
     ]
-    (ssim, rms), (tilt_ssim, tilt_rms) = accuracy
+    ssim, rms = accuracy
     text = (
-        f"against the ground truth: SSIM {ssim:.3f}, phase rms error {rms:.3f} rad; "
-        f"tilts from the frames: {tilt_ssim:.3f}, {tilt_rms:.3f} rad"
+        f"against the ground truth: SSIM {ssim:.3f}, phase rms error {rms:.3f} rad"
+        f"  ·  {data.mosaic.stitching}"
     )
     return save_figure(path, panels, image, run_title(data.start, len(data.phase), text))

@@ -30,6 +30,9 @@ ACCOUNTING_STREAM = "inference_accounting"
 """Name of the one-row stream holding a run's frame accounting."""
 MOSAIC_STREAM = "mosaic"
 """Name of the one-row stream holding a run's final stitched image."""
+STITCHING_KEY = "stitching"
+"""Key of :data:`MOSAIC_STREAM` saying in words how its image was stitched (absent in
+runs stored before it was)."""
 
 METADATA_KEY = "ptychonn"
 """Start-document key holding the model and pool facts; runs with it (or with the

@@ -1,9 +1,10 @@
 """The reconstruction figure that replay and the demo draw: one style, one colour scale.
 
 No frame tells its patch's absolute phase, so a phase image is shown relative: its
-median over the covered region sits at 0 of the fixed range :data:`PHASE_RANGE`, the
-same in every figure. Only
-the covered region is drawn (where the summed patch weight reaches
+median over the covered region sits at 0.  The phase scale is the data's own: from the
+:data:`PHASE_PERCENTILES` of every phase panel's covered pixels together, so that truth
+and reconstruction share one scale and an object fills it, and the colour bar says so.
+Only the covered region is drawn (where the summed patch weight reaches
 :data:`COVERED_FRACTION` of its peak): the border that one or two patches lit is
 blocky and carries their edge artefacts. The view is cut to that region.
 """
@@ -18,10 +19,10 @@ import numpy as np
 
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.models.bundled import Stitching, recorded_accuracy
-from ptychonn_ophyd.physics.objects import DEFAULT_PHASE_RANGE
 
-PHASE_RANGE = DEFAULT_PHASE_RANGE
-"""Colour range of every phase panel (radians from the median): the objects' span."""
+PHASE_PERCENTILES = (1, 99)
+"""Percentiles of the phase panels' covered pixels at the ends of their one colour scale:
+robust to a few wild pixels at edges and steps."""
 
 ERROR_RANGE = (-0.5, 0.5)
 """Colour range of an error panel (radians)."""
@@ -30,7 +31,7 @@ COLORMAPS = {"phase": "gray", "amplitude": "gray", "error": "coolwarm"}
 """The colormap of each kind of panel."""
 
 COLORBAR_LABELS = {
-    "phase": "phase from the median (rad)",
+    "phase": "phase from the median (rad), {}th-{}th percentile".format(*PHASE_PERCENTILES),
     "amplitude": "amplitude",
     "error": "error (rad)",
 }
@@ -100,13 +101,14 @@ def save_figure(
     from matplotlib.figure import Figure
 
     region = covered(grid.weight)
+    phase_range = _phase_range(panels, region)
     rows, cols = _bounds(region)
     figure = Figure(figsize=(max(4.6 * len(panels), 6.4), 5.4), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
         cmap = matplotlib.colormaps[COLORMAPS[panel.scale]].with_extremes(bad="white")
         shown = np.where(region, panel.image, np.nan)[rows, cols]
-        low, high = _limits(panel, region)
+        low, high = phase_range if panel.scale == "phase" else _limits(panel, region)
         drawn = ax.imshow(shown, cmap=cmap, vmin=low, vmax=high, extent=_extent(grid, rows, cols))
         if positions_um is not None:
             ax.plot(positions_um[:, 0], positions_um[:, 1], ".", color="tab:orange", ms=1.5)
@@ -118,9 +120,16 @@ def save_figure(
     return path
 
 
+def _phase_range(panels: list[Panel], region: np.ndarray) -> tuple[float, float]:
+    """One colour range for every phase panel: :data:`PHASE_PERCENTILES` of them all."""
+    values = [panel.image[region] for panel in panels if panel.scale == "phase"]
+    if not values:
+        return (-1.0, 1.0)
+    low, high = np.nanpercentile(np.concatenate(values), PHASE_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
+
+
 def _limits(panel: Panel, region: np.ndarray) -> tuple[float, float]:
-    if panel.scale == "phase":
-        return PHASE_RANGE
     if panel.scale == "error":
         return ERROR_RANGE
     low, high = np.percentile(panel.image[region], [1, 99])

@@ -20,8 +20,12 @@ probe is a quarter of the pixels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import numpy as np
 
+from ptychonn_ophyd.analysis.canvas import Canvas
 from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners
 
 SUPPORT = 1e-3
@@ -29,8 +33,34 @@ SUPPORT = 1e-3
 MIN_OVERLAP = 1e-3
 """Overlap weight ``sum(w * W)``, in units of the window's maximum squared, below which
 a phase patch keeps its own offset."""
-GROWTH = 256
-"""Pixels the canvas grows by beyond a patch that falls outside it."""
+
+
+class Stitcher(Protocol):
+    """What the live view and replay need of a stitcher: patches in, images out."""
+
+    frames: int
+    window: np.ndarray
+    stitching: str
+    """How it stitches, in words, for pictures and the stored mosaic."""
+
+    @property
+    def has_amplitude(self) -> bool: ...
+
+    def add(
+        self,
+        phase: np.ndarray,
+        positions_um: np.ndarray,
+        amplitude: np.ndarray | None = None,
+        moments: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int: ...
+
+    def phase(self) -> StitchedImage:
+        """The phase of every patch added, final."""
+
+    def preview(self) -> StitchedImage:
+        """The phase so far, as cheaply as a live display needs it."""
+
+    def amplitude(self) -> StitchedImage | None: ...
 
 
 class Mosaic:
@@ -49,6 +79,8 @@ class Mosaic:
         Also accumulate amplitude patches.
     """
 
+    stitching = "the network's tilts, each offset matched to the patches before it"
+
     def __init__(
         self,
         pixel_size_um: float,
@@ -62,54 +94,51 @@ class Mosaic:
         self.pixel_size_um = float(pixel_size_um)
         self.window = check_window(window, patch_shape)
         self.patch_shape: tuple[int, int] = self.window.shape
-        rows, cols = np.nonzero(self.window >= SUPPORT * self.window.max())
-        self._cut = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        self._cut_corner = np.array([rows.min(), cols.min()])
+        self._cut, self._cut_corner = support_cut(self.window)
         self._w = np.ascontiguousarray(self.window[self._cut], dtype=np.float64)
         self._min_overlap = MIN_OVERLAP * float(self.window.max()) ** 2
         self.frames = 0
-        self._origin = np.zeros(2, np.int64)  # canvas pixel of relative corner (0, 0)
-        self._low = self._high = None  # bounding box of whole patches, relative
-        self._total = np.zeros((0, 0))
-        self._weight = np.zeros((0, 0))
-        self._amplitude = np.zeros((0, 0)) if amplitude else None
+        layers = ("total", "weight", "amplitude") if amplitude else ("total", "weight")
+        self._canvas = Canvas(layers, self.patch_shape)
 
     @property
     def has_amplitude(self) -> bool:
-        return self._amplitude is not None
+        return "amplitude" in self._canvas.layers
 
     def add(
-        self, phase: np.ndarray, positions_um: np.ndarray, amplitude: np.ndarray | None = None
+        self,
+        phase: np.ndarray,
+        positions_um: np.ndarray,
+        amplitude: np.ndarray | None = None,
+        moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
         """Add patches ``(N, h, w)`` at ``positions_um`` ``(N, 2)`` in their order.
 
         Frames without a finite position are left out; returns how many were added.
+        ``moments`` (the frames' totals and centroids) are not used: this stitcher
+        keeps each patch's own tilt.
         """
-        phase = np.asarray(phase, dtype=np.float32).reshape(-1, *self.patch_shape)
-        positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
-        if len(phase) != len(positions_um):
-            raise ValueError(f"{len(phase)} patches but {len(positions_um)} positions")
-        placed = np.isfinite(positions_um).all(axis=1)
-        if not placed.all():
-            phase, positions_um = phase[placed], positions_um[placed]
-            amplitude = None if amplitude is None else np.asarray(amplitude)[placed]
-        if not len(phase):
+        placed = placed_patches(phase, positions_um, self.patch_shape, amplitude)
+        if placed is None:
             return 0
-        corners = patch_corners(positions_um, self.pixel_size_um, self.patch_shape)
-        self._cover(corners)
-        starts = corners + self._origin + self._cut_corner
+        phase, corners, amplitude = (
+            placed.phase,
+            placed.corners(self.pixel_size_um),
+            placed.amplitude,
+        )
+        self._canvas.cover(corners)
+        starts = corners + self._canvas.origin + self._cut_corner
         h, w = self._w.shape
         for i, (r, c) in enumerate(starts):
             self._add_phase(phase[i][self._cut], np.s_[r : r + h, c : c + w])
-        if self._amplitude is not None and amplitude is not None:
-            cut = np.asarray(amplitude, dtype=np.float32)[(slice(None), *self._cut)]
-            for (r, c), patch in zip(starts, cut, strict=True):
-                self._amplitude[r : r + h, c : c + w] += self._w * patch
+        if self.has_amplitude and amplitude is not None:
+            add_amplitude(self._canvas, self._w, starts, amplitude[(slice(None), *self._cut)])
         self.frames += len(phase)
         return len(phase)
 
     def _add_phase(self, patch: np.ndarray, where: tuple[slice, slice]) -> None:
-        total, weight, w = self._total[where], self._weight[where], self._w
+        layers = self._canvas.layers
+        total, weight, w = layers["total"][where], layers["weight"][where], self._w
         both = w * weight
         overlap = both.sum()
         offset = 0.0
@@ -118,48 +147,81 @@ class Mosaic:
         total += w * (patch + offset)
         weight += w
 
-    def _cover(self, corners: np.ndarray) -> None:
-        """Grow the canvas so that every whole patch at ``corners`` fits."""
-        low, high = corners.min(axis=0), corners.max(axis=0) + self.patch_shape
-        if self._low is not None:
-            low, high = np.minimum(low, self._low), np.maximum(high, self._high)
-        self._low, self._high = low, high
-        have_low = -self._origin
-        have_high = have_low + self._total.shape
-        if (low >= have_low).all() and (high <= have_high).all():
-            return
-        new_low = np.where(low < have_low, low - GROWTH, have_low)
-        new_high = np.where(high > have_high, high + GROWTH, have_high)
-        if not self._total.size:
-            new_low, new_high = low - GROWTH, high + GROWTH
-        shift = have_low - new_low
-        shape = tuple(int(s) for s in new_high - new_low)
-        self._total = _moved(self._total, shape, shift)
-        self._weight = _moved(self._weight, shape, shift)
-        if self._amplitude is not None:
-            self._amplitude = _moved(self._amplitude, shape, shift)
-        self._origin = -new_low
-
     def phase(self) -> StitchedImage:
         """The phase so far over the bounding box of the patches; NaN where none landed."""
-        return self._image(self._total)
+        return self._canvas.image(self._canvas.layers["total"], self.pixel_size_um)
+
+    def preview(self) -> StitchedImage:
+        """The phase so far (:meth:`phase`: each patch's offset is final once added)."""
+        return self.phase()
 
     def amplitude(self) -> StitchedImage | None:
         """The amplitude so far (``None`` without amplitude patches)."""
-        return None if self._amplitude is None else self._image(self._amplitude)
+        if not self.has_amplitude:
+            return None
+        return self._canvas.image(self._canvas.layers["amplitude"], self.pixel_size_um)
 
-    def _image(self, total: np.ndarray) -> StitchedImage:
-        if self._low is None:
-            empty = np.zeros((0, 0), np.float32)
-            return StitchedImage(empty, empty, (0, 0), self.pixel_size_um)
-        (r0, c0), (r1, c1) = self._low + self._origin, self._high + self._origin
-        weight = self._weight[r0:r1, c0:c1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            image = np.where(weight > 0, total[r0:r1, c0:c1] / weight, np.nan)
-        center = (int(-self._low[0]), int(-self._low[1]))
-        return StitchedImage(
-            image.astype(np.float32), weight.astype(np.float32), center, self.pixel_size_um
-        )
+
+@dataclass(frozen=True)
+class PlacedPatches:
+    """The patches of a batch that have a finite position, as float32 arrays."""
+
+    phase: np.ndarray
+    positions_um: np.ndarray
+    amplitude: np.ndarray | None
+    kept: np.ndarray
+    """Boolean ``(N,)``: which of the batch's frames these are."""
+
+    def corners(self, pixel_size_um: float) -> np.ndarray:
+        return patch_corners(self.positions_um, pixel_size_um, self.phase.shape[1:])
+
+
+def placed_patches(
+    phase: np.ndarray,
+    positions_um: np.ndarray,
+    patch_shape: tuple[int, int],
+    amplitude: np.ndarray | None = None,
+) -> PlacedPatches | None:
+    """The patches with a finite position, or ``None`` where none has one.
+
+    Raises
+    ------
+    ValueError
+        Patches and positions differ in number.
+    """
+    phase = np.asarray(phase, dtype=np.float32).reshape(-1, *patch_shape)
+    positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
+    if len(phase) != len(positions_um):
+        raise ValueError(f"{len(phase)} patches but {len(positions_um)} positions")
+    kept = np.isfinite(positions_um).all(axis=1)
+    if not kept.any():
+        return None
+    if amplitude is not None:
+        amplitude = np.asarray(amplitude, dtype=np.float32).reshape(-1, *patch_shape)
+    if not kept.all():
+        phase, positions_um = phase[kept], positions_um[kept]
+        amplitude = None if amplitude is None else amplitude[kept]
+    return PlacedPatches(phase, positions_um, amplitude, kept)
+
+
+def support_cut(
+    window: np.ndarray, support: float = SUPPORT
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The slices of ``window``'s support (where it reaches ``support`` of its maximum)
+    and their top-left ``(row, col)``."""
+    rows, cols = np.nonzero(window >= support * window.max())
+    cut = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return cut, np.array([rows.min(), cols.min()])
+
+
+def add_amplitude(
+    canvas: Canvas, window: np.ndarray, starts: np.ndarray, patches: np.ndarray
+) -> None:
+    """Add window-weighted amplitude ``patches`` (cut to ``window``) at canvas ``starts``."""
+    h, w = window.shape
+    layer = canvas.layers["amplitude"]
+    for (r, c), patch in zip(starts, patches, strict=True):
+        layer[r : r + h, c : c + w] += window * patch
 
 
 def check_window(
@@ -181,14 +243,6 @@ def check_window(
     if patch_shape is not None and window.shape != tuple(patch_shape):
         raise ValueError(f"window {window.shape} does not fit patches {tuple(patch_shape)}")
     return window
-
-
-def _moved(array: np.ndarray, shape: tuple[int, int], shift: np.ndarray) -> np.ndarray:
-    """A zero canvas of ``shape`` holding ``array`` with its top left at ``shift``."""
-    moved = np.zeros(shape, np.float64)
-    r, c = (int(v) for v in shift)
-    moved[r : r + array.shape[0], c : c + array.shape[1]] = array
-    return moved
 
 
 def stitch_in_order(

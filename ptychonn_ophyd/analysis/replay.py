@@ -3,7 +3,7 @@
 >>> from ptychonn_ophyd.analysis.replay import replay
 >>> replay(-1, "~/.local/share/ptychonn-ophyd/catalog")   # the latest run
 PosixPath('scan-1-4e2fcc80.png')
->>> replay(-1, probe=load_probe("probe.npy"))   # each patch given its frame's tilt
+>>> replay(-1, probe=load_probe("probe.npy"))   # stitched again, tilts from the frames
 PosixPath('scan-1-4e2fcc80.png')
 """
 
@@ -25,13 +25,12 @@ from ptychonn_ophyd.analysis.figure import (
     run_title,
     save_figure,
 )
-from ptychonn_ophyd.analysis.mosaic import stitch_in_order
+from ptychonn_ophyd.analysis.mosaic import Mosaic, stitch_in_order
+from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.analysis.tilt import stitch_tilt_corrected
 from ptychonn_ophyd.catalog import open_existing_catalog, resolve_location
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models.bundled import Stitching
-from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.preprocess import PreprocessConfig
 from ptychonn_ophyd.run_schema import (
     FRAME_STATISTICS_KEY,
@@ -39,6 +38,7 @@ from ptychonn_ophyd.run_schema import (
     METADATA_KEY,
     MOSAIC_STREAM,
     PIXEL_SIZE_KEY,
+    STITCHING_KEY,
     STREAM,
     FrameStatisticsKeys,
 )
@@ -85,6 +85,8 @@ class StoredMosaic:
     amplitude: StitchedImage | None
     window: np.ndarray
     frames: int
+    stitching: str
+    """How it was stitched, in words."""
 
 
 def load_mosaic(run: Any) -> StoredMosaic | None:
@@ -103,7 +105,8 @@ def load_mosaic(run: Any) -> StoredMosaic | None:
     amplitude = None
     if "stitched_amplitude" in stream:
         amplitude = StitchedImage(last("stitched_amplitude"), weight, center, pixel)
-    return StoredMosaic(phase, amplitude, last("window"), int(last("frames")))
+    stitching = str(last(STITCHING_KEY)) if STITCHING_KEY in stream else Mosaic.stitching
+    return StoredMosaic(phase, amplitude, last("window"), int(last("frames")), stitching)
 
 
 def input_moments(stream: Any) -> FrameStatistics | None:
@@ -200,25 +203,6 @@ def load_inference(run: Any) -> InferenceData:
     )
 
 
-def load_probe(path: str | Path) -> np.ndarray:
-    """The complex probe ``(p, p)`` saved with ``numpy.save`` at ``path``.
-
-    Raises
-    ------
-    ValueError
-        No such file, or it holds no square complex array.
-    """
-    try:
-        probe = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read a probe from {path}: {err}") from None
-    if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or not np.iscomplexobj(probe):
-        raise ValueError(
-            f"the probe in {path} must be a square complex array, not {probe.dtype} {probe.shape}"
-        )
-    return probe
-
-
 def stitch_run(
     data: InferenceData, pixel_size_um: float | None = None, window: np.ndarray | None = None
 ) -> tuple[StitchedImage, StitchedImage | None]:
@@ -237,11 +221,7 @@ def stitch_run(
     pixel_size_um = _pixel_size(data, pixel_size_um)
     if window is None and data.mosaic is not None:
         window = data.mosaic.window
-    placed = np.isfinite(data.x) & np.isfinite(data.y)
-    if not placed.all():
-        log.warning(
-            "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
-        )
+    _log_unplaced(data)
     return stitch_in_order(data.phase, data.positions_um, pixel_size_um, window, data.amplitude)
 
 
@@ -251,22 +231,22 @@ def stitch_with_frame_tilts(
     pixel_size_um: float | None = None,
     window: np.ndarray | None = None,
 ) -> StitchedImage:
-    """The phase patches, each given the tilt its frame's centre of mass says
-    (:func:`~ptychonn_ophyd.analysis.tilt.corrected_tilts`), stitched with the offsets
-    that make all of them agree best
-    (:func:`~ptychonn_ophyd.analysis.offsets.stitch_with_solved_offsets`).
+    """The phase patches, each given the tilt its frame's centre of mass says, stitched
+    with the offsets that make all of them agree best: a
+    :class:`~ptychonn_ophyd.analysis.solved_mosaic.SolvedMosaic` of the stream's rows,
+    the live view's computation with a probe, so that it gives the stored image again.
 
     ``probe`` is the complex probe the frames were taken with, of the patches' side;
     the centroids must be in the network's pattern pixels (true of an unbinned,
     uncropped detector).  ``pixel_size_um`` is as for :func:`stitch_run`; ``window``
     defaults to the stored mosaic's, else the probe's intensity
-    (:func:`~ptychonn_ophyd.physics.probe.probe_weight`).  Every frame needs a position.
+    (:func:`~ptychonn_ophyd.physics.probe.probe_weight`).  Frames without a position
+    are left out (and logged).
 
     Raises
     ------
     ValueError
-        The run recorded no frame statistics, a frame has no position, or the probe
-        does not fit the patches.
+        The run recorded no frame statistics, or the probe does not fit the patches.
     """
     uid = data.start["uid"]
     if data.statistics is None:
@@ -276,15 +256,27 @@ def stitch_with_frame_tilts(
             f"document names none under {FRAME_STATISTICS_KEY!r} (or names them wrongly), so "
             "its patches cannot take their frames' tilts"
         )
-    if not (np.isfinite(data.x) & np.isfinite(data.y)).all():
-        raise ValueError(f"run {uid} has frames without a position; tilts need every one")
+    if probe.shape != data.phase.shape[1:]:
+        raise ValueError(
+            f"probe {probe.shape} does not fit patches {data.phase.shape[1:]}"
+        )
     pixel_size_um = _pixel_size(data, pixel_size_um)
-    if window is None:
-        window = data.mosaic.window if data.mosaic is not None else probe_weight(probe)
+    _log_unplaced(data)
+    if window is None and data.mosaic is not None:
+        window = data.mosaic.window
+    mosaic = SolvedMosaic(pixel_size_um, probe, window)
     moments = data.statistics.totals, data.statistics.centroids
-    return stitch_tilt_corrected(
-        data.phase, data.positions_um, pixel_size_um, probe, moments, window
-    )
+    mosaic.add(data.phase, data.positions_um, moments=moments)
+    return mosaic.phase()
+
+
+def _log_unplaced(data: InferenceData) -> None:
+    """Say how many frames carry no position (stitching leaves them out)."""
+    placed = np.isfinite(data.x) & np.isfinite(data.y)
+    if not placed.all():
+        log.warning(
+            "%d of %d frames carry no position and are left out", int((~placed).sum()), len(placed)
+        )
 
 
 def _pixel_size(data: InferenceData, pixel_size_um: float | None) -> float:
@@ -304,23 +296,19 @@ def save_png(
     phase: StitchedImage,
     amplitude: StitchedImage | None = None,
     positions: bool = False,
-    stitching: Stitching = "aligned",
+    stitching: str = Mosaic.stitching,
 ) -> Path:
-    """Draw the run's stitched phase (and amplitude) with its uid, model, the accuracy
-    its recipe records for ``stitching`` and, for the tilt path, :data:`FRAME_TILTS` in
-    the title, and its scan positions if ``positions``; returns the path."""
+    """Draw the run's stitched phase (and amplitude) with its uid, model, how it was
+    ``stitching`` (a stitcher's words) and the accuracy its recipe records for that,
+    and its scan positions if ``positions``; returns the path."""
     region = covered(phase.weight)
     panels = [Panel("phase", relative_phase(phase.image, region), "phase")]
     if amplitude is not None:
         panels.append(Panel("amplitude", amplitude.image, "amplitude"))
-    method = FRAME_TILTS if stitching == "tilt" else ""
-    notes = "  ·  ".join(n for n in (replay_accuracy(data.start, stitching), method) if n)
+    recipe: Stitching = "tilt" if stitching == SolvedMosaic.stitching else "aligned"
+    notes = "  ·  ".join(n for n in (replay_accuracy(data.start, recipe), stitching) if n)
     title = run_title(data.start, len(data.phase), notes)
     return save_figure(path, panels, phase, title, data.positions_um if positions else None)
-
-
-FRAME_TILTS = "tilts from the frames' centre of mass"
-"""How the picture's title names a phase stitched by :func:`stitch_with_frame_tilts`."""
 
 
 def replay(
@@ -333,7 +321,7 @@ def replay(
     probe: np.ndarray | None = None,
 ) -> Path:
     """Load run ``run_id`` (uid, partial uid, scan id, or -1 for the latest), take the
-    mosaic stored with it (or stitch its phase patches), and save a PNG.
+    mosaic stored with it (or stitch its phase patches again), and save a PNG.
 
     Parameters
     ----------
@@ -349,24 +337,27 @@ def replay(
     positions
         Mark the scan positions on the picture.
     probe
-        The complex probe the frames were taken with: the phase is then stitched with
-        each patch's tilt taken from its frame (:func:`stitch_with_frame_tilts`), which
-        needs a run that recorded its frames' statistics.
+        The complex probe the frames were taken with: the phase is stitched again with
+        each patch's tilt taken from its frame (:func:`stitch_with_frame_tilts`, as the
+        live view does with a probe), which needs a run that recorded its frames'
+        statistics.
     """
     where = _describe_catalog(catalog)
     if catalog is None or isinstance(catalog, str | Path):
         catalog = open_existing_catalog(catalog)
     data = load_inference(find_run(catalog, run_id, where))
-    if data.mosaic is not None and pixel_size_um is None and window is None:
-        phase, amplitude = data.mosaic.phase, data.mosaic.amplitude
-    else:
-        phase, amplitude = stitch_run(data, pixel_size_um, window)
     name = f"scan-{data.start.get('scan_id', 0)}-{data.start['uid'][:8]}"
     path = output or f"{name}.png"
-    if probe is None:
-        return save_png(path, data, phase, amplitude, positions)
-    phase = stitch_with_frame_tilts(data, probe, pixel_size_um, window)
-    return save_png(path, data, phase, amplitude, positions, "tilt")
+    stored = data.mosaic is not None and pixel_size_um is None and window is None
+    if probe is not None:
+        phase = stitch_with_frame_tilts(data, probe, pixel_size_um, window)
+        amplitude = data.mosaic.amplitude if stored else stitch_run(data, pixel_size_um, window)[1]
+        return save_png(path, data, phase, amplitude, positions, SolvedMosaic.stitching)
+    if stored:
+        mosaic = data.mosaic
+        return save_png(path, data, mosaic.phase, mosaic.amplitude, positions, mosaic.stitching)
+    phase, amplitude = stitch_run(data, pixel_size_um, window)
+    return save_png(path, data, phase, amplitude, positions)
 
 
 def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:

@@ -77,12 +77,18 @@ def centroid_gradient(centroids: np.ndarray, pattern_size: int) -> np.ndarray:
     return (centroids - pattern_size // 2) * 2 * np.pi / pattern_size
 
 
-def probe_gradient_share(probe: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
-    """``(n, 2)``: the probe's phase gradient weighted by ``|probe * amplitude|**2``."""
+def probe_gradient_field(probe: np.ndarray) -> np.ndarray:
+    """``(2, p, p)`` phase gradient of the probe (along columns, along rows), zero on
+    the rim."""
     grad = np.zeros((2, *probe.shape))
     grad[0, :, 1:-1] = np.angle(probe[:, 2:] * np.conj(probe[:, :-2])) / 2
     grad[1, 1:-1] = np.angle(probe[2:] * np.conj(probe[:-2])) / 2
-    return mean_gradient(grad[:, None], np.abs(probe) ** 2 * amplitude**2)
+    return grad
+
+
+def probe_gradient_share(probe: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
+    """``(n, 2)``: the probe's phase gradient weighted by ``|probe * amplitude|**2``."""
+    return mean_gradient(probe_gradient_field(probe)[:, None], np.abs(probe) ** 2 * amplitude**2)
 
 
 def transmission_map(
@@ -129,11 +135,19 @@ def transmission_map(
         (np.concatenate(entries), (frame_of, np.concatenate(columns))),
         shape=(len(corners), ny * nx),
     )
-    dy = sparse.kron(_differences(ny), sparse.eye(nx))
-    dx = sparse.kron(sparse.eye(ny), _differences(nx))
-    lhs = (sums.T @ sums + smoothing * (dy.T @ dy + dx.T @ dx)).tocsc()
+    lhs = (sums.T @ sums + smoothing * smoothness(ny, nx)).tocsc()
     nodes = spsolve(lhs, sums.T @ (np.asarray(totals) / scale)).reshape(ny, nx)
     return scale * (by @ nodes @ bx.T)
+
+
+def smoothness(ny: int, nx: int):
+    """The sparse ``(ny nx, ny nx)`` matrix of the summed squared differences of
+    neighbouring nodes of a ``(ny, nx)`` grid: ``D_y^T D_y + D_x^T D_x``."""
+    from scipy import sparse
+
+    dy = sparse.kron(_differences(ny), sparse.eye(nx))
+    dx = sparse.kron(sparse.eye(ny), _differences(nx))
+    return dy.T @ dy + dx.T @ dx
 
 
 def _differences(n: int):

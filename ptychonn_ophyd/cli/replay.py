@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptychonn_ophyd.analysis.replay import load_probe, replay
+    from ptychonn_ophyd.analysis.replay import replay
+    from ptychonn_ophyd.physics.probe import load_probe
 
     try:
         probe = load_probe(args.probe) if args.probe else None

@@ -11,6 +11,7 @@ which a single-shot network needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +66,33 @@ def probe_weight(probe: np.ndarray) -> np.ndarray:
     """
     intensity = np.abs(probe).astype(np.float32) ** 2
     return intensity / intensity.max()
+
+
+def check_probe(probe: np.ndarray, name: str = "the probe") -> np.ndarray:
+    """``probe`` as an array, checked: a square complex one (``name`` says which in
+    the error).
+
+    Raises
+    ------
+    ValueError
+        It is not one.
+    """
+    probe = np.asarray(probe)
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or not np.iscomplexobj(probe):
+        raise ValueError(f"{name} must be a square complex array, not {probe.dtype} {probe.shape}")
+    return probe
+
+
+def load_probe(path: str | Path) -> np.ndarray:
+    """The complex probe ``(p, p)`` saved with ``numpy.save`` at ``path``.
+
+    Raises
+    ------
+    ValueError
+        No such file, or it holds no square complex array.
+    """
+    try:
+        probe = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read a probe from {path}: {err}") from None
+    return check_probe(probe, f"the probe in {path}")

@@ -2,16 +2,22 @@
 
 The run hands the rows it keeps to :meth:`LiveView.take`, batch by batch in row order,
 from the pvapy thread that received them; that only queues them.  A background thread
-adds the queued rows to the run's
-:class:`~ptychonn_ophyd.analysis.mosaic.Mosaic` (every frame is used) and, at most
-every ``update_period`` seconds, publishes a snapshot on the PVA channel
+adds the queued rows to the run's mosaic (every frame is used) and, at most every
+``update_period`` seconds, solves it, publishes a snapshot on the PVA channel
 ``<prefix>:mosaic`` and keeps it for the figure.  At the end of the run
-:meth:`LiveView.finish` adds what is still queued; the supplement stores the final
-image, its weights and the window in the one-row stream ``mosaic``, so replay and a
-Tiled client read it without stitching again, and replay stitches with the same window
-when it does.
+:meth:`LiveView.finish` adds what is still queued and solves once more; the supplement
+stores the final image, its weights and the window in the one-row stream ``mosaic``,
+so replay and a Tiled client read it without stitching again.
 
->>> live = LiveView(probe_weight(probe))          # figure where there is a display
+With the probe the frames were taken with, the mosaic is a
+:class:`~ptychonn_ophyd.analysis.solved_mosaic.SolvedMosaic`: each patch gets the tilt
+its frame's centre of mass says, and the offsets are solved over everything that has
+arrived, so the picture converges to the one replay stitches from the catalog.
+Without a probe it is a :class:`~ptychonn_ophyd.analysis.mosaic.Mosaic`, each patch
+matched to the ones before it, and the view says so once.
+
+>>> live = LiveView(probe="probe.npy")            # figure where there is a display
+>>> live = LiveView(probe=det.probe)              # the simulated detector's own
 >>> catalog = connect(RE, inference, live_view=live)
 >>> live.settings.enabled = False                 # the next runs are not stitched
 """
@@ -23,13 +29,16 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.analysis.mosaic import Mosaic, check_window
+from ptychonn_ophyd.analysis.mosaic import Mosaic, Stitcher, check_window
+from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic, check_probe
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.run_schema import Rows
+from ptychonn_ophyd.physics.probe import load_probe, probe_weight
+from ptychonn_ophyd.run_schema import INPUT_MOMENTS, STITCHING_KEY, Rows
 from ptychonn_ophyd.session.mosaic_channel import MosaicChannel
 from ptychonn_ophyd.settings import LiveViewSettings, validated
 
@@ -37,26 +46,31 @@ log = logging.getLogger(__name__)
 
 BATCH = 512
 """Most rows the stitching thread takes from the queue at once."""
+SOLVING_SHARE = 0.25
+"""Most of the stitching thread's time that solving the picture may take: as a scan
+grows and a solve takes longer, the picture is updated less often than
+``update_period``, so that adding the arriving patches keeps up."""
 _END = None
 """Queued after the last result of a run."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The mosaic at one moment: phase (and amplitude) so far, patches in it, and the
-    window they were stitched with."""
+    """The mosaic at one moment: phase (and amplitude) so far, patches in it, the
+    window they were stitched with and how (in words)."""
 
     uid: str
     phase: StitchedImage
     amplitude: StitchedImage | None
     frames: int
     window: np.ndarray
+    stitching: str
 
 
 class _Run:
     """One run's mosaic, queue and stitching thread."""
 
-    def __init__(self, uid: str, mosaic: Mosaic, channel: str | None) -> None:
+    def __init__(self, uid: str, mosaic: Stitcher, channel: str | None) -> None:
         self.uid = uid
         self.mosaic = mosaic
         self.channel = channel
@@ -71,17 +85,36 @@ class LiveView:
     Parameters
     ----------
     window
-        ``(h, w)`` trust of each patch pixel, e.g.
-        ``ptychonn_ophyd.physics.probe.probe_weight(probe)``; ``None``: flat.  It is
-        stored with each run (the ``mosaic`` stream's ``window``) for replay.
+        ``(h, w)`` trust of each patch pixel; default the probe's intensity
+        (:func:`~ptychonn_ophyd.physics.probe.probe_weight`), flat without a probe.
+        It is stored with each run (the ``mosaic`` stream's ``window``) for replay.
+    probe
+        The complex probe ``(p, p)`` the frames are taken with, or the path of a
+        ``numpy.save`` file holding it: each patch then gets its frame's tilt and the
+        offsets are solved over the scan.  ``None``: stitched patch by patch.
     **settings
         Fields of :class:`~ptychonn_ophyd.settings.LiveViewSettings` (``figure``,
         ``channel``, ``store``, ``update_period``, ``enabled``).
+
+    Raises
+    ------
+    ValueError
+        The probe cannot be read, is not a square complex array, or the window is bad.
     """
 
-    def __init__(self, window: np.ndarray | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        window: np.ndarray | None = None,
+        *,
+        probe: np.ndarray | str | Path | None = None,
+        **settings: Any,
+    ) -> None:
+        if isinstance(probe, str | Path):
+            probe = load_probe(probe)
+        self.probe = None if probe is None else check_probe(probe)
         self.window = None if window is None else check_window(window)
         self.settings: LiveViewSettings = validated(LiveViewSettings, settings)
+        self._told_no_probe = False
         self.latest: Snapshot | None = None
         self._run: _Run | None = None
         self._channel: MosaicChannel | None = None
@@ -111,15 +144,43 @@ class LiveView:
         if not pixel_size_um:
             log.info("run %s has no object pixel size: no live mosaic", uid)
             return False
-        window = check_window(self.window, patch_shape) if self.window is not None else None
-        mosaic = Mosaic(pixel_size_um, window, patch_shape=patch_shape, amplitude=amplitude)
-        run = _Run(uid, mosaic, None)
+        run = _Run(uid, self._mosaic(pixel_size_um, tuple(patch_shape), amplitude), None)
         self.latest = None
         self._run = run
         run.thread = threading.Thread(target=self._stitch, args=(run,), name="live-mosaic")
         run.thread.daemon = True
         run.thread.start()
         return True
+
+    def _mosaic(
+        self, pixel_size_um: float, patch_shape: tuple[int, int], amplitude: bool
+    ) -> Stitcher:
+        """The run's stitcher: solved with the probe where one fits the patches, its
+        window the given one, else the probe's intensity, else flat.
+
+        Raises
+        ------
+        ValueError
+            The given window does not fit the patches.
+        """
+        window = None if self.window is None else check_window(self.window, patch_shape)
+        if self.probe is not None and self.probe.shape == patch_shape:
+            window = probe_weight(self.probe) if window is None else window
+            return SolvedMosaic(pixel_size_um, self.probe, window, amplitude=amplitude)
+        if self.probe is not None:
+            log.warning(
+                "the live view's probe %s does not fit the run's patches %s: each patch "
+                "keeps the network's tilt",
+                self.probe.shape,
+                tuple(patch_shape),
+            )
+        elif not self._told_no_probe:
+            self._told_no_probe = True
+            log.warning(
+                "the live view has no probe: each patch keeps the network's tilt and is "
+                "matched to the ones before it (LiveView(probe=...) gives the frames' tilts)"
+            )
+        return Mosaic(pixel_size_um, window, patch_shape=patch_shape, amplitude=amplitude)
 
     def publish_on(self, prefix: str) -> None:
         """Publish the mosaics on ``<prefix>:mosaic`` (when ``channel`` is on)."""
@@ -174,17 +235,20 @@ class LiveView:
                 now = time.monotonic()
                 if ending or now - shown_at >= period:
                     if ending or run.mosaic.frames != shown_frames:
-                        self._show(run)
+                        self._show(run, final=ending)
                         shown_frames = run.mosaic.frames
+                        solving = time.monotonic() - now
+                        period = max(self.settings.update_period, solving / SOLVING_SHARE)
                     shown_at = now  # with nothing new, block for the next period
         except Exception as error:  # the scan goes on; the run has no mosaic
             run.error = error
             log.exception("stitching the live mosaic of run %s failed", run.uid)
 
-    def _show(self, run: _Run) -> None:
+    def _show(self, run: _Run, final: bool) -> None:
         mosaic = run.mosaic
+        phase = mosaic.phase() if final else mosaic.preview()
         snapshot = Snapshot(
-            run.uid, mosaic.phase(), mosaic.amplitude(), mosaic.frames, mosaic.window
+            run.uid, phase, mosaic.amplitude(), mosaic.frames, mosaic.window, mosaic.stitching
         )
         self.latest = snapshot
         if self._channel is not None and snapshot.frames:
@@ -214,13 +278,19 @@ def _drain(rows: queue.SimpleQueue[Rows | None], wait: float) -> tuple[list[Rows
         return batch, False
 
 
-def _add(mosaic: Mosaic, batch: list[Rows]) -> None:
-    phase = np.concatenate([rows["phase"] for rows in batch])
-    positions = np.concatenate([np.stack([rows["x"], rows["y"]], axis=1) for rows in batch])
+def _add(mosaic: Stitcher, batch: list[Rows]) -> None:
+    def column(key: str) -> np.ndarray:
+        return np.concatenate([rows[key] for rows in batch])
+
+    positions = np.stack([column("x"), column("y")], axis=1)
     amplitude = None
     if mosaic.has_amplitude and all("amplitude" in rows for rows in batch):
-        amplitude = np.concatenate([rows["amplitude"] for rows in batch])
-    mosaic.add(phase, positions, amplitude)
+        amplitude = column("amplitude")
+    moments = None
+    if all(key in rows for rows in batch for key in INPUT_MOMENTS):
+        total, x, y = (column(key) for key in INPUT_MOMENTS)
+        moments = total, np.stack([x, y], axis=1)
+    mosaic.add(column("phase"), positions, amplitude, moments)
 
 
 class MosaicReading:
@@ -251,6 +321,7 @@ class MosaicReading:
             "center_col": phase.center[1],
             "pixel_size_um": phase.pixel_size_um,
             "frames": snapshot.frames,
+            STITCHING_KEY: snapshot.stitching,
         }
         self._time = time.time()
 
@@ -270,5 +341,7 @@ def _data_key(name: str, value: Any) -> dict[str, Any]:
             "dtype_numpy": value.dtype.str,
             "shape": list(value.shape),
         }
+    if isinstance(value, str):
+        return {"source": source, "dtype": "string", "shape": []}
     kind = "integer" if isinstance(value, int) else "number"
     return {"source": source, "dtype": kind, "shape": []}

@@ -120,6 +120,8 @@ class SimPtychoDetector(Device):
         if frames_per_point < 1:
             raise ValueError(f"frames_per_point must be at least 1, got {frames_per_point}")
         self.simulation = simulation
+        self.probe = simulation.probe
+        """The complex probe its frames are taken with, for the live view's stitching."""
         self.x_motor = x_motor
         self.y_motor = y_motor
         self.channel.put(channel)

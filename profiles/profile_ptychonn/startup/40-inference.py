@@ -2,10 +2,11 @@
 
 ``connect`` gives every run that uses ``inference`` its inference stream and subscribes
 the catalog's TiledWriter to ``RE``; the stream's documents come from the RunEngine
-itself, so every subscriber sees them.  ``live_view`` stitches each scan as it runs: a
-figure where there is a display, the ``<prefix>:mosaic`` PVA channel, and the final
-mosaic stored with the run (``live_view.settings.enabled = False`` turns it off,
-``live_view.settings.figure = False`` only the figure).
+itself, so every subscriber sees them.  ``live_view`` stitches each scan as it runs,
+each patch given its frame's tilt with the detector's probe: a figure where there is a
+display, the ``<prefix>:mosaic`` PVA channel, and the final mosaic stored with the run
+(``live_view.settings.enabled = False`` turns it off, ``live_view.settings.figure =
+False`` only the figure).
 """
 
 # ruff: noqa: F821 (names made by the startup files before this one)
@@ -14,7 +15,6 @@ import os
 
 from ptychonn_ophyd.errors import ModelError
 from ptychonn_ophyd.models.bundled import demo_model_path
-from ptychonn_ophyd.physics.probe import probe_weight
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.wiring import connect
@@ -40,7 +40,7 @@ inference = PtychoNNDetector(
     keep_warm=True,  # scans after the first start at once; inference.shutdown() stops them
 )
 live_view = LiveView(
-    probe_weight(det.simulation.probe),  # the window replay stitches with too
+    probe=det.probe,  # each patch's tilt from its frame; a beamline gives probe="probe.npy"
     enabled=os.environ.get("PTYCHONN_LIVE_VIEW", "1") != "0",
     figure="auto",  # a window only where there is a display
 )
