@@ -277,6 +277,11 @@ class LiveViewSettings(BaseModel):
     update_period: float = Field(
         0.25, gt=0, description="seconds between two updates of the figure and channel"
     )
+    final_solve: float = Field(
+        30.0,
+        gt=0,
+        description="seconds the end of a run may spend solving the final image's offsets",
+    )
 
 
 def signal_value(value: object) -> object:

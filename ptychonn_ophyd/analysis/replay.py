@@ -257,9 +257,7 @@ def stitch_with_frame_tilts(
             "its patches cannot take their frames' tilts"
         )
     if probe.shape != data.phase.shape[1:]:
-        raise ValueError(
-            f"probe {probe.shape} does not fit patches {data.phase.shape[1:]}"
-        )
+        raise ValueError(f"probe {probe.shape} does not fit patches {data.phase.shape[1:]}")
     pixel_size_um = _pixel_size(data, pixel_size_um)
     _log_unplaced(data)
     if window is None and data.mosaic is not None:

@@ -94,7 +94,7 @@ class LiveView:
         offsets are solved over the scan.  ``None``: stitched patch by patch.
     **settings
         Fields of :class:`~ptychonn_ophyd.settings.LiveViewSettings` (``figure``,
-        ``channel``, ``store``, ``update_period``, ``enabled``).
+        ``channel``, ``store``, ``update_period``, ``final_solve``, ``enabled``).
 
     Raises
     ------
@@ -223,6 +223,21 @@ class LiveView:
 
     # -- the stitching thread ----------------------------------------------------------
 
+    def _final(self, run: _Run) -> StitchedImage:
+        """The run's final image, its solve bounded by the ``final_solve`` setting."""
+        seconds = self.settings.final_solve
+        if not isinstance(run.mosaic, SolvedMosaic):
+            return run.mosaic.phase()
+        phase = run.mosaic.phase(seconds)
+        if not run.mosaic.solved:
+            log.warning(
+                "run %s: the final mosaic's offsets were not fully solved in %g s "
+                "(final_solve); it is stored as it stands, and replay --probe solves them",
+                run.uid,
+                seconds,
+            )
+        return phase
+
     def _stitch(self, run: _Run) -> None:
         period = self.settings.update_period
         shown_at, shown_frames = time.monotonic(), -1
@@ -246,7 +261,7 @@ class LiveView:
 
     def _show(self, run: _Run, final: bool) -> None:
         mosaic = run.mosaic
-        phase = mosaic.phase() if final else mosaic.preview()
+        phase = self._final(run) if final else mosaic.preview()
         snapshot = Snapshot(
             run.uid, phase, mosaic.amplitude(), mosaic.frames, mosaic.window, mosaic.stitching
         )
@@ -279,18 +294,16 @@ def _drain(rows: queue.SimpleQueue[Rows | None], wait: float) -> tuple[list[Rows
 
 
 def _add(mosaic: Stitcher, batch: list[Rows]) -> None:
-    def column(key: str) -> np.ndarray:
-        return np.concatenate([rows[key] for rows in batch])
-
-    positions = np.stack([column("x"), column("y")], axis=1)
-    amplitude = None
-    if mosaic.has_amplitude and all("amplitude" in rows for rows in batch):
-        amplitude = column("amplitude")
-    moments = None
-    if all(key in rows for rows in batch for key in INPUT_MOMENTS):
-        total, x, y = (column(key) for key in INPUT_MOMENTS)
-        moments = total, np.stack([x, y], axis=1)
-    mosaic.add(column("phase"), positions, amplitude, moments)
+    """Add each queued batch of rows as it came: joining them first would copy every
+    image once more (16 µs a 128x128 frame on the 2-core machine)."""
+    for rows in batch:
+        positions = np.stack([rows["x"], rows["y"]], axis=1)
+        amplitude = rows.get("amplitude") if mosaic.has_amplitude else None
+        moments = None
+        if all(key in rows for key in INPUT_MOMENTS):
+            total, x, y = (rows[key] for key in INPUT_MOMENTS)
+            moments = total, np.stack([x, y], axis=1)
+        mosaic.add(rows["phase"], positions, amplitude, moments)
 
 
 class MosaicReading:
