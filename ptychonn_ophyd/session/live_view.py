@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from ptychonn_ophyd.analysis.mosaic import Mosaic, Stitcher, check_window
-from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic, check_probe
+from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.physics.probe import load_probe, probe_weight
+from ptychonn_ophyd.physics.probe import check_probe, load_probe, probe_weight
 from ptychonn_ophyd.run_schema import INPUT_MOMENTS, STITCHING_KEY, Rows
 from ptychonn_ophyd.session.mosaic_channel import MosaicChannel
 from ptychonn_ophyd.settings import LiveViewSettings, validated
