@@ -105,9 +105,6 @@ class _Patches:
     def append(self, *columns: np.ndarray) -> None:
         self._parts.append(columns)
 
-    def __len__(self) -> int:
-        return sum(len(part[0]) for part in self._parts)
-
     def columns(self) -> tuple[np.ndarray, ...]:
         """Every column over all patches, in the order added."""
         if len(self._parts) > 1:
@@ -131,7 +128,6 @@ class FrameTilts:
     """
 
     def __init__(self, probe: np.ndarray) -> None:
-        self.side = probe.shape[0]
         intensity = np.abs(probe).astype(np.float64) ** 2
         self.cut, self.corner = support_cut(intensity)
         intensity = intensity[self.cut]
