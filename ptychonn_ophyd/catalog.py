@@ -13,7 +13,6 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -27,7 +26,7 @@ from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
 from ptychonn_ophyd.errors import CatalogError, CatalogNotFoundError
-from ptychonn_ophyd.run_schema import STREAM
+from ptychonn_ophyd.interrupted_runs import close_interrupted_runs
 
 if TYPE_CHECKING:
     from tiled.catalog.adapter import CatalogContainerAdapter
@@ -130,7 +129,7 @@ def _open_embedded(folder: Path) -> Container:
         )
         _wait_for_other_writers(adapter)
         client = from_context(Context.from_app(build_app(adapter)))
-        cut_interrupted_runs(client)
+        close_interrupted_runs(client, folder / "assets")
         return client
 
 
@@ -213,88 +212,6 @@ def _unwritable(path: Path, err: OSError) -> str:
     return f"catalog {path} cannot be written ({err.strerror or err}): runs could not be stored"
 
 
-RECENT_RUNS = 20
-"""How many of the newest runs :func:`cut_interrupted_runs` looks at."""
-
-
-def cut_interrupted_runs(client: Container, recent: int = RECENT_RUNS) -> list[str]:
-    """Make the inference columns of runs whose writer died agree in length; their uids.
-
-    Each column of the inference stream is its own catalog node, and the writer
-    announces a collect's rows column by column.  A process killed between two of
-    them leaves some columns longer than others, and reading the stream fails
-    ("different left-most dimensions").  Every announced row is in the HDF5 file
-    (it is flushed before the announcement), so cutting each column to the shortest
-    one's length gives back every row that all columns announced.  Only runs without
-    a stop document whose file no process holds open as its writer are cut.
-    """
-    cut = []
-    for run in client.values()[-1 : -recent - 1 : -1]:
-        if "stop" in run.metadata or STREAM not in run:
-            continue
-        if _cut_stream(run[STREAM]):
-            cut.append(run.metadata["start"]["uid"])
-    return cut
-
-
-def _cut_stream(stream: Container) -> bool:
-    from tiled.structures.array import ArrayStructure
-    from tiled.utils import path_from_uri
-
-    columns = {key: stream[key] for key in stream}
-    lengths = {
-        key: node.structure().shape[0]
-        for key, node in columns.items()
-        if isinstance(node.structure(), ArrayStructure) and node.structure().shape
-    }
-    if len(set(lengths.values())) <= 1:
-        return False
-    files = {
-        path_from_uri(asset.data_uri)
-        for key in lengths
-        for source in columns[key].data_sources()
-        for asset in source.assets
-    }
-    if any(writer_alive(path) for path in files):
-        return False
-    rows = min(lengths.values())
-    for key, length in lengths.items():
-        if length > rows:
-            _set_rows(columns[key], rows)
-    log.warning("inference stream cut to the %d rows every column announced: %s", rows, lengths)
-    return True
-
-
-def _set_rows(node, rows: int) -> None:
-    """Make the catalog say array ``node`` has ``rows`` rows (the file keeps the rest)."""
-    from tiled.client.utils import handle_error
-    from tiled.utils import safe_json_dump
-
-    source = node.data_sources()[0]
-    structure = dict(source.structure)  # the client gives it as a dict
-    structure["shape"] = [rows, *structure["shape"][1:]]
-    chunks = structure["chunks"]
-    structure["chunks"] = [list(_leading_chunks(chunks[0], rows)), *chunks[1:]]
-    source = dataclasses.replace(source, structure=structure)
-    handle_error(
-        node.context.http_client.put(
-            node.uri.replace("/metadata/", "/data_source/", 1),
-            content=safe_json_dump({"data_source": source}),
-        )
-    )
-
-
-def _leading_chunks(chunks: tuple[int, ...], rows: int) -> tuple[int, ...]:
-    """The first ``rows`` rows' worth of ``chunks`` along the leading axis."""
-    kept, total = [], 0
-    for size in chunks:
-        if total >= rows:
-            break
-        kept.append(min(size, rows - total))
-        total += kept[-1]
-    return tuple(kept) or (0,)
-
-
 def _quiet_tiled() -> None:
     """Keep Tiled's start-up chatter off the user's terminal; only this project speaks there.
 
@@ -336,16 +253,3 @@ def catalog_writer(client: Container) -> TiledWriter:
     the inference stream's documents come from the RunEngine too.
     """
     return TiledWriter(client, batch_size=1)
-
-
-def writer_alive(path: Path) -> bool:
-    """Whether a process still holds the HDF5 file at ``path`` open as its writer (it
-    holds a shared ``flock`` on it: :class:`~ptychonn_ophyd.session.writer.InferenceFile`)."""
-    try:
-        with open(path, "rb") as probe:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # gone or unreadable: nobody writes it
-        return False
-    return False

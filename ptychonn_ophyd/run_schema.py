@@ -26,6 +26,13 @@ from ptychonn_ophyd.wire import ResultBatch
 
 STREAM = "inference"
 """Name of the stream of per-frame results."""
+
+
+def stream_file_name(uid: str) -> str:
+    """The name of run ``uid``'s HDF5 file of :data:`STREAM` rows, in the assets folder."""
+    return f"{uid}-{STREAM}.h5"
+
+
 ACCOUNTING_STREAM = "inference_accounting"
 """Name of the one-row stream holding a run's frame accounting."""
 MOSAIC_STREAM = "mosaic"
@@ -66,6 +73,7 @@ class Column:
 COLUMNS = {
     "unique_id": Column("integer", "<i8", ""),
     "consumer_id": Column("integer", "<i8", ""),
+    "model": Column("integer", "<i8", ""),
     "latency": Column("number", "<f8", "s"),
     "x": Column("number", "<f8", "um"),
     "y": Column("number", "<f8", "um"),
@@ -75,7 +83,9 @@ COLUMNS = {
     INPUT_MOMENTS[1]: Column("number", "<f8", "px"),
     INPUT_MOMENTS[2]: Column("number", "<f8", "px"),
 }
-"""Per-frame scalar columns of :data:`STREAM`, in file order."""
+"""Per-frame scalar columns of :data:`STREAM`, in file order.  ``model`` is the hash of
+the model that made the row, as a number (:func:`model_number`, :func:`model_hash`): a
+model swapped in mid-run shows in the rows it made."""
 
 _FROM_BATCH = {
     "unique_id": "uniqueId",
@@ -104,11 +114,22 @@ def rows_of(batch: ResultBatch) -> dict[str, np.ndarray]:
         for key, field in _FROM_BATCH.items()
     }
     rows["consumer_id"] = np.full(n, batch.consumer_id, np.int64)
+    rows["model"] = np.full(n, model_number(batch.model_hash), np.int64)
     rows["latency"] = batch.published - rows["frame_time"]
     rows["phase"] = batch.phase
     if batch.amplitude is not None:
         rows["amplitude"] = batch.amplitude
     return rows
+
+
+def model_number(model_hash: str) -> int:
+    """The ``model`` column's value for a model hash (12 hex digits; 0 for none)."""
+    return int(model_hash, 16) if model_hash else 0
+
+
+def model_hash(number: int) -> str:
+    """The model hash a ``model`` column value stands for."""
+    return format(int(number), "012x")
 
 
 @dataclass(frozen=True)
@@ -168,7 +189,7 @@ class FrameStatisticsKeys:
         return asdict(self)
 
 
-ACCOUNTING_JSON = ("rejected_reasons",)
+ACCOUNTING_JSON = ("rejected_reasons", "dropped_reasons", "models")
 """Accounting entries stored as JSON text (the others are numbers or text)."""
 
 

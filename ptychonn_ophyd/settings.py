@@ -94,9 +94,30 @@ class InferenceSettings(BaseModel):
     warmup_queue_size: int = Field(
         4096,
         ge=1,
-        description="frames held while the engine starts or falls behind; more are dropped",
+        description="frames held while the engine starts or falls behind; frames arriving "
+        "when it is full are dropped (dropped: queue_full, the newest)",
+    )
+    max_wait: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds a frame may wait for inference; a worker that falls behind "
+        "drops batches whose frames all waited longer (dropped: stale, the oldest), so its "
+        "latency and memory stay bounded",
+    )
+    stop_drain: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="seconds a stopping worker goes on inferring its queued frames; what "
+        "is left then is dropped (dropped: stopped)",
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime CPU threads")
+    swap_dirs: tuple[Path, ...] = Field(
+        (),
+        description="folders a control-channel configure may load a new model from; "
+        "empty: the start model's folder only",
+    )
 
     @field_validator("model")
     @classmethod
@@ -104,6 +125,21 @@ class InferenceSettings(BaseModel):
         if not path.is_file():
             raise ValueError(f"no model file at {path}")
         return path
+
+    def allowed_swap_dirs(self) -> tuple[Path, ...]:
+        """The folders, resolved, a swapped-in model must lie in (see ``swap_dirs``)."""
+        return tuple(p.resolve() for p in self.swap_dirs) or (self.model.resolve().parent,)
+
+    def check_swap(self, model: Path) -> None:
+        """Raise :class:`ArgsError` unless ``model``, resolved, lies in an allowed folder:
+        any client that reaches PV Access can ask a worker to load a model."""
+        path, allowed = model.resolve(), self.allowed_swap_dirs()
+        if not any(path.is_relative_to(folder) for folder in allowed):
+            folders = ", ".join(str(folder) for folder in allowed)
+            raise ArgsError(
+                f"model: {path} is outside the folders models may be swapped from "
+                f"({folders}); start the workers with swap_dirs naming its folder"
+            )
 
     @field_validator("outputs")
     @classmethod
@@ -218,6 +254,7 @@ class PoolConfig(InferenceSettings):
         return {
             **shared,
             "model": str(self.model.resolve()),
+            "swap_dirs": [str(folder) for folder in self.allowed_swap_dirs()],
             "threads": self.threads or max(1, (os.cpu_count() or 1) // self.n_workers),
             "gpu": gpu,
             "parent_pid": parent_pid,

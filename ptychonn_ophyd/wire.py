@@ -39,6 +39,7 @@ frame accounting of :data:`STATS_PVA_TYPES`; :class:`WorkerStatus` reads it.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -454,9 +455,11 @@ REJECT_REASONS = ("shape", "dtype", "codec", "empty", "nonfinite")
 """Why a frame cannot become model input (:class:`~ptychonn_ophyd.errors.FrameRejected`);
 ``nonfinite``: the model input would hold NaN or infinity, so its result would be NaN."""
 
-DROP_REASONS = ("queue_full", "error", "stopped")
-"""Why a good frame was not inferred: the queue was full (warm-up or backlog), the engine
-or the processor raised, or the worker stopped before its engine was ready."""
+DROP_REASONS = ("queue_full", "stale", "error", "stopped")
+"""Why a good frame was not inferred: the queue was full (``queue_full``: the newest frames
+are dropped), it waited longer than ``max_wait`` (``stale``: the oldest are dropped), the
+engine or the processor raised, or the worker stopped before inferring it (its engine
+was not ready, or ``stop_drain`` ran out)."""
 
 
 def drop_key(reason: str) -> str:
@@ -571,3 +574,45 @@ class WorkerStatus:
             connected=status.get("receiverStats", {}).get("nReceived", 0) > 0,
             published_at=status.get("objectTime", 0.0),
         )
+
+
+FINAL_COUNTS = "final counts: "
+"""What begins a stopped worker's last log line; its counts follow as JSON."""
+
+
+@dataclass(frozen=True)
+class FinalCounts:
+    """Where every frame a worker received went, written once as it stops.
+
+    A stopped worker publishes nothing more, so its parent reads these from the log
+    (:func:`parse_final_counts`) to learn what the stop did to the frames still queued.
+    """
+
+    consumer_id: int
+    received: int
+    inferred: int
+    dropped_by_reason: dict[str, int]
+    rejected: dict[str, int]
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+    @property
+    def unaccounted(self) -> int:
+        """Frames received with no outcome (0 for a worker that stopped cleanly)."""
+        return self.received - self.inferred - self.dropped - sum(self.rejected.values())
+
+    def line(self) -> str:
+        """The log line: :data:`FINAL_COUNTS` and the counts as JSON."""
+        return FINAL_COUNTS + json.dumps(self.__dict__)
+
+
+def parse_final_counts(log: str) -> FinalCounts | None:
+    """The last :meth:`FinalCounts.line` in a worker's ``log``; ``None`` when it has none
+    (the worker was killed, or died, before it could write it)."""
+    at = log.rfind(FINAL_COUNTS)
+    if at < 0:
+        return None
+    line = log[at + len(FINAL_COUNTS) :].split("\n", 1)[0]
+    return FinalCounts(**json.loads(line))

@@ -26,6 +26,7 @@ def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -
         "phase": np.stack([np.full((8, 8), i, np.float32) for i in range(n)]),
         "unique_id": np.arange(1, n + 1),
         "consumer_id": np.full(n, -1),
+        "model": np.zeros(n, np.int64),
         "latency": np.full(n, np.nan),
         "x": 0.1 * np.arange(n),
         "y": np.zeros(n),

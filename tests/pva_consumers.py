@@ -75,7 +75,7 @@ class Consumer:
         """Everything the consumer printed so far."""
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = 30.0) -> int:
         """SIGINT (pvapy stops cleanly), SIGKILL after ``timeout`` s; the exit status."""
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
             if self.process.poll() is not None:

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
+import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
 from bluesky_world import assert_gone, beamline, until
@@ -12,7 +13,7 @@ from pva_consumers import process_gone
 
 from ptychonn_ophyd.errors import InferenceTimeoutError, PoolStartError
 from ptychonn_ophyd.models import open_model
-from ptychonn_ophyd.run_schema import frame_accounting
+from ptychonn_ophyd.run_schema import frame_accounting, model_hash
 
 pytestmark = pytest.mark.processes
 
@@ -168,3 +169,31 @@ def test_a_warm_pool_s_earlier_lost_frames_do_not_finish_the_next_staging_s_poin
             status.wait(30)
         w.inference.unstage()
         w.det.unstage()
+
+
+def test_a_model_swapped_in_mid_run_shows_in_its_rows_and_accounting(
+    tmp_path, channel_prefix, small_phase_onnx, make_checkpoint
+):
+    new_model = make_checkpoint("small_phase", seed=5)[1]
+    swap_dirs = [str(new_model.parent)]
+    with beamline(
+        tmp_path, channel_prefix, small_phase_onnx, frames_per_point=3, swap_dirs=swap_dirs
+    ) as w:
+        hashes = []
+
+        @bpp.stage_decorator([w.det, w.inference])
+        @bpp.run_decorator(md={"detectors": [w.det.name, w.inference.name]})
+        def swap_after_two_points():
+            for _ in range(2):
+                yield from bps.trigger_and_read([w.det, w.inference])
+            hashes.append(w.inference.model_hash.get())
+            hashes.append(w.inference.pool.swap_model(new_model, timeout=60))
+            for _ in range(2):
+                yield from bps.trigger_and_read([w.det, w.inference])
+
+        (uid,) = w.RE(swap_after_two_points())
+        old, new = hashes
+        rows = w.catalog[uid]["inference"].read()
+        by_id = sorted(zip(rows["unique_id"].values, rows["model"].values, strict=True))
+        assert [model_hash(n) for _, n in by_id] == [old] * 6 + [new] * 6
+        assert frame_accounting(w.catalog[uid])["models"] == {old: 6, new: 6}

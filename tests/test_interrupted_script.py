@@ -61,7 +61,7 @@ def test_a_script_ended_by_ctrl_c_closes_its_run_as_aborted(
 
     run = open_catalog(tmp_path / "catalog").values().last()
     stop = run.metadata["stop"]
-    assert stop["exit_status"] == "abort", stop
+    assert stop["exit_status"] == "abort" and stop["reason"] == PAUSED_AT_EXIT, stop
     assert PAUSED_AT_EXIT in child.stderr
     summary = frame_accounting(run)
     assert summary["stored"] >= 3 and len(run[STREAM].read()["phase"]) == summary["stored"]

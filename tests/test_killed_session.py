@@ -1,8 +1,10 @@
-"""The Bluesky session's process SIGKILLed mid-scan: the run's inference stream stays readable."""
+"""The Bluesky session's process SIGKILLed mid-scan: the next opening of the catalog closes
+the run as failed, with every row its inference file holds."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from bluesky_world import assert_gone
 
 from ptychonn_ophyd.catalog import open_catalog
+from ptychonn_ophyd.interrupted_runs import file_rows
 from ptychonn_ophyd.run_schema import STREAM
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
@@ -91,28 +94,34 @@ def kill_mid_scan(tmp_path: Path, prefix: str, model: Path, collects: int) -> li
 
 
 @pytest.mark.parametrize("trial", range(3))
-def test_a_killed_session_leaves_a_readable_stream_of_every_announced_row(
+def test_a_killed_session_s_run_is_closed_with_every_row_of_its_file(
     tmp_path, channel_prefix, small_phase_onnx, trial
 ):
     record = kill_mid_scan(tmp_path, channel_prefix, small_phase_onnx, collects=5 + 3 * trial)
     pids = {pid for entry in record for pid in entry.get("pids", [])}
     assert pids, record
     assert_gone(pids)  # the workers noticed their parent died
+    (path,) = (tmp_path / "catalog" / "assets").glob(f"*-{STREAM}.h5")
+    in_file = file_rows(path)
 
-    catalog = open_catalog(tmp_path / "catalog")
-    run = catalog.values().last()
-    assert "stop" not in run.metadata
+    run = open_catalog(tmp_path / "catalog").values().last()
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "fail", stop
+    assert stop["reason"].startswith("the session writing this run ended without closing it")
     table = run[STREAM].read()
     lengths = {key: len(table[key]) for key in table.data_vars}
-    (rows,) = set(lengths.values())
+    assert set(lengths.values()) == {in_file}, (lengths, in_file)
 
     stops = stops_by_column(record)
     assert set(stops) == set(lengths)
     every_column_announced = min(max(s) for s in stops.values())
-    assert rows in stops["phase"] and rows >= every_column_announced, (rows, stops)
+    assert in_file >= every_column_announced, (in_file, stops)
+    announced = int(re.search(r"(\d+) announced before the end", stop["reason"])[1])
+    assert every_column_announced <= announced <= in_file, (announced, stops)
     unique_ids = np.asarray(table["unique_id"])
-    assert len(np.unique(unique_ids)) == rows and unique_ids.min() > 0
-    (path,) = (tmp_path / "catalog" / "assets").glob(f"*-{STREAM}.h5")
+    assert len(np.unique(unique_ids)) == in_file and unique_ids.min() > 0
     with h5py.File(path, "r", swmr=True, libver="latest") as file:
-        np.testing.assert_array_equal(file["unique_id"][:rows], unique_ids)
-        assert np.isfinite(file["phase"][:rows]).all() and np.asarray(table["phase"]).any()
+        np.testing.assert_array_equal(file["unique_id"][:in_file], unique_ids)
+        assert np.isfinite(file["phase"][:in_file]).all() and np.asarray(table["phase"]).any()
+    again = open_catalog(tmp_path / "catalog").values().last()
+    assert again.metadata["stop"] == stop  # closed once

@@ -68,6 +68,17 @@ def test_pool_counts_before_the_span_do_not_count_in_it():
     assert not ledger.settled(Counts(received=600, dropped=40, rejected={"shape": 60}))
 
 
+def test_the_span_s_drops_and_rejections_by_reason_are_those_since_it_began():
+    before = Counts(500, 40, {"shape": 60}, {"queue_full": 40})
+    ledger = FrameLedger(first_id=501, began=T0, pool=before)
+    ledger.observe_source(510, T0 + 1)
+    ledger.take(np.arange(501, 506), at(5))
+    now = Counts(510, 44, {"shape": 61}, {"queue_full": 40, "stale": 4})
+    summary = ledger.accounting(now)
+    assert summary["dropped_reasons"] == {"stale": 4} and summary["dropped"] == 4
+    assert summary["rejected_reasons"] == {"shape": 1}
+
+
 def test_without_a_source_the_span_produced_what_the_pool_received():
     ledger = FrameLedger(first_id=None, began=T0, pool=Counts(received=7))
     ledger.take(ids(3, 4, 4), at(3))

@@ -168,7 +168,7 @@ def test_model_whose_results_are_smaller_than_its_frames_is_refused_at_start(
 def test_model_whose_results_are_smaller_than_its_frames_is_refused_on_swap(
     make_pool, source, tmp_path, small_phase_onnx
 ):
-    pool = make_pool()
+    pool = make_pool(swap_dirs=[tmp_path])
     pool.start(timeout=60)
     with pytest.raises(
         ValueError, match=rf"worker 1 \(pid \d+\): .*halving.onnx: {SHAPES_REFUSED}"
@@ -184,7 +184,8 @@ def test_model_whose_results_are_smaller_than_its_frames_is_refused_on_swap(
 
 
 def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
-    pool = make_pool(n_workers=2, distributor_updates=4)
+    new_model = make_checkpoint("small_phase", seed=2)[1]
+    pool = make_pool(n_workers=2, distributor_updates=4, swap_dirs=[new_model.parent])
     pool.start(timeout=60)
     old_hash = pool.facts()["model_hash"]
     collector = Collector(pool.output_channels)
@@ -193,7 +194,7 @@ def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
     )
     sender.start()
     wait_until(lambda: len(collector.results) > 40, 10)
-    new_hash = pool.swap_model(make_checkpoint("small_phase", seed=2)[1], timeout=30)
+    new_hash = pool.swap_model(new_model, timeout=30)
     sender.join()
     source.publish_frames(poisson_frames(80, seed=3), rate_hz=80, first_point=160)
 
@@ -210,6 +211,22 @@ def test_model_swap_loses_no_frame(make_pool, source, make_checkpoint):
         assert set(hashes[:swap]) == {old_hash} and set(hashes[swap:]) == {new_hash}
     stats = pool.stats()
     assert stats.dropped == 0 and stats.missed == 0
+
+
+def test_a_model_outside_the_swap_folders_is_refused_and_every_request_logged(
+    make_pool, source, make_checkpoint
+):
+    pool = make_pool()
+    pool.start(timeout=60)
+    running = pool.facts()["model_hash"]
+    elsewhere = make_checkpoint("small_phase", seed=4)[1].resolve()
+    with pytest.raises(ValueError, match="is outside the folders models may be swapped from"):
+        pool.swap_model(elsewhere, timeout=30)
+    collector = Collector(pool.output_channels)
+    source.publish_frames(poisson_frames(2, seed=13))
+    assert collector.wait_for(2, timeout=10)
+    assert {r.model_hash for r in collector.results} == {running}
+    assert f"configure request: {{'model': '{elsewhere}'" in pool.log_paths[0].read_text()
 
 
 def test_seed_file_writer_chain_saves_one_tiff_per_frame(
@@ -333,8 +350,8 @@ def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, s
     assert len(pids) == 2 and not any(process_gone(pid) for pid in pids)
 
     parent.send_signal(sig)
-    parent.wait(15)
-    assert wait_until(lambda: all(process_gone(pid) for pid in pids), 15)
+    parent.wait(60)  # a Ctrl-C'd parent stops its workers: stop_drain + STOP_MARGIN_S at most
+    assert wait_until(lambda: all(process_gone(pid) for pid in pids), 30)
 
 
 def test_cli_pool_on_a_channel_nobody_serves_says_so_and_gives_up_after_runtime(

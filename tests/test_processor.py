@@ -25,7 +25,7 @@ from pva_source import FrameSource, boolean_frame, empty_frame, ntnda, unknown_c
 
 from ptychonn_ophyd.engines import create_engine
 from ptychonn_ophyd.moments import frame_moments
-from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, BATCH_STRUCTURE_ID
+from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, BATCH_STRUCTURE_ID, parse_final_counts
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(60)]
 
@@ -159,8 +159,9 @@ def test_frames_waiting_for_an_engine_at_stop_are_counted(
     source.publish_frames(poisson_frames(5, seed=10))
     assert wait_until(lambda: user_stats(channel_prefix)["queueDepth"] == 5, 5)
     assert consumer.stop() == 0
-    log = consumer.log()
-    assert "5 received, 0 inferred, dropped {'queue_full': 0, 'error': 0, 'stopped': 5}" in log
+    final = parse_final_counts(consumer.log())
+    assert (final.received, final.inferred, final.dropped_by_reason["stopped"]) == (5, 0, 5)
+    assert final.unaccounted == 0
 
 
 @pytest.mark.parametrize(

@@ -7,22 +7,25 @@ source's counter and the pool's counts), which each test sets as it needs.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_every_frame_counted, validate_all
 from ophyd import Signal
 
 from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog
 from ptychonn_ophyd.errors import StreamWiringError
-from ptychonn_ophyd.run_schema import STREAM, frame_accounting
+from ptychonn_ophyd.run_schema import STREAM, frame_accounting, model_hash
 from ptychonn_ophyd.session.ledger import Counts
 from ptychonn_ophyd.session.results import ResultFanout
-from ptychonn_ophyd.session.supplement import InferenceSupplement
+from ptychonn_ophyd.session.supplement import ABORTED_WITHOUT_REASON, InferenceSupplement
 from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, ResultBatch
 
 SHAPE = (8, 8)
@@ -71,9 +74,12 @@ class FakeInference:
 
     def receive(self, n: int, dropped: int = 0) -> None:
         c = self.counts
-        self.counts = Counts(c.received + n, c.dropped + dropped, c.rejected)
+        stale = c.dropped_by_reason.get("stale", 0) + dropped
+        self.counts = Counts(c.received + n, c.dropped + dropped, c.rejected, {"stale": stale})
 
-    def emit(self, ids: list[int], frame_time: float | None = None) -> None:
+    def emit(
+        self, ids: list[int], frame_time: float | None = None, model: str = "00000000abcd"
+    ) -> None:
         n = len(ids)
         frames = {name: np.zeros(n) for name in BATCH_FRAME_FIELDS}
         frames["uniqueId"] = np.array(ids, np.int64)
@@ -81,7 +87,7 @@ class FakeInference:
         frames["x"] = 0.01 * frames["uniqueId"]
         frames["point"] = np.array(ids, np.int64) - 1
         phase = np.stack([np.full(SHAPE, i, np.float32) for i in ids])
-        self.results.on_batch(ResultBatch(0, "abc", 0, 0, time.time(), frames, phase))
+        self.results.on_batch(ResultBatch(0, model, 0, 0, time.time(), frames, phase))
 
 
 @pytest.fixture
@@ -135,6 +141,28 @@ def test_a_run_stores_each_frame_once_and_valid_documents(session):
     assert_every_frame_counted(summary)
 
 
+def test_each_row_names_its_model_and_the_accounting_every_model_used(session):
+    RE, inference, _, client, _ = session
+    old, new = "0123456789ab", "ba9876543210"
+
+    def body(f):
+        f.produce(5)
+        f.emit([1, 2], model=old)
+        f.emit([3, 4, 5], model=new)  # swapped in mid-run
+
+    (uid,) = RE(run_with(inference, body))
+    rows = client[uid][STREAM].read()
+    made_by = dict(zip(rows["unique_id"].values, rows["model"].values, strict=True))
+    assert {i: model_hash(n) for i, n in made_by.items()} == {
+        1: old,
+        2: old,
+        3: new,
+        4: new,
+        5: new,
+    }
+    assert frame_accounting(client[uid])["models"] == {old: 2, new: 3}
+
+
 def test_frames_from_before_the_run_are_not_its_own(session):
     RE, inference, _, client, _ = session
     inference.produce(3)
@@ -164,6 +192,7 @@ def test_dropped_frames_end_the_run_without_waiting_for_grace(session):
     assert time.monotonic() - start < 30.0
     summary = frame_accounting(client[uid])
     assert (summary["inferred"], summary["dropped"]) == (3, 2)
+    assert summary["dropped_reasons"] == {"stale": 2}
     assert_every_frame_counted(summary)
 
 
@@ -184,6 +213,41 @@ def test_results_after_the_grace_period_are_late_not_lost(session):
     inference.emit([99])  # no frame of this run
     assert supplement.late(uid) == 2
     assert stored_ids(client, uid) == [1, 2]
+
+
+def test_late_results_make_one_warning_then_one_total_per_run(session, caplog):
+    RE, inference, supplement, _, _ = session
+
+    def body(f):
+        f.produce(6)
+        f.emit([1])
+
+    caplog.set_level(logging.WARNING, "ptychonn_ophyd.session.run")
+    (uid,) = RE(run_with(inference, body))
+    for late in ([2], [3, 4], [5], [6]):
+        inference.emit(late)
+    RE(run_with(inference, lambda f: None))
+    late_lines = [r.getMessage() for r in caplog.records if "after its last rows" in r.message]
+    assert late_lines == [
+        f"run {uid}: results are coming after its last rows were stored: counted as late, "
+        "not stored; their number is logged when the next run opens",
+        f"run {uid}: 5 result(s) came after its last rows were stored",
+    ]
+    assert supplement.late(uid) == 5
+
+
+def test_an_aborted_run_gives_a_reason_in_its_stop_document(session):
+    RE, inference, _, client, _ = session
+
+    def paused_run():
+        yield from bps.checkpoint()
+        yield from bps.pause()
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(bpp.run_wrapper(paused_run(), md={"detectors": [inference.name]}))
+    RE.abort()
+    stop = client.values().last().metadata["stop"]
+    assert stop["exit_status"] == "abort" and stop["reason"] == ABORTED_WITHOUT_REASON
 
 
 def test_a_source_that_restarts_mid_run_loses_no_frame_silently(session):

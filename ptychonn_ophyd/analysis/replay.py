@@ -180,9 +180,12 @@ def load_inference(run: Any) -> InferenceData:
     (:func:`input_moments`), else the points' (:func:`load_frame_statistics`; statistics
     it names wrongly are logged and left out: the run still replays as the live view
     drew it)."""
+    uid = run.metadata["start"]["uid"]
     if STREAM not in run:
-        raise KeyError(f"run {run.metadata['start']['uid']} has no {STREAM!r} stream")
+        raise KeyError(f"run {uid} has no {STREAM!r} stream")
     stream = run[STREAM]
+    if "unique_id" not in stream:
+        raise KeyError(f"run {uid} stored no rows in its {STREAM!r} stream (see its accounting)")
     unique_id = stream["unique_id"].read()
     statistics = input_moments(stream)
     if statistics is None:

@@ -33,13 +33,23 @@ from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.paths import logs_dir
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
 from ptychonn_ophyd.settings import PoolConfig
-from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
+from ptychonn_ophyd.wire import (
+    DROP_REASONS,
+    REJECT_REASONS,
+    FinalCounts,
+    WorkerChannels,
+    WorkerStatus,
+)
 
 log = logging.getLogger(__name__)
 
 PROGRESS_FIRST_S = 2.0
 PROGRESS_PERIOD_S = 5.0
 """A start still waiting says what it waits for after this long, then this often."""
+
+STOP_MARGIN_S = 10.0
+"""Seconds :meth:`ConsumerPool.stop` gives a worker beyond its ``stop_drain`` (to free its
+engine and make pvapy's last report) before it kills it."""
 
 STATUS_WAIT_PERIODS = 5
 """Status periods that :meth:`ConsumerPool.stats` waits at most for an update it asks for."""
@@ -89,6 +99,8 @@ class ConsumerPool:
         self._log_dir: Path | None = None
         self._own_log_dir = False
         self._failed = False
+        self.final_counts: list[FinalCounts] = []
+        """What each worker wrote as it stopped (:meth:`stop` fills it)."""
 
     @property
     def output_channels(self) -> list[str]:
@@ -144,7 +156,9 @@ class ConsumerPool:
             raise RuntimeError("this pool was started already; make a new one")
         log_dir = self._make_log_dir()
         self._workers = [self._worker(k, log_dir) for k in range(1, self.config.n_workers + 1)]
-        self._finalizer = weakref.finalize(self, terminate, list(self._workers), 10.0)
+        self._finalizer = weakref.finalize(
+            self, terminate, list(self._workers), self._stop_timeout(None)
+        )
         try:
             for worker in self._workers:
                 worker.launch()
@@ -272,15 +286,42 @@ class ConsumerPool:
             time.sleep(0.05)
         return new.model_hash
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every worker: SIGINT, then SIGKILL after ``timeout`` s.  Idempotent."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every worker: SIGINT, then SIGKILL after ``timeout`` s.  Idempotent.
+
+        A worker infers its queued frames for up to ``stop_drain`` s and counts the rest
+        as dropped (``stopped``), so the default ``timeout`` is ``stop_drain`` +
+        :data:`STOP_MARGIN_S`.  The counts each worker wrote last are then in
+        :attr:`final_counts`; a worker that wrote none (killed, or dead before) is named
+        in a warning, since the frames it still held are counted nowhere.
+        """
         if self._finalizer is None or not self._finalizer.detach():
             return
         died = [w.name for w in self._workers if w.exit_code() is not None]
-        terminate(self._workers, timeout)
+        terminate(self._workers, self._stop_timeout(timeout))
         for worker in self._workers:
             worker.close()
+        self._read_final_counts(died)
         self._tidy_logs(died)
+
+    def _stop_timeout(self, timeout: float | None) -> float:
+        return self.config.stop_drain + STOP_MARGIN_S if timeout is None else timeout
+
+    def _read_final_counts(self, died: list[str]) -> None:
+        """Fill :attr:`final_counts`; warn of a worker killed before it wrote them (one
+        that ended before the stop was reported as such already)."""
+        for worker in self._workers:
+            final = worker.final_counts()
+            if final is not None:
+                self.final_counts.append(final)
+            elif worker.name not in died:
+                self._failed = True
+                log.warning(
+                    "%s was killed before it wrote its final counts: frames it still held "
+                    "are not counted; its log: %s",
+                    worker.name,
+                    worker.log_path,
+                )
 
     def _tidy_logs(self, died: list[str]) -> None:
         """Remove the logs of a clean run; keep them, and say where, after a failure.

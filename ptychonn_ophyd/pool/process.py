@@ -16,7 +16,13 @@ import pvaccess as pva
 
 from ptychonn_ophyd.errors import ControlError
 from ptychonn_ophyd.pool.control import send_command
-from ptychonn_ophyd.wire import STATUS_REQUEST, WorkerChannels, WorkerStatus
+from ptychonn_ophyd.wire import (
+    STATUS_REQUEST,
+    FinalCounts,
+    WorkerChannels,
+    WorkerStatus,
+    parse_final_counts,
+)
 
 PROCESSOR_CLASS = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 CONSUMER_MODULE = "pvapy.cli.hpcConsumer"
@@ -126,6 +132,14 @@ class Worker:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def final_counts(self) -> FinalCounts | None:
+        """The counts the worker wrote as it stopped; ``None`` when it did not (killed,
+        died, or still running)."""
+        try:
+            return parse_final_counts(_read_end(self.log_path, LOG_TAIL_BYTES))
+        except OSError:
+            return None
 
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` meaningful lines of the worker's output.

@@ -93,27 +93,37 @@ class PoolCounts(Protocol):
     received: int
     dropped: int
     rejected: Mapping[str, int]
+    dropped_by_reason: Mapping[str, int]
 
 
 @dataclass(frozen=True)
 class Counts:
-    """Frames the pool received, dropped and rejected (by reason), as numbers."""
+    """Frames the pool received, dropped and rejected, as numbers (``rejected`` and
+    ``dropped_by_reason`` by reason; ``dropped`` is the sum)."""
 
     received: int = 0
     dropped: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
+    dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: PoolCounts | None) -> Counts:
         if stats is None:
             return cls()
-        return cls(int(stats.received), int(stats.dropped), dict(stats.rejected))
+        return cls(
+            int(stats.received),
+            int(stats.dropped),
+            dict(stats.rejected),
+            dict(stats.dropped_by_reason),
+        )
 
     def since(self, before: Counts) -> Counts:
-        rejected = Counter(self.rejected)
-        rejected.subtract(before.rejected)
-        reasons = {k: v for k, v in rejected.items() if v}
-        return Counts(self.received - before.received, self.dropped - before.dropped, reasons)
+        return Counts(
+            self.received - before.received,
+            self.dropped - before.dropped,
+            _difference(self.rejected, before.rejected),
+            _difference(self.dropped_by_reason, before.dropped_by_reason),
+        )
 
     @property
     def lost(self) -> int:
@@ -230,8 +240,16 @@ class FrameLedger:
             "dropped": span.dropped,
             "rejected": rejected,
             "rejected_reasons": dict(span.rejected),
+            "dropped_reasons": dict(span.dropped_by_reason),
             "missed": max(produced - received, 0),
             "not_in_time": max(min(received, produced) - self.inferred - span.lost, 0),
             "duplicates": self.duplicates,
             "source_restarts": self.restarts,
         }
+
+
+def _difference(now: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    """``now - before`` by reason, the reasons that changed only."""
+    counts = Counter(now)
+    counts.subtract(before)
+    return {reason: n for reason, n in counts.items() if n}

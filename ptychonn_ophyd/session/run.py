@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,8 @@ class InferenceRun:
         self.writer = writer
         self.late = 0
         """Results of the run's frames that came after it was sealed."""
+        self.models: Counter[str] = Counter()
+        """Rows of the run each model (by hash) made."""
         self._follow = follow
         self._sealed = False
         self._lock = threading.Lock()
@@ -63,21 +66,32 @@ class InferenceRun:
         with self._lock:
             if self._sealed:
                 late = self.ledger.claims(ids, times)
-                self.late += late
-                if late:
+                if late and not self.late:
                     log.warning(
-                        "run %s: %d result(s) came after its last rows were stored", self.uid, late
+                        "run %s: results are coming after its last rows were stored: counted "
+                        "as late, not stored; their number is logged when the next run opens",
+                        self.uid,
                     )
+                self.late += late
                 return
             keep = self.ledger.take(ids, times)
             if not keep.any():
                 return
             rows = rows_of(batch)
+            self.models[batch.model_hash] += int(keep.sum())
             if not keep.all():
                 rows = {key: values[keep] for key, values in rows.items()}
             self.writer.append(rows)
             if self._follow is not None:
                 self._follow(rows)
+
+    def retire(self) -> int:
+        """Log how many results came late, once, as a newer run takes over; return it."""
+        with self._lock:
+            late = self.late
+        if late:
+            log.warning("run %s: %d result(s) came after its last rows were stored", self.uid, late)
+        return late
 
     def on_source(self, last_id: int, now: float) -> None:
         """A reading of the source's newest uniqueId."""
@@ -113,6 +127,7 @@ class InferenceRun:
             not_stored=summary["inferred"] - stored,
             file=str(self.writer.file.path),
             write_error="" if error is None else f"{type(error).__name__}: {error}",
+            models=dict(self.models),
             **extra,
         )
         if summary["not_in_time"]:

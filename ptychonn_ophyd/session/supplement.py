@@ -55,6 +55,9 @@ Plan = Generator[Msg, Any, Any]
 SETTLE_PERIOD = 0.02
 """Seconds between two looks at whether a run's frames all have an outcome."""
 
+ABORTED_WITHOUT_REASON = "aborted (RE.abort() or RE.halt(), e.g. after Ctrl-C); no reason given"
+"""The stop document's ``reason`` of an aborted run when nothing said why."""
+
 
 class InferenceSupplement:
     """A RunEngine preprocessor adding ``device``'s inference stream to the runs that use it.
@@ -104,6 +107,8 @@ class InferenceSupplement:
         """The run being written; after it ends, the last one (counting late results)."""
         self.accounting = AccountingReading(f"{device.name}_accounting")
         self.mosaic = MosaicReading(f"{device.name}_mosaic")
+        self.abort_reason = ""
+        """The ``reason`` of an aborted run's stop document when the abort gave none."""
         self._late: dict[str, int] = {}
         self._writing = False
         self._collected_at = 0.0
@@ -180,7 +185,7 @@ class InferenceSupplement:
         follow = self._begin_mosaic(uid, msg.kwargs, spec) if self.live_view else None
         writer = StreamWriter(uid, spec, self.assets_dir)
         if self.run is not None:
-            self._late[self.run.uid] = self.run.late
+            self._late[self.run.uid] = self.run.retire()
         self.run, self._writing = InferenceRun(ledger, writer, follow), True
         yield from bps.declare_stream(writer, name=STREAM, collect=True)
         return uid
@@ -212,7 +217,17 @@ class InferenceSupplement:
         yield from self._store_mosaic()
         if failure is not None:
             raise failure
-        return (yield msg)
+        closed = yield self._with_reason(msg)
+        run.writer.file.release()  # only now may another session take the run as dead
+        return closed
+
+    def _with_reason(self, msg: Msg) -> Msg:
+        """``close_run`` with a reason when the run was aborted: bluesky's run wrapper
+        passes the abort's message, which is empty, and so would the stop document be."""
+        if msg.kwargs.get("exit_status") != "abort" or msg.kwargs.get("reason"):
+            return msg
+        reason = self.abort_reason or ABORTED_WITHOUT_REASON
+        return msg._replace(kwargs={**msg.kwargs, "reason": reason})
 
     def _settle(self, run: InferenceRun) -> Plan:
         """Wait up to ``grace`` s for the run's frames still being inferred."""

@@ -31,7 +31,8 @@ from ptychonn_ophyd.session.supplement import InferenceSupplement
 log = logging.getLogger(__name__)
 
 PAUSED_AT_EXIT = "the process ended while the run was paused (Ctrl-C without resume or abort)"
-"""What the log says when :func:`abort_paused_run_at_exit` closes a run."""
+"""What the log and the stop document's ``reason`` say when
+:func:`abort_paused_run_at_exit` closes a run."""
 
 
 def connect(
@@ -101,6 +102,9 @@ def _abort_if_paused(ref: weakref.ref[RunEngine]) -> None:
     RE = ref()
     if RE is not None and RE.state == "paused":
         log.warning("closing the paused run as aborted: %s", PAUSED_AT_EXIT)
+        for supplement in RE.preprocessors:
+            if isinstance(supplement, InferenceSupplement):
+                supplement.abort_reason = PAUSED_AT_EXIT
         RE.abort(PAUSED_AT_EXIT)
 
 

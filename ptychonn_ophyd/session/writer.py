@@ -28,7 +28,7 @@ import numpy as np
 from event_model import ComposeStreamResource
 
 from ptychonn_ophyd.errors import StorageFullError
-from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, STREAM, Rows
+from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, Rows, stream_file_name
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,10 @@ class InferenceFile:
     The file is in SWMR mode, so Tiled can read rows while more are appended.  Every
     column grows by the same rows in one :meth:`append`, which flushes them before it
     returns, so rows announced are in the file even if the process dies the next
-    instant.  While it is open the writer holds a shared ``flock`` on the file
-    (:func:`~ptychonn_ophyd.catalog.writer_alive` asks for it): the catalog can tell a
-    run whose writer died from one still being written.
+    instant.  From its creation until :meth:`release` (after the run's stop document)
+    the writer holds a shared ``flock`` on the file
+    (:func:`~ptychonn_ophyd.interrupted_runs.writer_alive` asks for it): the catalog can
+    tell a run whose writer died from one still being written or being closed.
     """
 
     def __init__(self, path: Path, spec: StreamSpec) -> None:
@@ -148,10 +149,11 @@ class InferenceFile:
 
     def close(self) -> None:
         """Close the file (also after a failed write, so HDF5 holds nothing at exit)."""
-        try:
-            self._file.close()
-        finally:
-            self._alive.close()
+        self._file.close()
+
+    def release(self) -> None:
+        """Give up the ``flock``: the run is closed (or the process ends, which does it)."""
+        self._alive.close()
 
 
 WRITE_ROWS = 1024
@@ -197,7 +199,7 @@ class StreamWriter:
         self._datum: dict[str, Any] = {}
         self.file: InferenceFile | None = None
         self._check_room(0)
-        self.file = InferenceFile(assets_dir / f"{uid}-{STREAM}.h5", spec)
+        self.file = InferenceFile(assets_dir / stream_file_name(uid), spec)
         self._thread = threading.Thread(target=self._write, name=f"{self.name}-writer", daemon=True)
         self._thread.start()
 

@@ -105,6 +105,10 @@ class BatchQueue:
                 else:
                     self._cond.wait()
 
+    def newest_wait(self, buffer: int, n_frames: int) -> float:
+        """Seconds the newest of a taken batch's frames has waited since it arrived."""
+        return perf_counter() - self.received_at[buffer, n_frames - 1]
+
     def release(self, buffer: int, n_frames: int) -> None:
         """Give a buffer from :meth:`take` back for new frames."""
         self.meta[buffer][:n_frames] = [None] * n_frames

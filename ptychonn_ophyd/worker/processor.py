@@ -57,8 +57,10 @@ from ptychonn_ophyd.worker.output import BatchRecord, FrameOutputGate, OutputRec
 from ptychonn_ophyd.worker.stats import FrameCounts
 from ptychonn_ophyd.worker.throttle import Throttle
 
-STOP_TIMEOUT = 30.0
-"""Seconds :meth:`InferPtychoNNImageProcessor.stop` waits for queued frames to be inferred."""
+IN_FLIGHT_WAIT = 5.0
+"""Seconds a stopping worker whose ``stop_drain`` ran out still waits for the batch its
+engine is inferring; an engine slower than that is taken as hung, and its batch's frames
+are counted as dropped (``stopped``)."""
 
 SWITCH_INTERVAL = 5e-4
 """Seconds the inference thread may hold the GIL while pvAccess's receive thread waits
@@ -186,7 +188,8 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             self._throttle.warning("process", "frame dropped: cannot queue it", exc_info=True)
 
     def configure(self, configDict: dict) -> None:
-        """Apply a control-channel ``configure``: ``model`` swaps models, ``batch_timeout``.
+        """Apply a control-channel ``configure``: ``model`` swaps models (from the folders
+        of ``swap_dirs`` only), ``batch_timeout``.  Every request is logged.
 
         The new engine is built in the calling (control) thread while frames flow; the
         inference thread switches to it between two batches.  ``userStats`` counts the
@@ -197,6 +200,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         ArgsError, ModelError, BackendUnavailable
             The request cannot be applied; the running model stays.
         """
+        self.logger.info("configure request: %s", configDict)
         try:
             self._configure(configDict)
             self._configure_error = ""
@@ -214,6 +218,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         if update.batch_timeout is not None:
             self._queue.timeout = update.batch_timeout
         if update.model is not None:
+            self.args.check_swap(update.model)
             model = open_model(update.model)
             _check_heads(model, self.args.outputs)
             if model.input_shape != self._model.input_shape:
@@ -226,20 +231,45 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             self.logger.info("model %s (%s) staged", model.path, model.model_hash)
 
     def stop(self) -> None:
-        """Infer what is queued (for up to :data:`STOP_TIMEOUT` s), then free the engine."""
+        """Infer what is queued for up to ``stop_drain`` s, count what is left as dropped
+        (``stopped``), free the engine and write the final counts as the log's last line.
+
+        pvapy has stopped the input by then, so no frame arrives meanwhile.
+        """
         self._stopping.set()
         self._queue.close()
         if self._inference is not None:
-            self._inference.join(STOP_TIMEOUT)
+            self._inference.join(self.args.stop_drain)
+            if self._inference.is_alive():
+                self._abandon_queue(self._inference)
         self._slot.close()
-        counts = self._counts
+        final = self._counts.final(self.consumer_id)
         self.logger.info(
-            "consumer %s stopped: %s received, %s inferred, dropped %s, rejected %s",
+            "consumer %s stopped: %s received, %s inferred, %s dropped, %s rejected",
             self.consumer_id,
-            counts.received,
-            counts.inferred,
-            counts.dropped,
-            counts.rejected,
+            final.received,
+            final.inferred,
+            final.dropped,
+            sum(final.rejected.values()),
+        )
+        print(final.line(), flush=True)
+
+    def _abandon_queue(self, inference: threading.Thread) -> None:
+        """Count the frames ``stop_drain`` left queued as dropped, and the batch being
+        inferred too should the engine not finish it within :data:`IN_FLIGHT_WAIT` s."""
+        left = self._queue.discard()
+        self._counts.dropped["stopped"] += left
+        inference.join(IN_FLIGHT_WAIT)
+        in_flight = self._queue.depth() if inference.is_alive() else 0
+        self._counts.dropped["stopped"] += in_flight
+        self.logger.warning(
+            "consumer %s: stop_drain (%g s) ran out: %s queued frame(s) dropped%s",
+            self.consumer_id,
+            self.args.stop_drain,
+            left,
+            f", and {in_flight} being inferred by an engine that did not finish"
+            if in_flight
+            else "",
         )
 
     def resetStats(self) -> None:
@@ -280,9 +310,22 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         while (batch := self._queue.take()) is not None:
             buffer, n = batch
             try:
-                self._infer_batch(buffer, n)
+                if self._queue.newest_wait(buffer, n) > self.args.max_wait:
+                    self._drop_stale(n)
+                else:
+                    self._infer_batch(buffer, n)
             finally:
                 self._queue.release(buffer, n)
+
+    def _drop_stale(self, n: int) -> None:
+        """Count a batch whose every frame waited over ``max_wait``: dropping the oldest
+        keeps the worker's latency and memory bounded when it cannot keep up."""
+        self._counts.dropped["stale"] += n
+        self._throttle.warning(
+            "stale",
+            f"batch of {n} frames dropped: each waited over max_wait ({self.args.max_wait:g} "
+            "s) for inference, which lags the stream",
+        )
 
     def _engine_ready(self) -> bool:
         while not self._slot.ready.wait(0.05):

@@ -6,7 +6,7 @@ from time import perf_counter
 
 import numpy as np
 
-from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, drop_key, reject_key
+from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, FinalCounts, drop_key, reject_key
 
 
 class FrameCounts:
@@ -65,6 +65,12 @@ class FrameCounts:
             self._rate = (self.inferred - inferred) / (now - then)
             self._rate_mark = (now, self.inferred)
         return self._rate
+
+    def final(self, consumer_id: int) -> FinalCounts:
+        """The counts as a stopped worker reports them last."""
+        return FinalCounts(
+            consumer_id, self.received, self.inferred, dict(self.dropped), dict(self.rejected)
+        )
 
     def user_stats(self, queue_depth: int) -> dict[str, object]:
         """The counting part of ``userStats`` (see :data:`~ptychonn_ophyd.wire.STATS_PVA_TYPES`)."""
