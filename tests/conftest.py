@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pva_source import FrameSource
 
 from ptychonn_ophyd.loopback import use_loopback
+from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.settings import PoolConfig
 
 use_loopback()
 
@@ -67,3 +70,35 @@ def shared_models() -> Path:
     if not SHARED_MODELS.is_dir():
         pytest.skip(f"published checkpoints not found at {SHARED_MODELS}")
     return SHARED_MODELS
+
+
+@pytest.fixture
+def source(channel_prefix):
+    """A detector stand-in serving ``<prefix>:image``."""
+    with FrameSource(f"{channel_prefix}:image") as frames:
+        yield frames
+
+
+@pytest.fixture
+def make_pool(tmp_path, channel_prefix, small_phase_onnx):
+    """Pools on the test's channels, stopped after the test whatever happened."""
+    pools: list[ConsumerPool] = []
+
+    def make(**settings) -> ConsumerPool:
+        config = {
+            "model": small_phase_onnx,
+            "input_channel": f"{channel_prefix}:image",
+            "output_prefix": channel_prefix,
+            "backend": "onnxruntime",
+            "threads": 1,
+            "status_period": 0.2,
+            "log_dir": tmp_path / f"pool-{len(pools) + 1}",
+            **settings,
+        }
+        pool = ConsumerPool(PoolConfig(**config))
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.stop()

@@ -10,45 +10,23 @@ from __future__ import annotations
 import pytest
 from frames import poisson_frames
 from pva_consumers import wait_until
-from pva_source import FrameSource
 
 from ptychonn_ophyd.models.bundled import demo_model_path
 from ptychonn_ophyd.pool import ConsumerPool
-from ptychonn_ophyd.settings import PoolConfig
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-def source(channel_prefix):
-    with FrameSource(f"{channel_prefix}:image") as frames:
-        yield frames
-
-
-@pytest.fixture
-def slow_pool(tmp_path, channel_prefix):
-    """Start a one-worker pool of the demo model with ``settings``; stopped after the test."""
-    pools: list[ConsumerPool] = []
+def slow_pool(make_pool):
+    """Start a one-worker pool of the demo model with ``settings``."""
 
     def start(**settings) -> ConsumerPool:
-        config = PoolConfig(
-            model=demo_model_path(),
-            input_channel=f"{channel_prefix}:image",
-            output_prefix=channel_prefix,
-            backend="onnxruntime",
-            threads=1,
-            status_period=0.2,
-            log_dir=tmp_path / f"pool-{len(pools) + 1}",
-            **settings,
-        )
-        pool = ConsumerPool(config)
-        pools.append(pool)
+        pool = make_pool(model=demo_model_path(), **settings)
         pool.start(timeout=120)
         return pool
 
-    yield start
-    for pool in pools:
-        pool.stop()
+    return start
 
 
 def all_heard(pool: ConsumerPool, sent: int) -> bool:
@@ -79,13 +57,20 @@ def test_a_worker_that_cannot_keep_up_drops_its_oldest_frames_and_keeps_its_late
     assert "each waited over max_wait (0.5 s)" in pool.log_paths[0].read_text()
 
 
-def test_stopping_with_a_backlog_counts_what_the_drain_left_as_dropped_stopped(slow_pool, source):
-    pool = slow_pool(max_wait=600, stop_drain=1.0)
-    source.publish_frames(poisson_frames(300, seed=2))
-    assert wait_until(lambda: all_heard(pool, 300), 60)
+def stop_with_backlog(pool: ConsumerPool, source, frames: int, seed: int) -> tuple[int, object]:
+    """Send ``frames`` at once, stop the pool once its worker has them all; the frames it
+    received and its final counts."""
+    source.publish_frames(poisson_frames(frames, seed=seed))
+    assert wait_until(lambda: all_heard(pool, frames), 60)
     received = pool.stats().received
     pool.stop()
     (final,) = pool.final_counts
+    return received, final
+
+
+def test_stopping_with_a_backlog_counts_what_the_drain_left_as_dropped_stopped(slow_pool, source):
+    pool = slow_pool(max_wait=600, stop_drain=1.0)
+    received, final = stop_with_backlog(pool, source, 300, seed=2)
     assert final.received == received and final.unaccounted == 0, final
     assert final.dropped_by_reason["stopped"] > 0 and final.inferred > 0, final
     assert final.dropped == final.dropped_by_reason["stopped"]
@@ -94,9 +79,5 @@ def test_stopping_with_a_backlog_counts_what_the_drain_left_as_dropped_stopped(s
 
 def test_stopping_infers_the_backlog_that_stop_drain_allows(slow_pool, source):
     pool = slow_pool(max_wait=600, stop_drain=120)
-    source.publish_frames(poisson_frames(120, seed=3))
-    assert wait_until(lambda: all_heard(pool, 120), 60)
-    received = pool.stats().received
-    pool.stop()
-    (final,) = pool.final_counts
+    received, final = stop_with_backlog(pool, source, 120, seed=3)
     assert final.received == received and final.inferred == received and final.dropped == 0

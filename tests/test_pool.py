@@ -18,44 +18,11 @@ import tifffile
 from frames import poisson_frames
 from pva_collector import Collector
 from pva_consumers import Consumer, connected, consumer_args, process_gone, status, wait_until
-from pva_source import FrameSource, ntnda
+from pva_source import ntnda
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
-from ptychonn_ophyd.pool import ConsumerPool
-from ptychonn_ophyd.settings import PoolConfig
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def source(channel_prefix):
-    with FrameSource(f"{channel_prefix}:image") as frames:
-        yield frames
-
-
-@pytest.fixture
-def make_pool(tmp_path, channel_prefix, small_phase_onnx):
-    """Pools on the test's channels, stopped after the test whatever happened."""
-    pools: list[ConsumerPool] = []
-
-    def make(**settings) -> ConsumerPool:
-        config = {
-            "model": small_phase_onnx,
-            "input_channel": f"{channel_prefix}:image",
-            "output_prefix": channel_prefix,
-            "backend": "onnxruntime",
-            "threads": 1,
-            "status_period": 0.2,
-            "log_dir": tmp_path / f"pool-{len(pools) + 1}",
-            **settings,
-        }
-        pool = ConsumerPool(PoolConfig(**config))
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.stop()
 
 
 @pytest.fixture

@@ -34,12 +34,6 @@ P4P_READER = Path(__file__).with_name("p4p_batch_reader.py")
 
 
 @pytest.fixture
-def source(channel_prefix):
-    with FrameSource(f"{channel_prefix}:image") as frames:
-        yield frames
-
-
-@pytest.fixture
 def consumers(tmp_path):
     """Start ``pvapy-hpc-consumer`` processes that are stopped after the test, pass or fail."""
     started: list[Consumer] = []

@@ -218,7 +218,7 @@ class InferenceSupplement:
         if failure is not None:
             raise failure
         closed = yield self._with_reason(msg)
-        run.writer.file.release()  # only now may another session take the run as dead
+        run.writer.release()  # only now may another session take the run as dead
         return closed
 
     def _with_reason(self, msg: Msg) -> Msg:

@@ -223,6 +223,10 @@ class StreamWriter:
             self.error = self.error or error
             log.warning("closing %s failed: %s", self.file.path, error)
 
+    def release(self) -> None:
+        """Give up the file's ``flock`` once the run's stop document is out."""
+        self.file.release()
+
     # -- the writing thread ------------------------------------------------------------
 
     def _write(self) -> None:
