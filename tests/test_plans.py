@@ -5,11 +5,14 @@ import re
 import signal
 import threading
 
+import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.suspenders import SuspendBoolHigh
 from bluesky.utils import RunEngineInterrupted
 from bluesky_world import assert_every_frame_counted, assert_gone, beamline, validate_all
+from ophyd import Signal
 
 from ptychonn_ophyd.errors import WorkerDiedError
 from ptychonn_ophyd.run_schema import FRAME_STATISTICS_KEY, frame_accounting
@@ -157,6 +160,53 @@ def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):
     assert summary["stored"] == summary["inferred"]
     assert_every_frame_counted(summary)
     assert len(run["inference"]["phase"].read()) == summary["stored"]
+
+
+def beam_lost_at_trigger(world, n: int) -> Signal:
+    """A suspender signal that goes high right after the detector's ``n``-th trigger and
+    back a second later: bluesky suspends mid-point, rewinds and re-takes the point."""
+    beam_lost = Signal(name="beam_lost", value=0)
+    world.RE.install_suspender(SuspendBoolHigh(beam_lost, sleep=0.2))
+    trigger, calls = world.det.trigger, []
+
+    def trigger_then_lose_beam():
+        status = trigger()
+        calls.append(status)
+        if len(calls) == n:
+            beam_lost.put(1)
+            threading.Timer(1.0, beam_lost.put, (0,)).start()
+        return status
+
+    world.det.trigger = trigger_then_lose_beam
+    return beam_lost
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        lambda w: bp.scan([w.det, w.inference], w.sx, -0.3, 0.3, 6),
+        lambda w: scan_with_inference(w.det, w.inference, w.sx, -0.3, 0.3, w.sy, 0, 0, num=6),
+    ],
+    ids=["bp.scan", "scan_with_inference"],
+)
+def test_a_point_retaken_after_a_suspension_keeps_its_rows_joined_to_its_event(world, plan):
+    beam_lost_at_trigger(world, 4)
+
+    (uid,) = world.RE(plan(world))
+
+    run = world.catalog[uid]
+    primary, rows = run["primary"].read(), run["inference"].read()
+    first, last = primary["det_first_unique_id"].values, primary["det_last_unique_id"].values
+    ids, points = rows["unique_id"].values, rows["point"].values
+    assert len(primary["sx"]) == 6 and len(ids) == 7  # point 3 was taken twice
+    assert (points == np.searchsorted(last, ids)).all(), (points, ids, last)
+    of_its_event = (ids >= first[points]) & (ids <= last[points])
+    retaken = ids[~of_its_event]
+    assert retaken.tolist() == [first[3] - 1] and points[~of_its_event].tolist() == [3]
+    assert rows["x"].values[points == 3].tolist() == [primary["sx"].values[3]] * 2
+    summary = frame_accounting(run)
+    assert summary["produced"] == summary["inferred"] == summary["stored"] == 7
+    assert_every_frame_counted(summary)
 
 
 def test_a_worker_that_dies_fails_the_plan_with_a_clear_error(

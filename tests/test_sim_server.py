@@ -108,6 +108,33 @@ def test_stop_free_run_ends_an_endless_run(server):
     assert not server.free_running and server.frames_sent == sent > 10
 
 
+def test_a_point_triggered_again_after_a_pause_keeps_its_number(channel_prefix):
+    x, y = SynAxis(name="x"), SynAxis(name="y")
+    sim = PtychoSimulation(held_out_object(size=192), make_probe(), seed=0)
+    det = SimPtychoDetector(sim, x, y, channel=f"{channel_prefix}:det", name="det")
+    det.stage()
+    try:
+        recorder = Recorder(f"{channel_prefix}:det")
+        assert recorder.connected.wait(timeout=30), "no monitor connection to the detector"
+        det.trigger()
+        det.read()
+        det.pause()  # between points: nothing to re-take
+        det.resume()
+        det.trigger()
+        det.pause()  # mid-point: bluesky rewinds and triggers it again
+        det.resume()
+        det.trigger()
+        reading = det.read()
+        det.trigger()
+        updates = recorder.wait_for(4)
+        recorder.close()
+    finally:
+        det.unstage()
+        det.close()
+    assert [u[1]["point"] for u in updates] == [0, 1, 1, 2]
+    assert reading["det_first_unique_id"]["value"] == reading["det_last_unique_id"]["value"] == 3
+
+
 def test_detector_trigger_publishes_frames_at_the_motor_position_and_reads_their_stats(
     channel_prefix,
 ):
@@ -134,6 +161,7 @@ def test_detector_trigger_publishes_frames_at_the_motor_position_and_reads_their
         det.trigger()
     det.close()
     assert det.server is None
+    assert reading["det_first_unique_id"]["value"] == 1
     assert reading["det_last_unique_id"]["value"] == 3
     assert reading["det_frames_sent"]["value"] == 3
     assert [u[0] for u in updates] == [1, 2, 3]

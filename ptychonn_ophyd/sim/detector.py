@@ -93,6 +93,9 @@ class SimPtychoDetector(Device):
         run and read by ``read()``, so an inference device can wait for them. ``frames_sent``
         is the hinted one: a live table shows it beside the inference device's
         ``inferred``, both counted in this scan, so the two compare.
+    first_unique_id
+        ``uniqueId`` of the first frame of the last ``trigger()``: an event's frames are
+        ``first_unique_id`` to ``last_unique_id``.
     stats
         :class:`FrameStats` of each ``trigger()``'s frames (not of a free run's).
     channel, frames_per_point
@@ -100,6 +103,7 @@ class SimPtychoDetector(Device):
     """
 
     last_unique_id = Cpt(_ServerCounter, counter="last_unique_id", kind="normal")
+    first_unique_id = Cpt(Signal, value=0, kind="normal")
     frames_sent = Cpt(_ServerCounter, counter="frames_sent", per_staging=True, kind="hinted")
     stats = Cpt(FrameStats, kind="normal")
     channel = Cpt(Signal, value=DEFAULT_CHANNEL, kind="config")
@@ -136,6 +140,9 @@ class SimPtychoDetector(Device):
         self._fly_frames: tuple[object, list | None] = (None, None)
         """The path :meth:`prepare` simulated, and its frames as NTNDArrays."""
         self._point = 0
+        self._unread = False
+        """Whether the last ``trigger()``'s frames were not read yet (a pause then makes
+        the next trigger re-take its point)."""
 
     def stage(self) -> list[object]:
         """Serve the channel (from the first staging on; again if ``channel`` changed);
@@ -149,6 +156,7 @@ class SimPtychoDetector(Device):
             self.server = SimDetectorServer(channel, first_id).start()
         self.frames_sent.rebase()
         self._point = 0
+        self._unread = False
         return staged
 
     def unstage(self) -> list[object]:
@@ -169,15 +177,32 @@ class SimPtychoDetector(Device):
         super().destroy()
 
     def trigger(self) -> StatusBase:
-        """Publish ``frames_per_point`` frames at the motors' position; returns done."""
+        """Publish ``frames_per_point`` frames at the motors' position, numbered with the
+        scan point they will be read as; returns done."""
         server = self._require_server()
         position = [[float(self.x_motor.position), float(self.y_motor.position)]]
         n = int(self.frames_per_point.get())
         frames = self.simulation.frames_at(position * n)
         self.stats.record(frames)
+        self.first_unique_id.put(int(self.last_unique_id.get()) + 1)
         server.publish(frames, position, [self._point] * n)
         self._point += 1
+        self._unread = True
         return _finished()
+
+    def read(self) -> dict:
+        self._unread = False
+        return super().read()
+
+    def pause(self) -> None:
+        """The RunEngine pauses or suspends: if the last point was triggered but not read,
+        bluesky rewinds and triggers it again, so the re-taken frames get its number
+        (the interrupted ones keep it too; they lie before the event's
+        ``first_unique_id``)."""
+        if self._unread:
+            self._point -= 1
+            self._unread = False
+        super().pause()
 
     def start_free_run(
         self,
