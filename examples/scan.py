@@ -30,6 +30,7 @@ from ptychonn_ophyd.physics.objects import held_out_object  # noqa: E402
 from ptychonn_ophyd.physics.probe import make_probe  # noqa: E402
 from ptychonn_ophyd.run_schema import frame_accounting  # noqa: E402
 from ptychonn_ophyd.session.device import PtychoNNDetector  # noqa: E402
+from ptychonn_ophyd.session.display import NO_FIGURES, choose_backend  # noqa: E402
 from ptychonn_ophyd.session.plans import scan_with_inference  # noqa: E402
 from ptychonn_ophyd.session.progress import show_progress  # noqa: E402
 from ptychonn_ophyd.session.wiring import connect  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
     catalog = connect(RE, inference, args.catalog)
     show_progress(RE, inference)  # before the table, so its lines print on a clean line
     bec = BestEffortCallback()
-    if not args.plots:
+    if not args.plots or choose_backend() == NO_FIGURES:  # Qt, or no figures and why
         bec.disable_plots()
     RE.subscribe(bec)
 

@@ -1,5 +1,6 @@
 """The IPython profile and the examples, run as a new user runs them (fresh HOME)."""
 
+import io
 import os
 import re
 import shutil
@@ -7,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
+from screen import virtual_screen, windows_named
 
 pytestmark = pytest.mark.processes
 
@@ -70,6 +73,62 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
     assert banner[2] == f"catalog {state / 'catalog'}"
     assert banner[3].startswith("try: RE(scan_with_inference(det, inference, sy")
     assert banner[4].startswith("live view on: auto figure, PVA ")
+
+
+LIVE_WINDOW = "PtychoNN live mosaic"
+
+
+def ask(shell: pexpect.spawn, line: str, answer: str, timeout: float = 240) -> re.Match:
+    """Type ``line`` at the IPython prompt and wait for output matching ``answer``."""
+    shell.sendline(line)
+    shell.expect(answer, timeout=timeout)
+    return shell.match
+
+
+@pytest.mark.parametrize("asked", ["", "TkAgg"], ids=["default", "MPLBACKEND=TkAgg"])
+def test_profile_on_a_screen_survives_three_scans_and_shows_the_live_mosaic(
+    tmp_path, user_env, channel_prefix, asked
+):
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (Debian: apt-get install xdotool)")
+    profile = tmp_path / "profile_ptychonn"
+    shutil.copytree(PROFILE, profile)
+    scan = "uid, = RE(scan_with_inference(det, inference, sy, -0.2, 0.2, 3, sx, -0.2, 0.2, 3))"
+    title = f"import matplotlib.pyplot as plt; print('title', plt.figure({LIVE_WINDOW!r}).axes"
+    title += "[0].get_title(), 'of', uid[:8], 'on', matplotlib.get_backend())"
+    with virtual_screen() as display:
+        env = {**user_env, "DISPLAY": display, "PTYCHONN_SIM_CHANNEL": f"{channel_prefix}:image"}
+        if asked:  # what matplotlib picks where Tk is installed and Qt is not
+            env["MPLBACKEND"] = asked
+        shell = pexpect.spawn(
+            sys.executable,
+            ["-m", "IPython", "--no-banner", f"--profile-dir={profile}", "--colors=NoColor"],
+            env=env,
+            cwd=tmp_path,
+            encoding="utf-8",
+            dimensions=(50, 250),
+        )
+        shell.logfile_read = transcript = io.StringIO()
+        try:
+            ask(shell, "print('ready', 6 * 7)", "ready 42")
+            for _ in range(3):
+                shell.sendline(scan)
+                drawn = ask(
+                    shell,
+                    f"import matplotlib; {title}",
+                    r"title (\w{8}): 9 patches of (\w{8}) on (\w+)",
+                )
+                assert drawn[1] == drawn[2] and drawn[3].lower() == "qtagg", transcript.getvalue()
+                assert windows_named(display, LIVE_WINDOW), "the live window is not on the screen"
+            shell.sendline("exit")
+            shell.expect(pexpect.EOF, timeout=120)
+        finally:
+            shell.close(force=True)
+    said = transcript.getvalue()
+    assert shell.exitstatus == 0, said
+    if asked:
+        assert f"MPLBACKEND={asked} replaced by QtAgg: bluesky draws from its RunEngine" in said
+    assert not re.search(r"Traceback|RuntimeError|main thread|apartment|did not get", said), said
 
 
 def test_examples_scan_twice_with_going_on_scan_ids_then_replay(

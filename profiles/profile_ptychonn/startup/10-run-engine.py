@@ -1,16 +1,22 @@
 """The RunEngine with metadata that persists between sessions, live table and progress bar.
 
-The scan's progress bar is subscribed before the live table, so that the table's lines
-print on a clean line (see ``ptychonn_ophyd.session.progress``).
+Figures are drawn by Qt's main thread where there is a screen, and not at all without
+one (see ``ptychonn_ophyd.session.display``).  The scan's progress bar is subscribed
+before the live table, so that the table's lines print on a clean line (see
+``ptychonn_ophyd.session.progress``).
 """
 
-import matplotlib
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import PersistentDict, ProgressBarManager
+from IPython import get_ipython
 
 from ptychonn_ophyd.paths import run_engine_metadata
+from ptychonn_ophyd.run_schema import ACCOUNTING_STREAM, MOSAIC_STREAM, STREAM
+from ptychonn_ophyd.session.display import NO_FIGURES, choose_backend
 from ptychonn_ophyd.session.progress import show_progress
+
+backend = choose_backend(get_ipython())
 
 RE = RunEngine()
 RE.md = PersistentDict(run_engine_metadata())  # examples/scan.py keeps the same
@@ -19,6 +25,7 @@ RE.waiting_hook = ProgressBarManager()  # waits on moves
 progress = show_progress(RE)  # the scan's points or frames; 40-inference follows the device
 
 bec = BestEffortCallback()
-if matplotlib.get_backend().lower() == "agg":  # no display: tables only
+bec.noplot_streams += [STREAM, ACCOUNTING_STREAM, MOSAIC_STREAM]  # the live mosaic shows them
+if backend == NO_FIGURES:  # tables only
     bec.disable_plots()
 RE.subscribe(bec)
