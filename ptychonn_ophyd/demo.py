@@ -12,6 +12,8 @@ the one replay stitches again.
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -20,8 +22,11 @@ from typing import Literal
 
 import numpy as np
 
+from ptychonn_ophyd.errors import ArgsError
 from ptychonn_ophyd.loopback import use_loopback
 
+INTERRUPTED = "the demo was interrupted (Ctrl-C)"
+"""The stop document's reason for a demo scan ended by Ctrl-C."""
 SIZES = {"small": (0.5, 11), "default": (1.2, 25), "large": (1.2, 49)}
 """Scan half-width (µm) and points per axis: 121, 625 or 2401 frames, 100 or 50 nm apart."""
 
@@ -89,14 +94,25 @@ class DemoSummary:
 def run_demo(config: DemoConfig) -> DemoSummary:
     """Scan the held-out object with live inference, store it, replay it, and judge it."""
     use_loopback()
-    config.output_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_output(config.output_dir)
     catalog_location = config.catalog or str(config.output_dir / "catalog")
     uid, sent, simulation = _scan(config, catalog_location)
     return _judge(config, catalog_location, uid, sent, simulation)
 
 
+def _prepare_output(folder: Path) -> None:
+    """Make the output folder, or say in one line why the demo cannot write there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ArgsError(f"output folder {folder}: cannot create it ({err.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgsError(f"output folder {folder}: cannot write there")
+
+
 def _scan(config: DemoConfig, catalog_location: str):
     from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
     from ophyd.sim import SynAxis
 
     from ptychonn_ophyd.models.bundled import demo_model_path
@@ -129,15 +145,34 @@ def _scan(config: DemoConfig, catalog_location: str):
     catalog = connect(RE, inference, catalog_location, live_view=live_view)
     show_progress(RE, inference)
     half, n = SIZES[config.size]
-    (uid,) = RE(
-        scan_with_inference(
-            det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
-        )
+    plan = scan_with_inference(
+        det, inference, sy, -half, half, n, sx, -half, half, n, md={"purpose": "demo"}
     )
-    det.close()
-    live_view.close()
-    catalog.context.close()
+    try:
+        (uid,) = RE(plan)
+    except RunEngineInterrupted:  # Ctrl-C paused it: nobody is there to resume
+        aborted = _abort(RE)
+        runs = f"run {aborted[0]} " if aborted else ""
+        raise KeyboardInterrupt(f"{runs}stored as aborted in {catalog_location}") from None
+    finally:
+        det.close()
+        live_view.close()
+        catalog.context.close()
     return uid, int(det.frames_sent.get()), simulation
+
+
+def _abort(RE) -> tuple[str, ...]:
+    """Abort the paused run (stored as aborted, workers stopped) without bluesky's
+    "Run aborted" traceback: the command's one line says it."""
+    from ptychonn_ophyd.session.wiring import abort
+
+    bluesky_log = logging.getLogger("bluesky")
+    level = bluesky_log.level
+    bluesky_log.setLevel(logging.CRITICAL)
+    try:
+        return abort(RE, INTERRUPTED)
+    finally:
+        bluesky_log.setLevel(level)
 
 
 def _judge(config: DemoConfig, catalog_location: str, uid: str, sent: int, simulation):

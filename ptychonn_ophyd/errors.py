@@ -1,7 +1,16 @@
-"""Exceptions that users of ptychonn_ophyd catch, one per kind of failure."""
+"""Exceptions that users of ptychonn_ophyd catch, one per kind of failure.
+
+Each is a :class:`PtychoNNError` as well as the built-in kind it is (a ``ModelError`` is
+a ``ValueError``), so callers may catch either.
+"""
 
 
-class ModelError(ValueError):
+class PtychoNNError(Exception):
+    """A failure whose message is written for the user as it stands: it names what is
+    wrong.  The command line prints it as one ``error:`` line, without a traceback."""
+
+
+class ModelError(PtychoNNError, ValueError):
     """A model file is missing, unreadable, or not a PtychoNN model.
 
     The message always names the file and says what is wrong with it.
@@ -13,7 +22,7 @@ class ModelError(ValueError):
         self.problem = problem
 
 
-class FrameRejected(ValueError):
+class FrameRejected(PtychoNNError, ValueError):
     """A detector frame cannot be turned into model input.
 
     ``reason`` is a short machine-readable key (``"shape"``, ``"dtype"``, ``"empty"``,
@@ -26,27 +35,27 @@ class FrameRejected(ValueError):
         self.reason = reason
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(PtychoNNError, RuntimeError):
     """An inference backend cannot run here (library missing, no GPU, ...)."""
 
 
-class ArgsError(ValueError):
+class ArgsError(PtychoNNError, ValueError):
     """Settings that cannot be used; the message is one line naming each bad key."""
 
 
-class ControlError(RuntimeError):
+class ControlError(PtychoNNError, RuntimeError):
     """A worker's control channel refused a command or did not answer."""
 
 
-class PoolStartError(RuntimeError):
+class PoolStartError(PtychoNNError, RuntimeError):
     """A worker did not get ready; the message names it and quotes its last log lines."""
 
 
-class WorkerDiedError(RuntimeError):
+class WorkerDiedError(PtychoNNError, RuntimeError):
     """A worker process ended while the pool ran; the message quotes its last log lines."""
 
 
-class InferenceTimeoutError(TimeoutError):
+class InferenceTimeoutError(PtychoNNError, TimeoutError):
     """Frames the source produced were not inferred in time; ``missing`` holds their ids."""
 
     def __init__(self, name: str, missing: list[int], waited: float, lost: int) -> None:
@@ -58,23 +67,23 @@ class InferenceTimeoutError(TimeoutError):
         self.missing = missing
 
 
-class StreamWiringError(RuntimeError):
+class StreamWiringError(PtychoNNError, RuntimeError):
     """The inference stream would be lost or written twice; the message says how to wire it."""
 
 
-class CatalogError(RuntimeError):
+class CatalogError(PtychoNNError, RuntimeError):
     """The catalog cannot be used (a folder or database that cannot be written, ...);
     the message is one line naming the path."""
 
 
-class StorageFullError(OSError):
+class StorageFullError(PtychoNNError, OSError):
     """The catalog's disk has too little room left to store more results and still close
     the run; the message is one line naming the path and the room left."""
 
 
-class CatalogNotFoundError(LookupError):
+class CatalogNotFoundError(PtychoNNError, LookupError):
     """A catalog to read from does not exist; the message names where it was looked for."""
 
 
-class RunLookupError(LookupError):
+class RunLookupError(PtychoNNError, LookupError):
     """No run, or more than one, matches what was asked; the message names the catalog."""

@@ -138,3 +138,32 @@ def test_infer_refuses_an_output_folder_that_does_not_exist_before_inferring(
         f"error: {output}: cannot write the output, folder {output.parent} does not exist"
     ]
     assert "frames/s" not in done.stdout
+
+
+def test_a_demo_backend_typo_ends_at_once_in_one_line_and_writes_nothing(tmp_path):
+    done = ptychonn_ophyd("demo", "--backend", "onnxruntim", "--output-dir", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        "argument --backend: invalid choice: 'onnxruntim' "
+        "(choose from 'auto', 'tensorrt', 'torch', 'onnxruntime')"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        (["--output-dir", "{file}"], "output folder {file}: cannot create it (File exists)"),
+        (
+            ["--output-dir", "{dir}", "--catalog", "{file}/catalog"],
+            "catalog {file}/catalog cannot be written (Not a directory): runs could not be stored",
+        ),
+    ],
+    ids=["output-dir", "catalog"],
+)
+def test_a_demo_that_cannot_write_says_where_in_one_line(tmp_path, where, said):
+    file, folder = tmp_path / "a-file", tmp_path / "out"
+    file.write_text("")
+    done = ptychonn_ophyd("demo", *(w.format(file=file, dir=folder) for w in where))
+    assert done.returncode == 2
+    assert done.stderr == f"ptychonn-ophyd demo: error: {said.format(file=file)}\n"

@@ -75,6 +75,20 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
     assert banner[4].startswith("live view on: auto figure, PVA ")
 
 
+def test_profile_banner_warns_of_a_model_file_that_is_not_there(tmp_path, user_env):
+    user_env["PTYCHONN_MODEL"] = str(tmp_path / "typo.onnx")
+    profile = tmp_path / "profile_ptychonn"  # a copy: IPython writes its history there
+    shutil.copytree(PROFILE, profile)
+    ipython = [sys.executable, "-m", "IPython", "--no-banner", f"--profile-dir={profile}"]
+
+    out = run([*ipython, "-c", "pass"], user_env, tmp_path)
+
+    banner = out.splitlines()
+    assert banner[1].startswith(
+        f"model {tmp_path / 'typo.onnx'} (WARNING: no such file; set PTYCHONN_MODEL or "
+    ), out
+
+
 LIVE_WINDOW = "PtychoNN live mosaic"
 
 

@@ -18,6 +18,17 @@ COMPOSITE = {"preprocess": "--crop, --bin, --threshold", "outputs": "--amplitude
 """Settings given by options of their own (see :func:`settings_from_args`)."""
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--precision``."""
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)

@@ -187,7 +187,11 @@ def _object_pixel_size(detector: Any) -> float | None:
 
 
 def _step(detector: Any, inference: Any, motors: list, points: list[dict]) -> Plan:
-    """At each point: move, trigger the detector, wait for inference, read everything."""
+    """At each point: move, trigger the detector, wait for inference, read everything.
+
+    ``move_per_step`` begins with a checkpoint: one Ctrl-C pauses at the next point, and
+    a resumed scan takes the point it was paused in again.
+    """
     cache: dict = defaultdict(lambda: None)
     for point in points:
         yield from bps.move_per_step(point, cache)

@@ -102,10 +102,16 @@ def _abort_if_paused(ref: weakref.ref[RunEngine]) -> None:
     RE = ref()
     if RE is not None and RE.state == "paused":
         log.warning("closing the paused run as aborted: %s", PAUSED_AT_EXIT)
-        for supplement in RE.preprocessors:
-            if isinstance(supplement, InferenceSupplement):
-                supplement.abort_reason = PAUSED_AT_EXIT
-        RE.abort(PAUSED_AT_EXIT)
+        abort(RE, PAUSED_AT_EXIT)
+
+
+def abort(RE: RunEngine, reason: str) -> tuple[str, ...]:
+    """``RE.abort(reason)``, with ``reason`` in the stop document (bluesky's run wrapper
+    drops it; the supplement writes it); returns the uids of the runs aborted."""
+    for supplement in RE.preprocessors:
+        if isinstance(supplement, InferenceSupplement):
+            supplement.abort_reason = reason
+    return tuple(RE.abort(reason))
 
 
 def _subscribers(RE: RunEngine) -> list[object]:

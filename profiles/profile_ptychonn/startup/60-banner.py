@@ -2,8 +2,20 @@
 
 # ruff: noqa: F821 (names made by the startup files before this one)
 
+from pathlib import Path
+
 from ptychonn_ophyd.catalog import resolve_location
 from ptychonn_ophyd.paths import run_engine_metadata
+
+
+def _model() -> str:
+    """The model, or a warning that scans will fail without one."""
+    model = inference.model.get()
+    if not model:
+        return "(none: set PTYCHONN_MODEL)"
+    if not Path(model).is_file():
+        return f"{model} (WARNING: no such file; set PTYCHONN_MODEL or inference.model.put(...))"
+    return model
 
 
 def _banner() -> str:
@@ -13,8 +25,8 @@ def _banner() -> str:
         [
             f"ptychonn-ophyd: RE (scan ids in {run_engine_metadata()}), "
             f"det on {det.channel.get()}, motors sx sy, inference, catalog",
-            f"model {inference.model.get() or '(none: set PTYCHONN_MODEL)'}, "
-            f"backend {inference.backend.get()}, {workers} worker{'s' * (workers != 1)}",
+            f"model {_model()}, backend {inference.backend.get()}, "
+            f"{workers} worker{'s' * (workers != 1)}",
             f"catalog {resolve_location()}",
             "try: RE(scan_with_inference(det, inference, sy, -1, 1, 9, sx, -1, 1, 9)); "
             "replay(-1, catalog)",
