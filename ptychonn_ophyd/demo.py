@@ -12,9 +12,12 @@ the one replay stitches again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +79,7 @@ class DemoSummary:
     @property
     def replay_command(self) -> str:
         """The command that replays this run from this catalog, ready to paste."""
-        return f"ptychonn-ophyd replay {self.uid} --catalog {shlex.quote(str(self.catalog))}"
+        return f"{command()} replay {self.uid} --catalog {shlex.quote(str(self.catalog))}"
 
     def lines(self) -> list[str]:
         return [
@@ -89,6 +92,19 @@ class DemoSummary:
             f"ssim: {self.ssim:.3f}",
             f"phase rms error: {self.phase_rms:.3f} rad",
         ]
+
+
+def command() -> str:
+    """How to type ``ptychonn-ophyd`` here: its name where the shell finds it as this
+    one, else its path in this environment (``.venv/bin/ptychonn-ophyd``), relative to
+    the working folder where it lies below it."""
+    script = Path(sys.executable).parent / "ptychonn-ophyd"
+    found = shutil.which("ptychonn-ophyd")
+    if found and Path(found).resolve() == script.resolve():
+        return "ptychonn-ophyd"
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    return shlex.quote(str(script))
 
 
 def run_demo(config: DemoConfig) -> DemoSummary:

@@ -275,7 +275,7 @@ def test_cli_runs_a_pool_and_reports(source, channel_prefix, small_phase_onnx, t
         if cli.poll() is None:
             cli.kill()
     assert cli.returncode == 0, out
-    assert ready_line.startswith("1 workers ready: onnxruntime CPU")
+    assert ready_line.startswith("1 worker ready: onnxruntime CPU")
     assert f"{channel_prefix}:1:output" in ready_line
     assert out.strip().splitlines()[-1].startswith("received 10  inferred 10  dropped 0")
 

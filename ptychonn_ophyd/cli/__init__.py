@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from ptychonn_ophyd.errors import PtychoNNError
@@ -31,8 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        module.add_parser(subparsers).set_defaults(handler=module.run)
+        command = module.add_parser(subparsers)
+        command.set_defaults(handler=module.run)
+        command.description = plain_text(command.description or "")
+        command.formatter_class = argparse.RawDescriptionHelpFormatter  # keep paragraphs
     return parser
+
+
+_ROLE = re.compile(r":\w+:`~?(?:([^`<]*?)\s*<[^`>]*>|([^`]*))`")
+
+
+def plain_text(docstring: str) -> str:
+    """A module docstring as ``--help`` shows it: without reStructuredText markup
+    (double backquotes, and roles such as ``:class:`~a.B``` shown as their last name)."""
+    plain = _ROLE.sub(lambda m: m[1] or m[2].rsplit(".", 1)[-1], docstring)
+    return plain.replace("``", "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,8 +75,9 @@ def _watch(pool: ConsumerPool, period: float, runtime: float) -> None:
 
 def _describe(facts: dict) -> str:
     gpus = f" on {', '.join(facts['gpu_names'])}" if facts["gpu_names"] else ""
+    n = facts["n_workers"]
     return (
-        f"{facts['n_workers']} workers ready: {facts['engine']}{gpus}, model {facts['model']} "
+        f"{n} worker{'s' * (n != 1)} ready: {facts['engine']}{gpus}, model {facts['model']} "
         f"({facts['model_hash']}); {facts['input_channel']} -> "
         f"{', '.join(facts['output_channels'])}"
     )

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             type=type(default),
             default=default,
             choices=choices,
-            help=f"{text} (default {default})",
+            help=text if "default" in text else f"{text} (default {default})",
         )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
