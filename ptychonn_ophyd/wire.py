@@ -98,9 +98,17 @@ def mosaic_channel(prefix: str) -> str:
     return f"{prefix}:mosaic"
 
 
-MOSAIC_ATTRIBUTES = ("pixel_size_um", "scan_uid", "frames", "center_row", "center_col")
+def mosaic_coverage_channel(prefix: str) -> str:
+    """``<prefix>:mosaic:covered``: which pixels of the mosaic the scan has lit (uint8, 1
+    where it has), published just before each mosaic update with the same ``uniqueId``."""
+    return f"{mosaic_channel(prefix)}:covered"
+
+
+MOSAIC_ATTRIBUTES = ("pixel_size_um", "scan_uid", "frames", "center_row", "center_col", "fill")
 """Attributes of a mosaic NTNDArray: object pixel size (micrometres), the run's uid,
-patches stitched so far, and the pixel that scan position ``(0, 0)`` lights."""
+patches stitched so far, the pixel that scan position ``(0, 0)`` lights, and the value
+of the pixels the scan has not lit (the lowest phase it has: areaDetector viewers
+scale to a finite image; :func:`mosaic_coverage_channel` says which pixels those are)."""
 
 
 # -- NTNDArrays --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ptychonn_ophyd.physics.probe import make_probe, probe_weight
 from ptychonn_ophyd.run_schema import frame_accounting
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.plans import scan_with_inference
-from ptychonn_ophyd.wire import mosaic_channel, parse_ntndarray
+from ptychonn_ophyd.wire import mosaic_channel, mosaic_coverage_channel, parse_ntndarray
 
 pytestmark = pytest.mark.processes
 
@@ -27,42 +27,61 @@ pytestmark = pytest.mark.processes
 class MosaicWatcher:
     """Every update of a mosaic channel, and how many came before the run's stop."""
 
-    def __init__(self, channel: str, timeout: float = 30.0) -> None:
+    def __init__(self, prefix: str, timeout: float = 30.0) -> None:
         self.updates: list = []
+        self.coverage: dict[int, np.ndarray] = {}
         self.before_stop: list[int] = []
         self._lock = threading.Lock()
-        self._channel = pva.Channel(channel)
-        self._channel.monitor(self._receive, "field()")
-        deadline = time.monotonic() + timeout
-        while not self._channel.getMonitorCounters().get("nReceived", 0):
-            assert time.monotonic() < deadline, f"no connection to {channel}"
-            time.sleep(0.05)
+        self._channels = [
+            pva.Channel(mosaic_coverage_channel(prefix)),
+            pva.Channel(mosaic_channel(prefix)),
+        ]
+        for channel, receive in zip(self._channels, (self._covered, self._receive), strict=True):
+            channel.monitor(receive, "field()")
+            deadline = time.monotonic() + timeout
+            while not channel.getMonitorCounters().get("nReceived", 0):
+                assert time.monotonic() < deadline, f"no connection to {channel.getName()}"
+                time.sleep(0.05)
+
+    def _covered(self, pv) -> None:
+        if pv["uniqueId"]:
+            with self._lock:
+                self.coverage[pv["uniqueId"]] = parse_ntndarray(pv).image.astype(bool)
 
     def _receive(self, pv) -> None:
-        if not pv["uniqueId"]:
-            return
-        array = parse_ntndarray(pv)
-        with self._lock:
-            self.updates.append((array.attributes, array.image.copy()))
+        if pv["uniqueId"]:
+            array = parse_ntndarray(pv)
+            with self._lock:
+                self.updates.append((pv["uniqueId"], array.attributes, array.image.copy()))
 
     def on_document(self, name, doc) -> None:
         if name == "stop":
             with self._lock:
-                self.before_stop = [int(a["frames"]) for a, _ in self.updates]
+                self.before_stop = [int(a["frames"]) for _, a, _ in self.updates]
 
     def final(self, frames: int, timeout: float = 30.0):
-        """The update holding ``frames`` patches (waiting for it)."""
+        """The update holding ``frames`` patches (waiting for it and its coverage), NaN
+        where the scan has not been; every update is checked finite, filled with its
+        ``fill``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                done = [u for u in self.updates if int(u[0]["frames"]) == frames]
-            if done:
-                return done[-1]
+                done = [u for u in self.updates if int(u[1]["frames"]) == frames]
+                if done and done[-1][0] in self.coverage:
+                    return self._masked(*done[-1])
             time.sleep(0.05)
         raise AssertionError(f"no mosaic update with {frames} frames in {timeout} s")
 
+    def _masked(self, unique_id: int, attributes: dict, image: np.ndarray):
+        for _, _, each in self.updates:
+            assert np.isfinite(each).all(), "a NaN in the mosaic channel"
+        covered = self.coverage[unique_id]
+        assert (image[~covered] == np.float32(attributes["fill"])).all()
+        return attributes, np.where(covered, image, np.nan)
+
     def close(self) -> None:
-        self._channel.stopMonitor()
+        for channel in self._channels:
+            channel.stopMonitor()
 
 
 def live_view(**settings) -> LiveView:
@@ -92,7 +111,7 @@ def check_live_equals_replay(world, watcher, uid, frames):
 def scan_and_check(tmp_path, channel_prefix, model, n: int, half: float, **scan) -> None:
     """An n x n scan over +-half um: the channel updates before the stop, ends as replayed."""
     with beamline(tmp_path, channel_prefix, model, live_view=live_view()) as w:
-        watcher = MosaicWatcher(mosaic_channel(f"{channel_prefix}:inference"))
+        watcher = MosaicWatcher(f"{channel_prefix}:inference")
         w.RE.subscribe(watcher.on_document)
         w.det.fly_rate_hz = 40
         try:

@@ -1,9 +1,12 @@
-"""The live mosaic as a PV Access NTNDArray channel, ``<prefix>:mosaic``.
+"""The live mosaic as PV Access NTNDArray channels, ``<prefix>:mosaic`` and its coverage.
 
-c2dv or any areaDetector viewer shows it: a float32 2-D image of the stitched phase
-(NaN where the scan has not been), with the object pixel size, the run's uid, the
-patches in it and the pixel of scan position ``(0, 0)`` as attributes
-(:data:`~ptychonn_ophyd.wire.MOSAIC_ATTRIBUTES`).  Its ``uniqueId`` counts updates.
+c2dv or any areaDetector viewer shows it: a float32 2-D image of the stitched phase,
+with the object pixel size, the run's uid, the patches in it, the pixel of scan
+position ``(0, 0)`` and the fill as attributes
+(:data:`~ptychonn_ophyd.wire.MOSAIC_ATTRIBUTES`).  Where the scan has not been the image
+holds the fill, the lowest phase it has, not NaN: viewers scale to the image's minimum
+and maximum, and a NaN made c2dv's froze.  ``<prefix>:mosaic:covered`` says which
+pixels the scan has lit.  The ``uniqueId`` of both counts updates.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ import numpy as np
 import pvaccess as pva
 
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.wire import MOSAIC_ATTRIBUTES, make_ntndarray, mosaic_channel
+from ptychonn_ophyd.wire import (
+    MOSAIC_ATTRIBUTES,
+    make_ntndarray,
+    mosaic_channel,
+    mosaic_coverage_channel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,7 @@ class MosaicChannel:
     def __init__(self) -> None:
         self._server: pva.PvaServer | None = None
         self._records: set[str] = set()
+        self.prefix: str | None = None
         self.channel: str | None = None
         self.updates = 0
 
@@ -33,9 +42,11 @@ class MosaicChannel:
         if self._server is None:
             self._server = pva.PvaServer()
             self._server.start()
+        self.prefix = prefix
         self.channel = mosaic_channel(prefix)
         if self.channel not in self._records:
-            self._server.addRecord(self.channel, pva.NtNdArray(), None)
+            for record in (mosaic_coverage_channel(prefix), self.channel):
+                self._server.addRecord(record, pva.NtNdArray(), None)
             self._records.add(self.channel)
             log.info("serving the live mosaic on %s", self.channel)
 
@@ -43,10 +54,20 @@ class MosaicChannel:
         """Post run ``uid``'s phase mosaic of ``frames`` patches on the channel."""
         if self._server is None or self.channel is None:
             return
-        values = (phase.pixel_size_um, uid, frames, *phase.center)
+        covered = np.isfinite(phase.image)
+        fill = float(phase.image[covered].min()) if covered.any() else 0.0
+        image = np.where(covered, phase.image, fill).astype(np.float32)
+        values = (phase.pixel_size_um, uid, frames, *phase.center, fill)
         self.updates += 1
+        coverage = make_ntndarray(
+            covered.astype(np.uint8),
+            self.updates,
+            {"scan_uid": uid, "frames": frames},
+            descriptor="ptychonn mosaic coverage",
+        )
+        self._server.update(mosaic_coverage_channel(self.prefix), coverage)
         array = make_ntndarray(
-            np.ascontiguousarray(phase.image, dtype=np.float32),
+            image,
             self.updates,
             dict(zip(MOSAIC_ATTRIBUTES, values, strict=True)),
             descriptor="ptychonn mosaic",
