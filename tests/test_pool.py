@@ -299,18 +299,13 @@ config = PoolConfig(model={model!r}, input_channel={channel!r}, output_prefix={p
 pool = ConsumerPool(config)
 pool.start(timeout=60)
 print(*pool.pids, flush=True)
-time.sleep(120)
+time.sleep({linger})
 """
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
 def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, sig):
-    script = textwrap.dedent(POOL_SCRIPT).format(
-        model=str(small_phase_onnx), channel=f"{channel_prefix}:image", prefix=channel_prefix
-    )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
+    parent = start_pool_script(channel_prefix, small_phase_onnx, linger=120)
     reap.append(parent.pid)
     pids = [int(pid) for pid in parent.stdout.readline().split()]
     reap.extend(pids)
@@ -319,6 +314,32 @@ def test_no_worker_outlives_its_parent(channel_prefix, small_phase_onnx, reap, s
     parent.send_signal(sig)
     parent.wait(60)  # a Ctrl-C'd parent stops its workers: stop_drain + STOP_MARGIN_S at most
     assert wait_until(lambda: all(process_gone(pid) for pid in pids), 30)
+
+
+def test_a_pool_left_running_when_its_program_ends_stops_and_removes_its_logs(
+    channel_prefix, small_phase_onnx, reap, tmp_path, monkeypatch
+):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("PTYCHONN_LOGS", str(logs))
+    parent = start_pool_script(channel_prefix, small_phase_onnx, linger=0)
+    reap.append(parent.pid)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    reap.extend(pids)
+
+    assert parent.wait(60) == 0
+    assert all(process_gone(pid) for pid in pids)
+    assert list(logs.iterdir()) == []
+
+
+def start_pool_script(channel_prefix: str, model, linger: float) -> subprocess.Popen:
+    """A program that starts a pool of two workers, prints their PIDs, and after
+    ``linger`` s ends without stopping them."""
+    script = textwrap.dedent(POOL_SCRIPT).format(
+        model=str(model), channel=f"{channel_prefix}:image", prefix=channel_prefix, linger=linger
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def test_cli_pool_on_a_channel_nobody_serves_says_so_and_gives_up_after_runtime(

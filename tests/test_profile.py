@@ -8,9 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pexpect
 import pytest
 from screen import virtual_screen, windows_named
+
+from ptychonn_ophyd.analysis.figure import covered
+from ptychonn_ophyd.analysis.replay import load_inference
+from ptychonn_ophyd.analysis.stitch import StitchedImage
+from ptychonn_ophyd.catalog import open_existing_catalog
 
 pytestmark = pytest.mark.processes
 
@@ -64,6 +70,8 @@ def test_profile_starts_scans_and_replays(tmp_path, user_env, channel_prefix):
     assert len(list(tmp_path.glob("scan-1-*.png"))) == 1
     state = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd"
     assert (state / "catalog" / "catalog.db").exists()
+    logs = tmp_path / "home" / ".local" / "state" / "ptychonn-ophyd" / "logs"
+    assert logs.is_dir() and list(logs.iterdir()) == []  # the warm pool ended cleanly at exit
 
     again = run([*ipython, "-c", "print('scan_id', RE.md['scan_id'])"], user_env, tmp_path)
     assert "scan_id 1" in again  # the RunEngine metadata persisted
@@ -145,36 +153,45 @@ def test_profile_on_a_screen_survives_three_scans_and_shows_the_live_mosaic(
     assert not re.search(r"Traceback|RuntimeError|main thread|apartment|did not get", said), said
 
 
-def test_examples_scan_twice_with_going_on_scan_ids_then_replay(
+def test_examples_step_and_fly_scan_with_going_on_scan_ids_then_replay_without_gaps(
     tmp_path, user_env, channel_prefix, small_phase_onnx
 ):
     python = [sys.executable]
     channel = ["--channel", f"{channel_prefix}:image"]
     scan = [*python, str(EXAMPLES / "scan.py"), "--model", str(small_phase_onnx), *channel]
 
-    for scan_id in (1, 2):  # RE.md persists where the IPython profile keeps it
+    # RE.md persists where the IPython profile keeps it: scan ids go on
+    for scan_id, mode, frames in ((1, [], 121), (2, ["--fly"], 225)):
         done = subprocess.run(
-            scan, env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+            [*scan, *mode], env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=240
         )
         assert done.returncode == 0, done.stderr
-        assert f"scan {scan_id} run " in done.stdout and "'stored': 49" in done.stdout
+        assert f"scan {scan_id} run " in done.stdout, done.stdout
+        assert f": {frames} sent, {frames} inferred, {frames} stored" in done.stdout
         assert "Attempting to set identical" not in done.stderr  # no live plots unless asked
     state = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd"
     assert (state / "runengine-metadata").is_dir()
     out = run([*python, str(EXAMPLES / "replay.py")], user_env, tmp_path)
-    assert "49 frames" in out and "wrote replay-" in out
+    assert "225 frames" in out and "wrote replay-" in out
 
-    saved = tmp_path / "home" / ".local" / "share" / "ptychonn-ophyd" / "catalog"
-    out = run(
-        [
-            *python,
-            str(EXAMPLES / "replay_saved_catalog.py"),
-            str(saved),
-            "--output-dir",
-            str(tmp_path / "pngs"),
-        ],
-        user_env,
-        tmp_path,
-    )
-    assert out.count("49 of 49 frames inferred") == 2
-    assert len(list((tmp_path / "pngs").glob("*.png"))) == 2
+    saved = state / "catalog"
+    pngs = tmp_path / "pngs"
+    replay_all = [*python, str(EXAMPLES / "replay_saved_catalog.py"), str(saved)]
+    out = run([*replay_all, "--output-dir", str(pngs)], user_env, tmp_path)
+    assert "121 of 121 frames inferred" in out and "225 of 225 frames inferred" in out
+    assert len(list(pngs.glob("*.png"))) == 2
+
+    catalog = open_existing_catalog(saved)
+    for uid in catalog:
+        data = load_inference(catalog[uid])
+        assert_covers_its_scan(data.mosaic.phase, data.positions_um)
+
+
+def assert_covers_its_scan(image: StitchedImage, positions_um: np.ndarray) -> None:
+    """Every pixel between a scan's outermost positions is in the figure's covered region
+    (no gap between patches, no bar at the edges)."""
+    (cy, cx), pixel = image.center, image.pixel_size_um
+    cols = np.rint(cx + positions_um[:, 0] / pixel).astype(int)
+    rows = np.rint(cy + positions_um[:, 1] / pixel).astype(int)
+    region = covered(image.weight)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert region.all(), f"{np.count_nonzero(~region)} pixels inside the scan are not covered"

@@ -4,20 +4,20 @@ import io
 import os
 import re
 import threading
+import time
 
 import pytest
 from bluesky_world import beamline
 
 from ptychonn_ophyd.session.plans import scan_with_inference
-from ptychonn_ophyd.session.progress import show_progress
-
-pytestmark = pytest.mark.processes
+from ptychonn_ophyd.session.progress import ScanProgress, show_progress
 
 
 def grid(w, n: int, **kw):
     return scan_with_inference(w.det, w.inference, w.sy, -0.3, 0.3, n, w.sx, -0.3, 0.3, n, **kw)
 
 
+@pytest.mark.processes
 def test_the_pool_start_then_a_bar_over_points_or_frames(
     tmp_path, channel_prefix, small_phase_onnx
 ):
@@ -38,6 +38,7 @@ def test_the_pool_start_then_a_bar_over_points_or_frames(
     assert re.fullmatch(r"scan 2: 100%\|.*\| 9/9 \[.*frame.*\]", lines[5])
 
 
+@pytest.mark.processes
 def test_on_a_terminal_the_bar_is_redrawn_while_a_fly_scan_runs(
     tmp_path, channel_prefix, small_phase_onnx
 ):
@@ -58,6 +59,52 @@ def test_on_a_terminal_the_bar_is_redrawn_while_a_fly_scan_runs(
     redraws = re.findall(r"\rscan 1: +\d+%\|[^\r\n]*\| \d/9 \[", shown)
     assert redraws, shown
     assert re.search(r"\r\s*\rscan 1: 100%\|[^\r\n]*\| 9/9 \[[^\r\n]*frame[^\r\n]*\]\r?\n", shown)
+
+
+class Terminal(io.StringIO):
+    """What a terminal shows: carriage returns overwrite the line from its start."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        shown = []
+        for line in self.getvalue().split("\n"):
+            cells: list[str] = []
+            for part_number, part in enumerate(line.split("\r")):
+                column = 0 if part_number else len(cells)
+                cells[column : column + len(part)] = part
+            shown.append("".join(cells).rstrip())
+        return shown
+
+
+def test_a_step_scan_bar_stays_on_screen_between_points_and_off_the_table_lines():
+    terminal = Terminal()
+    progress = ScanProgress(terminal, period=0.25)
+    points, samples = 30, []
+
+    def sample(stop: threading.Event) -> None:
+        while not stop.wait(0.02):
+            samples.append(progress._shown > 0)
+
+    progress("start", {"time": time.time(), "scan_id": 4, "num_points": points})
+    progress("descriptor", {"name": "primary", "uid": "d"})
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample, args=(stop,))
+    sampler.start()
+    for k in range(points):  # a point every 0.1 s, its table line printed after the bar's wipe
+        time.sleep(0.1)
+        progress("event", {"descriptor": "d"})
+        terminal.write(f"| row {k} |\n")
+    stop.set()
+    sampler.join()
+    progress("stop", {})
+    visible = sum(samples) / len(samples)
+
+    rows = [line for line in terminal.screen() if "row" in line]
+    assert rows == [f"| row {k} |" for k in range(points)]
+    assert visible > 0.5, f"the bar was on screen in {visible:.0%} of the samples"
+    assert terminal.screen()[-2].startswith("scan 4: 100%|")
 
 
 def drain(fd: int, chunks: list[bytes]) -> None:

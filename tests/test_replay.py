@@ -167,7 +167,7 @@ def test_the_figure_shows_the_covered_region_relative_and_names_the_run(scanned)
 
 def test_the_bundled_model_brings_its_recorded_accuracy_for_each_stitching():
     start = {"ptychonn": {"model": str(demo_model_path())}}
-    pattern = r"trained to held-out SSIM (0\.\d\d), phase rms 0\.\d\d rad"
+    pattern = r"the model's held-out test in training: SSIM (0\.\d\d), phase rms 0\.\d\d rad"
     live = re.fullmatch(pattern, replay_accuracy(start))
     tilted = re.fullmatch(pattern, replay_accuracy(start, "tilt"))
     assert live and tilted

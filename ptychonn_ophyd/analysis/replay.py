@@ -307,7 +307,7 @@ def save_png(
     if amplitude is not None:
         panels.append(Panel("amplitude", amplitude.image, "amplitude"))
     recipe: Stitching = "tilt" if stitching == SolvedMosaic.stitching else "aligned"
-    notes = "  ·  ".join(n for n in (replay_accuracy(data.start, recipe), stitching) if n)
+    notes = "\n".join(n for n in (stitching, replay_accuracy(data.start, recipe)) if n)
     title = run_title(data.start, len(data.phase), notes)
     return save_figure(path, panels, phase, title, data.positions_um if positions else None)
 

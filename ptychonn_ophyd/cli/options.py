@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a number greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not greater than 0")
+    return value
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--precision``."""
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)

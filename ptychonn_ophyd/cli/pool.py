@@ -11,9 +11,9 @@ import argparse
 import sys
 import time
 
-from ptychonn_ophyd.cli.options import add_settings_options, settings_from_args
+from ptychonn_ophyd.cli.options import add_settings_options, positive_float, settings_from_args
 from ptychonn_ophyd.errors import ArgsError, PoolStartError, WorkerDiedError
-from ptychonn_ophyd.pool import ConsumerPool, PoolStats
+from ptychonn_ophyd.pool import START_TIMEOUT_S, ConsumerPool, PoolStats
 from ptychonn_ophyd.settings import PoolConfig, validated
 
 
@@ -22,7 +22,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "pool", help="run streaming inference workers on a PVA stream", description=__doc__
     )
     add_settings_options(parser, defaults={"input_channel": "ad:image"})
-    parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument(
+        "--start-timeout",
+        type=positive_float,
+        default=START_TIMEOUT_S,
+        help="seconds the start waits for every worker to load its model and connect to the "
+        "input channel, saying what it waits for meanwhile",
+    )
     parser.add_argument("--report-period", type=float, default=5.0, help="seconds")
     parser.add_argument(
         "--runtime",

@@ -54,4 +54,4 @@ def recorded_accuracy(model: str | Path, stitching: Stitching = "aligned") -> st
         ssim, rms = (metrics[key] for key in held_out_keys(stitching))
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    return f"trained to held-out SSIM {ssim:.2f}, phase rms {rms:.2f} rad"
+    return f"the model's held-out test in training: SSIM {ssim:.2f}, phase rms {rms:.2f} rad"

@@ -6,6 +6,6 @@ imports only :mod:`ptychonn_ophyd.settings`, :mod:`ptychonn_ophyd.wire` and what
 describes a worker's model.
 """
 
-from ptychonn_ophyd.pool.consumer_pool import ConsumerPool, PoolStats
+from ptychonn_ophyd.pool.consumer_pool import START_TIMEOUT_S, ConsumerPool, PoolStats
 
-__all__ = ["ConsumerPool", "PoolStats"]
+__all__ = ["START_TIMEOUT_S", "ConsumerPool", "PoolStats"]

@@ -47,6 +47,10 @@ PROGRESS_FIRST_S = 2.0
 PROGRESS_PERIOD_S = 5.0
 """A start still waiting says what it waits for after this long, then this often."""
 
+START_TIMEOUT_S = 60.0
+"""Seconds a start waits, by default, for every worker to load its engine and connect to
+its input channel before it gives up (a detector that is not there ends the wait)."""
+
 STOP_MARGIN_S = 10.0
 """Seconds :meth:`ConsumerPool.stop` gives a worker beyond its ``stop_drain`` (to free its
 engine and make pvapy's last report) before it kills it."""
@@ -139,7 +143,9 @@ class ConsumerPool:
         """The workers' log files (pvapy's output and the processor's log lines)."""
         return [w.log_path for w in self._workers]
 
-    def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> None:
+    def start(
+        self, timeout: float = START_TIMEOUT_S, progress: Callable[[str], None] | None = None
+    ) -> None:
         """Start the workers and wait until every one reports its engine ready.
 
         While it waits, ``progress`` (default: this module's logger at INFO) is told
@@ -157,7 +163,11 @@ class ConsumerPool:
         log_dir = self._make_log_dir()
         self._workers = [self._worker(k, log_dir) for k in range(1, self.config.n_workers + 1)]
         self._finalizer = weakref.finalize(
-            self, terminate, list(self._workers), self._stop_timeout(None)
+            self,
+            _stop_unattended,
+            list(self._workers),
+            self._stop_timeout(None),
+            log_dir if self._own_log_dir else None,
         )
         try:
             for worker in self._workers:
@@ -462,3 +472,16 @@ def _not_ready_error(worker: Worker, why: str, timeout: float) -> str:
     if why.startswith("not connected to input channel"):
         return f"{head}; its log: {worker.log_path}"
     return f"{head}; its last log lines ({worker.log_path}):\n{worker.log_tail()}"
+
+
+def _stop_unattended(workers: list[Worker], timeout: float, own_log_dir: Path | None) -> None:
+    """What :meth:`ConsumerPool.stop` does when nobody called it (the pool collected, or
+    the interpreter leaving with a warm pool): stop every worker, and remove the log
+    folder made for them if each one wrote its final counts (a clean end)."""
+    terminate(workers, timeout)
+    if own_log_dir is None:
+        return
+    if all(worker.final_counts() is not None for worker in workers):
+        shutil.rmtree(own_log_dir, ignore_errors=True)
+    else:
+        log.warning("worker logs kept in %s", own_log_dir)

@@ -27,7 +27,7 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.models import open_model
-from ptychonn_ophyd.pool import ConsumerPool, PoolStats
+from ptychonn_ophyd.pool import START_TIMEOUT_S, ConsumerPool, PoolStats
 from ptychonn_ophyd.session.ledger import Counts, FrameLedger
 from ptychonn_ophyd.session.results import ResultFanout
 from ptychonn_ophyd.session.trigger import PointTrigger
@@ -132,7 +132,7 @@ class PtychoNNDetector(_Settings):
         name: str,
         source: FrameSource | None = None,
         trigger_timeout: float = 30.0,
-        start_timeout: float = 60.0,
+        start_timeout: float = START_TIMEOUT_S,
         keep_warm: bool = False,
         announce: Callable[[str], None] | None = None,
         **kwargs: Any,

@@ -28,9 +28,10 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from ptychonn_ophyd.session.device import PtychoNNDetector
 
-QUIET_S = 0.05
-"""The bar is redrawn only this long after the last document, so that a line another
-subscriber prints for that document never lands on the bar's line."""
+QUIET_S = 0.02
+"""The bar, wiped for each document, is drawn again this long after the last one: by then
+the subscribers after it (called in the same thread, at once) have printed their line,
+so none lands on the bar's line, and the bar is gone for no longer than that."""
 
 
 class ScanProgress:
@@ -106,15 +107,19 @@ class ScanProgress:
         self._bar = None
 
     def _redraw(self, done: threading.Event) -> None:
-        """Draw the bar every ``period`` s while its run lasts, when no document is due."""
-        while not done.wait(self.period):
+        """While the run lasts, draw the bar :data:`QUIET_S` after a document wiped it,
+        and every ``period`` s to move its counts and rate on."""
+        drawn = 0.0
+        while not done.wait(QUIET_S / 2):
             with self._lock:
-                quiet = time.monotonic() - self._last_document >= QUIET_S
-                if self._bar is not None and quiet:
+                now = time.monotonic()
+                quiet = now - self._last_document >= QUIET_S
+                due = not self._shown or now - drawn >= self.period
+                if self._bar is not None and quiet and due:
                     line = self._bar.line()
                     self.file.write("\r" + line.ljust(self._shown))
                     self.file.flush()
-                    self._shown = len(line)
+                    self._shown, drawn = len(line), now
 
     def _clear(self) -> None:
         if self._shown:
