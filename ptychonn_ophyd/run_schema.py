@@ -41,6 +41,13 @@ STITCHING_KEY = "stitching"
 """Key of :data:`MOSAIC_STREAM` saying in words how its image was stitched (absent in
 runs stored before it was)."""
 
+NOT_PLOTTED = {"fields": []}
+"""The ``hints`` of the objects read into :data:`STREAM`, :data:`ACCOUNTING_STREAM` and
+:data:`MOSAIC_STREAM`: no field worth a line plot, so BestEffortCallback draws nothing
+for them (unhinted, it plots every field: empty axes, since rows arrive as
+``stream_datum``, and "LivePlot did not get any data" for each). The live view is
+their picture."""
+
 METADATA_KEY = "ptychonn"
 """Start-document key holding the model and pool facts; runs with it (or with the
 inference device among ``detectors``) get the inference stream."""

@@ -15,7 +15,14 @@ from bluesky_world import assert_every_frame_counted, assert_gone, beamline, val
 from ophyd import Signal
 
 from ptychonn_ophyd.errors import WorkerDiedError
-from ptychonn_ophyd.run_schema import FRAME_STATISTICS_KEY, frame_accounting
+from ptychonn_ophyd.run_schema import (
+    ACCOUNTING_STREAM,
+    FRAME_STATISTICS_KEY,
+    MOSAIC_STREAM,
+    STREAM,
+    frame_accounting,
+)
+from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.plans import scan_with_inference
 
 pytestmark = pytest.mark.processes
@@ -132,6 +139,33 @@ def test_the_live_table_counts_frames_of_this_scan_on_both_sides(
         assert row["det_frames_sent"] == row["inference_inferred"] == "9"
         assert "det_last_unique_id" not in row  # 13 here: it runs on across scans
         assert w.det.last_unique_id.get() == 13
+
+
+def test_best_effort_plots_draw_nothing_for_the_writer_s_streams(
+    tmp_path, channel_prefix, small_phase_onnx, capsys
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    live_view = LiveView(figure=False, channel=False)
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, live_view=live_view) as w:
+        w.RE.subscribe(BestEffortCallback())  # plots on
+        w.RE(scan_with_inference(w.det, w.inference, w.sy, -0.3, 0.3, 2, w.sx, -0.3, 0.3, 2))
+        w.RE(bp.count([w.det, w.inference], num=3))
+
+    writers = (STREAM, ACCOUNTING_STREAM, MOSAIC_STREAM)
+    descriptors = [doc for name, doc in w.documents if name == "descriptor"]
+    assert {doc["name"] for doc in descriptors} >= set(writers)
+    written = {key for doc in descriptors if doc["name"] in writers for key in doc["data_keys"]}
+    plotted = {ax.get_ylabel() for n in plt.get_fignums() for ax in plt.figure(n).axes}
+    assert plt.get_fignums() and "det_frames_sent" in plotted  # the primary stream is drawn
+    assert not plotted & written, plotted & written
+    said = capsys.readouterr()
+    assert "did not get any data" not in said.out + said.err
+    plt.close("all")
 
 
 def test_abort_mid_scan_leaves_no_worker_and_a_readable_run(world):

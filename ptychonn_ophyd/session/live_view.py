@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bluesky.protocols import Hints
 
 from ptychonn_ophyd.analysis.mosaic import Mosaic, Stitcher, check_window
 from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.physics.probe import check_probe, load_probe, probe_weight
-from ptychonn_ophyd.run_schema import INPUT_MOMENTS, STITCHING_KEY, Rows
+from ptychonn_ophyd.run_schema import INPUT_MOMENTS, NOT_PLOTTED, STITCHING_KEY, Rows
 from ptychonn_ophyd.session.mosaic_channel import MosaicChannel
 from ptychonn_ophyd.settings import LiveViewSettings, validated
 
@@ -322,6 +323,11 @@ class MosaicReading:
         self.parent = None
         self._values: dict[str, Any] = {}
         self._time = 0.0
+
+    @property
+    def hints(self) -> Hints:
+        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+        return NOT_PLOTTED
 
     def set(self, snapshot: Snapshot) -> None:
         phase = snapshot.phase

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ptychonn_ophyd.run_schema import Rows, rows_of
+from bluesky.protocols import Hints
+
+from ptychonn_ophyd.run_schema import NOT_PLOTTED, Rows, rows_of
 from ptychonn_ophyd.session.ledger import Counts, FrameLedger
 from ptychonn_ophyd.session.writer import StreamWriter
 from ptychonn_ophyd.wire import ResultBatch
@@ -150,6 +152,11 @@ class AccountingReading:
         self.parent = None
         self.summary: dict[str, Any] = {}
         self._time = 0.0
+
+    @property
+    def hints(self) -> Hints:
+        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+        return NOT_PLOTTED
 
     def set(self, summary: dict[str, Any]) -> None:
         self.summary, self._time = summary, time.time()

@@ -25,10 +25,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+from bluesky.protocols import Hints
 from event_model import ComposeStreamResource
 
 from ptychonn_ophyd.errors import StorageFullError
-from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, Rows, stream_file_name
+from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, NOT_PLOTTED, Rows, stream_file_name
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,11 @@ class StreamWriter:
         )
 
     # -- the Collectable -------------------------------------------------------------
+
+    @property
+    def hints(self) -> Hints:
+        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+        return NOT_PLOTTED
 
     def read_configuration(self) -> dict[str, Any]:
         return dict(self.spec.configuration)

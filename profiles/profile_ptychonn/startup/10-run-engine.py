@@ -12,7 +12,6 @@ from bluesky.utils import PersistentDict, ProgressBarManager
 from IPython import get_ipython
 
 from ptychonn_ophyd.paths import run_engine_metadata
-from ptychonn_ophyd.run_schema import ACCOUNTING_STREAM, MOSAIC_STREAM, STREAM
 from ptychonn_ophyd.session.display import NO_FIGURES, choose_backend
 from ptychonn_ophyd.session.progress import show_progress
 
@@ -25,7 +24,6 @@ RE.waiting_hook = ProgressBarManager()  # waits on moves
 progress = show_progress(RE)  # the scan's points or frames; 40-inference follows the device
 
 bec = BestEffortCallback()
-bec.noplot_streams += [STREAM, ACCOUNTING_STREAM, MOSAIC_STREAM]  # the live mosaic shows them
 if backend == NO_FIGURES:  # tables only
     bec.disable_plots()
 RE.subscribe(bec)
