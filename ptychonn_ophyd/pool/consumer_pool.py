@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import shutil
 import tempfile
@@ -169,6 +170,10 @@ class ConsumerPool:
             self._stop_timeout(None),
             log_dir if self._own_log_dir else None,
         )
+        # A multiprocessing child (bluesky-queueserver's RE worker, whose environment
+        # closes by ending the process) leaves through os._exit, past atexit and so past
+        # weakref.finalize; multiprocessing runs its own finalizers first.
+        multiprocessing.util.Finalize(self, self._finalizer, exitpriority=0)
         try:
             for worker in self._workers:
                 worker.launch()

@@ -67,6 +67,15 @@ def qt_problem() -> str | None:
     return f"Qt cannot open the screen {screen()}: {said}"
 
 
+def under_queueserver() -> bool:
+    """Whether this process is bluesky-queueserver's RE worker, running the startup code."""
+    try:
+        from bluesky_queueserver import is_re_worker_active
+    except ImportError:
+        return False
+    return bool(is_re_worker_active())
+
+
 def choose_backend(shell: Shell | None = None) -> str:
     """Set matplotlib's backend for a Bluesky session and return it.
 
@@ -74,12 +83,14 @@ def choose_backend(shell: Shell | None = None) -> str:
     integration, so windows stay live at the prompt) and bluesky's Qt teleporter, made
     here in the main thread.  Otherwise ``Agg``: no windows, and where there is a screen,
     one warning saying why.  A non-Qt GUI backend asked for with ``MPLBACKEND`` is
-    replaced, with a warning, for the reason the module docstring gives.
+    replaced, with a warning, for the reason the module docstring gives.  RE Manager's
+    worker (bluesky-queueserver) draws nothing: nobody sits at its screen, and the live
+    view's channel shows the mosaic.
     """
     import matplotlib
 
     asked = os.environ.get("MPLBACKEND", "")
-    if asked.lower() == NO_FIGURES.lower() or screen() is None:
+    if asked.lower() == NO_FIGURES.lower() or screen() is None or under_queueserver():
         matplotlib.use(NO_FIGURES)
         return NO_FIGURES
     problem = qt_problem()

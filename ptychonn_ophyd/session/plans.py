@@ -3,9 +3,13 @@
 >>> RE(scan_with_inference(det, inference, sy, -1, 1, 5, sx, -1, 1, 5))       # 5x5 grid
 >>> RE(scan_with_inference(det, inference, sx, -1, 1, sy, 0, 0, num=20))      # a line
 >>> RE(scan_with_inference(det, inference, sy, -1, 1, 5, sx, -1, 1, 5, mode="fly"))
-"""
 
-from __future__ import annotations
+The plans' annotations are evaluated when the module is imported (no
+``from __future__ import annotations``): bluesky-queueserver validates a queued plan's
+parameters against them, takes a string annotation for an undefined type, and turns
+the names of devices into devices only where the annotation is one of bluesky's
+protocols (``Readable``, ``Movable``).
+"""
 
 from collections import defaultdict
 from collections.abc import Generator
@@ -14,6 +18,7 @@ from typing import Any, Literal, Protocol
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.plan_patterns import inner_product, outer_product
+from bluesky.protocols import Movable, Readable
 from bluesky.utils import FailedStatus, Msg, RunEngineControlException
 
 from ptychonn_ophyd.errors import WorkerDiedError
@@ -45,9 +50,9 @@ class FlyDetector(Protocol):
 
 
 def scan_with_inference(
-    detector: Any,
-    inference: Any,
-    *args: Any,
+    detector: Readable,
+    inference: Readable,
+    *args: Movable | float,
     mode: Literal["step", "fly"] = "step",
     num: int | None = None,
     snake: bool = True,
