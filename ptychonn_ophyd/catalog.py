@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
-from ptychonn_ophyd.errors import CatalogError, CatalogNotFoundError
+from ptychonn_ophyd.errors import ArgsError, CatalogError, CatalogNotFoundError
 from ptychonn_ophyd.interrupted_runs import close_interrupted_runs
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def assets_directory(path_or_uri: str | Path | None = None) -> Path:
         return location.resolve() / "assets"
     assets = os.environ.get(ASSETS_ENV)
     if not assets:
-        raise ValueError(
+        raise ArgsError(
             f"writing to the Tiled server {location} needs {ASSETS_ENV} set to a folder "
             "that the server lists in its readable_storage"
         )

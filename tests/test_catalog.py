@@ -229,3 +229,22 @@ def test_opening_an_embedded_catalog_prints_nothing_of_tiled_even_verbose(tmp_pa
         )
         assert done.returncode == 0, done.stderr
         assert (done.stdout, done.stderr) == ("0\n", "")
+
+
+def test_replay_by_scan_id_in_a_catalog_that_is_no_catalog_of_runs_says_so(tmp_path):
+    from tiled.catalog import from_uri
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    from ptychonn_ophyd.analysis.replay import find_run
+    from ptychonn_ophyd.errors import RunLookupError
+
+    plain = from_uri(f"sqlite:///{tmp_path / 'plain.db'}", init_if_not_exists=True)
+    client = from_context(Context.from_app(build_app(plain)))
+    for run_id in (-1, "3"):
+        with pytest.raises(RunLookupError) as refused:
+            find_run(client, run_id, "http://tiled.example")
+        said = str(refused.value)
+        assert said.startswith(f"{run_id} names no run in http://tiled.example: it is not a ")
+        assert "CatalogOfBlueskyRuns" in said and "\n" not in said
+    client.context.close()

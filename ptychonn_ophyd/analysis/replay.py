@@ -28,7 +28,7 @@ from ptychonn_ophyd.analysis.figure import (
 from ptychonn_ophyd.analysis.mosaic import Mosaic, stitch_in_order
 from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.catalog import open_existing_catalog, resolve_location
+from ptychonn_ophyd.catalog import RUNS_SPEC, open_existing_catalog, resolve_location
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models.bundled import Stitching
 from ptychonn_ophyd.preprocess import PreprocessConfig
@@ -376,6 +376,13 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
         (default: the catalog's URI).
     """
     where = where or _describe_catalog(catalog)
+    numbered = isinstance(run_id, int) or run_id.lstrip("-").isdigit()
+    if numbered and RUNS_SPEC["name"] not in {spec.name for spec in catalog.specs}:
+        raise RunLookupError(
+            f"{run_id} names no run in {where}: it is not a catalog of Bluesky runs (no "
+            f"{RUNS_SPEC['name']} spec at its root, see examples/tiled-server.yml), so "
+            "only a uid finds a run there"
+        )
     if isinstance(run_id, str) and run_id.lstrip("-").isdigit():
         number = int(run_id)
         run_id = number if number < 0 or _with_scan_id(catalog, number) else run_id

@@ -21,12 +21,19 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.container import Container
 
-from ptychonn_ophyd.catalog import assets_directory, catalog_writer, open_catalog
+from ptychonn_ophyd.catalog import (
+    assets_directory,
+    catalog_writer,
+    is_uri,
+    open_catalog,
+    resolve_location,
+)
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
 from ptychonn_ophyd.session.supplement import InferenceSupplement
+from ptychonn_ophyd.tiled_server import check_server
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ def connect(
     StreamWiringError
         ``RE`` already has a ``TiledWriter``, or ``inference`` a supplement: the runs
         would be written twice.
+    CatalogError
+        The catalog cannot be written, or a Tiled server lacks what storing a run takes
+        (:func:`~ptychonn_ophyd.tiled_server.check_server`).
     """
     existing = [cb for cb in _subscribers(RE) if isinstance(cb, TiledWriter)]
     if existing:
@@ -70,9 +80,11 @@ def connect(
             "every run twice (the inference stream reaches the first one already)"
         )
     client = open_catalog(catalog)
-    supplement = InferenceSupplement(
-        inference, assets_directory(catalog), grace=grace, live_view=live_view
-    )
+    assets = assets_directory(catalog)
+    location = resolve_location(catalog)
+    if is_uri(location):
+        check_server(client, assets, str(location))
+    supplement = InferenceSupplement(inference, assets, grace=grace, live_view=live_view)
     RE.preprocessors.append(supplement)
     RE.subscribe(catalog_writer(client))
     if live_view is not None:

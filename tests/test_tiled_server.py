@@ -1,0 +1,136 @@
+"""Runs stored on a real ``tiled serve`` on loopback, configured as the README says, and
+servers missing what storing a run takes refused at ``connect()`` in one line."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from bluesky import RunEngine
+from bluesky_world import beamline
+from pva_consumers import wait_until
+
+from ptychonn_ophyd.errors import CatalogError
+from ptychonn_ophyd.session.device import PtychoNNDetector
+from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.session.wiring import connect
+from ptychonn_ophyd.tiled_server import PROBE_PREFIX
+
+pytestmark = pytest.mark.processes
+
+CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiled-server.yml"
+API_KEY = "secretforthistest"  # alphanumeric, as Tiled requires
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def tiled_serve(config: Path, data: Path, assets: Path) -> Iterator[str]:
+    """``tiled serve config`` on loopback with ``config``; yields its URI."""
+    tiled = Path(sys.executable).with_name("tiled")
+    port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    env = {"TILED_DATA": str(data), "PTYCHONN_ASSETS": str(assets)}
+    log = (data / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            *(str(tiled), "serve", "config", str(config), "--api-key", API_KEY),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
+        env={**_plain_environment(), **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _answers(uri) or server.poll() is not None, 120)
+        assert server.poll() is None, (data / "server.log").read_text()[-3000:]
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def _plain_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TILED_", "PTYCHONN_"))}
+
+
+def _answers(uri: str) -> bool:
+    try:
+        return httpx.get(f"{uri}/api/v1/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_server_set_up_as_the_readme_says_stores_a_scan_another_process_reads(
+    tmp_path, monkeypatch, channel_prefix, small_phase_onnx
+):
+    assets = tmp_path / "assets"
+    with tiled_serve(CONFIG, tmp_path / "server", assets) as uri:
+        monkeypatch.setenv("PTYCHONN_ASSETS", str(assets))
+        monkeypatch.setenv("TILED_API_KEY", API_KEY)
+        with beamline(tmp_path, channel_prefix, small_phase_onnx, catalog_dir=uri) as w:
+            (uid,) = w.RE(
+                scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 2, w.sx, -0.2, 0.2, 2)
+            )
+            assert not [key for key in w.catalog if key.startswith(PROBE_PREFIX)]
+        reader = textwrap.dedent(
+            f"""
+            from ptychonn_ophyd.catalog import open_existing_catalog
+            from ptychonn_ophyd.run_schema import frame_accounting
+            run = open_existing_catalog({uri!r})[-1]
+            print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape,
+                  frame_accounting(run)["stored"], run.metadata["stop"]["exit_status"])
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", reader],
+            env={**_plain_environment(), "TILED_API_KEY": API_KEY},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(rf"{uid} \(4, \d+, \d+\) 4 success\n", done.stdout), done.stdout
+
+
+@pytest.mark.parametrize(
+    ("cut", "said"),
+    [
+        (r"      readable_storage:\n.*\n", "cannot read files in {assets}: add that folder, "),
+        (r"        - sqlite:///\$\{TILED_DATA\}/tables.db.*\n", "has no SQL table store for "),
+        (r"      specs:.*\n.*\n.*\n", "its root is not a catalog of Bluesky runs; add `specs: "),
+    ],
+    ids=["no-readable-storage", "no-sql-table-store", "no-runs-spec"],
+)
+def test_a_server_missing_a_setting_is_refused_at_connect_in_one_line(
+    tmp_path, monkeypatch, small_phase_onnx, cut, said
+):
+    config = tmp_path / "server.yml"
+    config.write_text(re.sub(cut, "", CONFIG.read_text(), count=1))
+    assert config.read_text() != CONFIG.read_text()
+    assets = tmp_path / "assets"
+    inference = PtychoNNDetector(
+        name="inference", model=str(small_phase_onnx), input_channel="x", output_prefix="x"
+    )
+    with tiled_serve(config, tmp_path / "server", assets) as uri:
+        monkeypatch.setenv("PTYCHONN_ASSETS", str(assets))
+        monkeypatch.setenv("TILED_API_KEY", API_KEY)
+        with pytest.raises(CatalogError) as refused:
+            connect(RunEngine(), inference, uri)
+    message = str(refused.value)
+    assert message.startswith(f"Tiled server {uri}") and "\n" not in message
+    assert said.format(assets=assets) in message
+    assert not list(assets.glob(f"{PROBE_PREFIX}*"))  # the check's file is gone
