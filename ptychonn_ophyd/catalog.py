@@ -13,6 +13,7 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -30,6 +31,7 @@ from ptychonn_ophyd.interrupted_runs import close_interrupted_runs
 
 if TYPE_CHECKING:
     from tiled.catalog.adapter import CatalogContainerAdapter
+    from tiled.media_type_registration import SerializationRegistry
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,28 @@ def _open_embedded(folder: Path) -> Container:
             specs=[RUNS_SPEC],
         )
         _wait_for_other_writers(adapter)
-        client = from_context(Context.from_app(build_app(adapter)))
+        app = build_app(adapter, serialization_registry=_serializers())
+        client = from_context(Context.from_app(app))
         close_interrupted_runs(client, folder / "assets")
         return client
+
+
+BLUESKY_RUN_SPEC = "BlueskyRun"
+"""The spec of a run node, which the documents exporter is registered for."""
+DOCUMENTS_MEDIA_TYPE = "application/json-seq"
+"""The media type of a run exported as its Bluesky documents."""
+
+
+def _serializers() -> SerializationRegistry:
+    """Tiled's serializers and bluesky-tiled-plugins' documents exporter, so that
+    ``run.documents()`` (databroker 2's way to replay a run's documents) works here as
+    on a server configured with it (``examples/tiled-server.yml``)."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register(BLUESKY_RUN_SPEC, DOCUMENTS_MEDIA_TYPE, json_seq_exporter)
+    return registry
 
 
 LOCK_FILE = "catalog.lock"

@@ -248,3 +248,22 @@ def test_replay_by_scan_id_in_a_catalog_that_is_no_catalog_of_runs_says_so(tmp_p
         assert said.startswith(f"{run_id} names no run in http://tiled.example: it is not a ")
         assert "CatalogOfBlueskyRuns" in said and "\n" not in said
     client.context.close()
+
+
+def test_databroker_2_reads_an_embedded_run_as_documents_and_v1_and_replay_still_works(
+    tmp_path,
+):
+    pytest.importorskip("databroker.v1", reason="databroker[back-compat] is not installed")
+    from ptychonn_ophyd.analysis.replay import find_run, load_inference
+
+    catalog = open_catalog(tmp_path / "catalog")
+    uid = write_run(catalog, tmp_path / "catalog" / "assets", n=3)
+
+    names = [name for name, _ in catalog[uid].documents()]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert names.count("stream_datum") == names.count("stream_resource") > 0
+    table = catalog.v1[uid].table("inference", fill=True)
+    assert table["unique_id"].tolist() == [1, 2, 3] and len(table["phase"].iloc[2]) == 8
+    data = load_inference(find_run(catalog, -1))  # the v1 Broker switched the client's map
+    assert data.unique_id.tolist() == [1, 2, 3]
+    catalog.context.close()

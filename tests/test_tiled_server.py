@@ -6,7 +6,6 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +73,23 @@ def _answers(uri: str) -> bool:
         return False
 
 
+READER = """
+import databroker
+from ptychonn_ophyd.analysis.replay import find_run, load_inference
+from ptychonn_ophyd.run_schema import frame_accounting
+
+catalog = databroker.catalog["ptychonn"]
+run = find_run(catalog, -1)
+print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape)
+print(frame_accounting(run)["stored"], run.metadata["stop"]["exit_status"])
+names = [name for name, _ in run.documents()]
+table = catalog.v1[-1].table("inference", fill=True)
+print(len(table), names[-1], len(load_inference(find_run(catalog, -1)).unique_id))
+"""
+"""Another process, a databroker 2 user's: the latest run by the Tiled profile, as
+documents, as a v1 table, and replay's reading after that."""
+
+
 def test_a_server_set_up_as_the_readme_says_stores_a_scan_another_process_reads(
     tmp_path, monkeypatch, channel_prefix, small_phase_onnx
 ):
@@ -86,24 +102,19 @@ def test_a_server_set_up_as_the_readme_says_stores_a_scan_another_process_reads(
                 scan_with_inference(w.det, w.inference, w.sy, -0.2, 0.2, 2, w.sx, -0.2, 0.2, 2)
             )
             assert not [key for key in w.catalog if key.startswith(PROBE_PREFIX)]
-        reader = textwrap.dedent(
-            f"""
-            from ptychonn_ophyd.catalog import open_existing_catalog
-            from ptychonn_ophyd.run_schema import frame_accounting
-            run = open_existing_catalog({uri!r})[-1]
-            print(run.metadata["start"]["uid"], run["inference"]["phase"].read().shape,
-                  frame_accounting(run)["stored"], run.metadata["stop"]["exit_status"])
-            """
-        )
+        home = tmp_path / "reader"  # databroker 2 finds the server by the README's profile
+        profiles = home / ".config" / "tiled" / "profiles"
+        profiles.mkdir(parents=True)
+        (profiles / "ptychonn.yml").write_text(f"ptychonn:\n  uri: {uri}\n")
         done = subprocess.run(
-            [sys.executable, "-c", reader],
-            env={**_plain_environment(), "TILED_API_KEY": API_KEY},
+            [sys.executable, "-c", READER],
+            env={**_plain_environment(), "TILED_API_KEY": API_KEY, "HOME": str(home)},
             capture_output=True,
             text=True,
             timeout=120,
         )
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(rf"{uid} \(4, \d+, \d+\) 4 success\n", done.stdout), done.stdout
+    assert done.stdout.splitlines() == [f"{uid} (4, 128, 128)", "4 success", "4 stop 4"]
 
 
 @pytest.mark.parametrize(

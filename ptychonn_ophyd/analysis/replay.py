@@ -394,9 +394,17 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
                 f"have it ({', '.join(shared)}); give a uid"
             )
     try:
-        return catalog[run_id]
+        return _v3(catalog[run_id])
     except (KeyError, IndexError):
         raise RunLookupError(f"no run {run_id!r} in the catalog {where}") from None
+
+
+def _v3(run: Any) -> Any:
+    """``run`` in the layout this module reads (bluesky-tiled-plugins' v3: each stream a
+    table of columns), whichever its catalog's client hands out: databroker's v1
+    ``Broker`` switches the catalog client's map to the v2 layout (``data``,
+    ``timestamps``), and every run read from that catalog afterwards has it."""
+    return run.v3 if hasattr(run, "v3") else run
 
 
 def _with_scan_id(catalog: Any, scan_id: int) -> list[str]:
