@@ -51,6 +51,10 @@ their picture."""
 METADATA_KEY = "ptychonn"
 """Start-document key holding the model and pool facts; runs with it (or with the
 inference device among ``detectors``) get the inference stream."""
+FLY_FRAMES_KEY = "num_frames"
+"""Start-document key of a fly scan: the frames its free run takes along the path.  Its
+``num_points`` is 1, the events of its primary stream (one, at the end), so that
+BestEffortCallback draws no one-point plot of it."""
 PIXEL_SIZE_KEY = "object_pixel_size_um"
 """Start-document key for the object pixel size (micrometres), which stitching uses."""
 FRAME_STATISTICS_KEY = "frame_statistics"

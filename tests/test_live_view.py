@@ -247,6 +247,35 @@ def test_the_figure_draws_the_latest_mosaic_and_dims_where_the_scan_has_not_been
         plt.close("all")
 
 
+def test_the_figure_waits_for_the_first_patch_instead_of_drawing_an_empty_extent():
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from ptychonn_ophyd.analysis.mosaic import Mosaic
+    from ptychonn_ophyd.session.live_view import Snapshot
+    from ptychonn_ophyd.session.mosaic_figure import MosaicFigure
+
+    matplotlib.use("Agg")
+    live = LiveView(probe_weight(make_probe()), figure=True, channel=False)
+    mosaic = Mosaic(0.01, live.window)
+    live.latest = Snapshot("uid-2", mosaic.phase(), None, 0, mosaic.window, mosaic.stitching)
+    figure = MosaicFigure(live)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            figure("start", {"uid": "uid-2", "time": 0.0})
+            figure("stop", {"uid": "s", "run_start": "uid-2", "time": 1.0})
+        assert [str(w.message) for w in warned] == []  # "identical low and high xlims"
+        assert figure._image is None
+        mosaic.add(np.zeros((1, 128, 128)), [(0, 0)])
+        live.latest = Snapshot("uid-2", mosaic.phase(), None, 1, mosaic.window, "")
+        figure.refresh()
+        assert figure._image.get_array().shape == (128, 128)
+    finally:
+        plt.close("all")
+
+
 def test_an_idle_mosaic_thread_waits_instead_of_spinning():
     view = LiveView(None, channel=False, figure=False, update_period=0.05)
     assert view.begin("idle-run", 0.01, (128, 128), amplitude=False)

@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import threading
+import warnings
 
 import bluesky.plans as bp
 import numpy as np
@@ -155,6 +156,16 @@ def test_best_effort_plots_draw_nothing_for_the_writer_s_streams(
         w.RE.subscribe(BestEffortCallback())  # plots on
         w.RE(scan_with_inference(w.det, w.inference, w.sy, -0.3, 0.3, 2, w.sx, -0.3, 0.3, 2))
         w.RE(bp.count([w.det, w.inference], num=3))
+        figures = plt.get_fignums()
+        w.det.fly_rate_hz = 200
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            fly = scan_with_inference(
+                w.det, w.inference, w.sy, -0.3, 0.3, 2, w.sx, -0.3, 0.3, 2, mode="fly"
+            )
+            w.RE(fly)
+        # a fly scan's primary stream is one event: no one-point plot of it
+        assert plt.get_fignums() == figures and not [str(m.message) for m in warned]
 
     writers = (STREAM, ACCOUNTING_STREAM, MOSAIC_STREAM)
     descriptors = [doc for name, doc in w.documents if name == "descriptor"]

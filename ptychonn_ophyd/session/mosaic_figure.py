@@ -58,6 +58,7 @@ class MosaicFigure(QtAwareCallback):
         if (
             snapshot is None
             or self.figure is None
+            or not snapshot.phase.image.size  # nothing stitched yet: no extent to draw
             or self._drawn == (snapshot.uid, snapshot.frames)
         ):
             return

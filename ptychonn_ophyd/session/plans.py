@@ -23,6 +23,7 @@ from bluesky.utils import FailedStatus, Msg, RunEngineControlException
 
 from ptychonn_ophyd.errors import WorkerDiedError
 from ptychonn_ophyd.run_schema import (
+    FLY_FRAMES_KEY,
     FRAME_STATISTICS_KEY,
     METADATA_KEY,
     PIXEL_SIZE_KEY,
@@ -119,10 +120,12 @@ def _run(
         "mode": mode,
         "detectors": [detector.name, inference.name],
         "motors": [m.name for m in motors],
-        "num_points": len(points),
+        "num_points": 1 if mode == "fly" else len(points),  # events in the primary stream
         METADATA_KEY: inference.facts(),
         "hints": {"dimensions": [(m.hints["fields"], "primary") for m in motors]},
     }
+    if mode == "fly":
+        start[FLY_FRAMES_KEY] = len(points)
     pixel_size = _object_pixel_size(detector)
     if pixel_size:
         start[PIXEL_SIZE_KEY] = pixel_size

@@ -25,6 +25,8 @@ from typing import IO, TYPE_CHECKING, Any
 from bluesky import RunEngine
 from tqdm import tqdm
 
+from ptychonn_ophyd.run_schema import FLY_FRAMES_KEY
+
 if TYPE_CHECKING:
     from ptychonn_ophyd.session.device import PtychoNNDetector
 
@@ -91,7 +93,7 @@ class ScanProgress:
         fly = fly and inference.name in doc.get("detectors", ())
         self._bar = _Bar(
             f"scan {doc.get('scan_id', '')}".strip(),
-            doc.get("num_points"),
+            doc.get(FLY_FRAMES_KEY) if fly else doc.get("num_points"),
             doc["time"],
             (lambda: inference.inferred_count) if fly else None,
         )
