@@ -179,7 +179,11 @@ def test_examples_step_and_fly_scan_with_going_on_scan_ids_then_replay_without_g
     replay_all = [*python, str(EXAMPLES / "replay_saved_catalog.py"), str(saved)]
     out = run([*replay_all, "--output-dir", str(pngs)], user_env, tmp_path)
     assert "121 of 121 frames inferred" in out and "225 of 225 frames inferred" in out
-    assert len(list(pngs.glob("*.png"))) == 2
+    drawn = {png: png.stat().st_mtime_ns for png in pngs.glob("*.png")}
+    assert len(drawn) == 2
+    again = run([*replay_all, "--output-dir", str(pngs)], user_env, tmp_path)
+    assert again.count("is there already: kept (--overwrite replaces it)") == 2
+    assert {png: png.stat().st_mtime_ns for png in pngs.glob("*.png")} == drawn
 
     catalog = open_existing_catalog(saved)
     for uid in catalog:
