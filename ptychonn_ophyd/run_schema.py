@@ -204,11 +204,21 @@ ACCOUNTING_JSON = ("rejected_reasons", "dropped_reasons", "models")
 """Accounting entries stored as JSON text (the others are numbers or text)."""
 
 
+def as_v3(run: Any) -> Any:
+    """``run`` (a Tiled ``BlueskyRun`` client node) in the layout the readers here read,
+    bluesky-tiled-plugins' v3 (each stream a table of columns), whichever its catalog's
+    client hands out: databroker's v1 ``Broker`` switches the catalog client's map to the
+    v2 layout (``data``, ``timestamps``), and every run read from it afterwards has that.
+    """
+    return run.v3 if hasattr(run, "v3") else run
+
+
 def frame_accounting(run: Any) -> dict[str, Any]:
     """The frame accounting of a run read back from the catalog (:data:`ACCOUNTING_STREAM`).
 
     Empty for runs without the inference device.
     """
+    run = as_v3(run)
     if ACCOUNTING_STREAM not in run:
         return {}
     table = run[ACCOUNTING_STREAM].read()

@@ -266,4 +266,5 @@ def test_databroker_2_reads_an_embedded_run_as_documents_and_v1_and_replay_still
     assert table["unique_id"].tolist() == [1, 2, 3] and len(table["phase"].iloc[2]) == 8
     data = load_inference(find_run(catalog, -1))  # the v1 Broker switched the client's map
     assert data.unique_id.tolist() == [1, 2, 3]
+    assert load_inference(catalog[uid]).unique_id.tolist() == [1, 2, 3]  # a v2 node given
     catalog.context.close()

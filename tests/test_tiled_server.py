@@ -85,6 +85,7 @@ print(frame_accounting(run)["stored"], run.metadata["stop"]["exit_status"])
 names = [name for name, _ in run.documents()]
 table = catalog.v1[-1].table("inference", fill=True)
 print(len(table), names[-1], len(load_inference(find_run(catalog, -1)).unique_id))
+print(frame_accounting(catalog[-1])["stored"])  # a v2 node, after v1
 """
 """Another process, a databroker 2 user's: the latest run by the Tiled profile, as
 documents, as a v1 table, and replay's reading after that."""
@@ -114,7 +115,7 @@ def test_a_server_set_up_as_the_readme_says_stores_a_scan_another_process_reads(
             timeout=120,
         )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"{uid} (4, 128, 128)", "4 success", "4 stop 4"]
+    assert done.stdout.splitlines() == [f"{uid} (4, 128, 128)", "4 success", "4 stop 4", "4"]
 
 
 @pytest.mark.parametrize(

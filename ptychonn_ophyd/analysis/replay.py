@@ -41,6 +41,7 @@ from ptychonn_ophyd.run_schema import (
     STITCHING_KEY,
     STREAM,
     FrameStatisticsKeys,
+    as_v3,
 )
 from ptychonn_ophyd.settings import from_signal_value, validated
 
@@ -180,6 +181,7 @@ def load_inference(run: Any) -> InferenceData:
     (:func:`input_moments`), else the points' (:func:`load_frame_statistics`; statistics
     it names wrongly are logged and left out: the run still replays as the live view
     drew it)."""
+    run = as_v3(run)
     uid = run.metadata["start"]["uid"]
     if STREAM not in run:
         raise KeyError(f"run {uid} has no {STREAM!r} stream")
@@ -394,17 +396,9 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
                 f"have it ({', '.join(shared)}); give a uid"
             )
     try:
-        return _v3(catalog[run_id])
+        return as_v3(catalog[run_id])
     except (KeyError, IndexError):
         raise RunLookupError(f"no run {run_id!r} in the catalog {where}") from None
-
-
-def _v3(run: Any) -> Any:
-    """``run`` in the layout this module reads (bluesky-tiled-plugins' v3: each stream a
-    table of columns), whichever its catalog's client hands out: databroker's v1
-    ``Broker`` switches the catalog client's map to the v2 layout (``data``,
-    ``timestamps``), and every run read from that catalog afterwards has it."""
-    return run.v3 if hasattr(run, "v3") else run
 
 
 def _with_scan_id(catalog: Any, scan_id: int) -> list[str]:
