@@ -46,6 +46,12 @@ ASSETS_ENV = "PTYCHONN_ASSETS"
 server; the server must list it in its ``readable_storage``."""
 
 RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
+"""The spec of a catalog of Bluesky runs: its client finds runs by scan id and -1."""
+
+
+def is_catalog_of_runs(node: Container) -> bool:
+    """Whether ``node`` has the :data:`RUNS_SPEC` (a Tiled server's root may not)."""
+    return RUNS_SPEC["name"] in {spec.name for spec in node.specs}
 
 
 def is_uri(path_or_uri: str | Path) -> bool:

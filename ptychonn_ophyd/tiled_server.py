@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 from tiled.client.container import Container
 
-from ptychonn_ophyd.catalog import RUNS_SPEC
+from ptychonn_ophyd.catalog import RUNS_SPEC, is_catalog_of_runs
 from ptychonn_ophyd.errors import CatalogError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def check_server(client: Container, assets: Path, uri: str) -> None:
         catalog tree that adds it.
     """
     where = f"Tiled server {uri}"
-    if RUNS_SPEC["name"] not in {spec.name for spec in client.specs}:
+    if not is_catalog_of_runs(client):
         raise CatalogError(
             f"{where}: its root is not a catalog of Bluesky runs; add "
             f"`specs: [{{name: {RUNS_SPEC['name']}, version: '{RUNS_SPEC['version']}'}}]` "

@@ -1,7 +1,6 @@
 """The IPython profile and the examples, run as a new user runs them (fresh HOME)."""
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pexpect
 import pytest
+from peers import user_environment
 from screen import virtual_screen, windows_named
 
 from ptychonn_ophyd.analysis.figure import covered
@@ -28,7 +28,7 @@ EXAMPLES = REPO / "examples"
 @pytest.fixture
 def user_env(tmp_path, small_phase_onnx):
     """Environment of a user with an empty home and the test model."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TILED_", "PTYCHONN_"))}
+    env = user_environment()
     env.update(HOME=str(tmp_path / "home"), PTYCHONN_MODEL=str(small_phase_onnx))
     (tmp_path / "home").mkdir()
     return env

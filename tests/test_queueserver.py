@@ -2,16 +2,15 @@
 ``--startup-dir`` set to the profile's startup folder, driven through the queueserver API
 as a beamline's GUI or ``qserver`` would."""
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers import free_port, port_open, user_environment
 from pva_consumers import wait_until
 
 from ptychonn_ophyd.catalog import open_existing_catalog
@@ -23,12 +22,6 @@ api = pytest.importorskip("bluesky_queueserver_api.zmq", reason="bluesky-queuese
 from bluesky_queueserver_api import BPlan  # noqa: E402
 
 STARTUP = Path(__file__).resolve().parents[1] / "profiles" / "profile_ptychonn" / "startup"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -43,8 +36,7 @@ def redis_address() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        with socket.socket() as probe:
-            assert wait_until(lambda: probe.connect_ex(("127.0.0.1", port)) == 0, 30)
+        assert wait_until(lambda: port_open(port), 30)
         yield f"127.0.0.1:{port}"
     finally:
         redis.terminate()
@@ -58,7 +50,7 @@ def manager(tmp_path, redis_address, channel_prefix, small_phase_onnx):
     startup = tmp_path / "startup"
     shutil.copytree(STARTUP, startup)
     control, info = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TILED_", "PTYCHONN_"))}
+    env = user_environment()
     env.update(
         HOME=str(tmp_path / "home"),
         PTYCHONN_MODEL=str(small_phase_onnx),

@@ -1,9 +1,7 @@
 """Runs stored on a real ``tiled serve`` on loopback, configured as the README says, and
 servers missing what storing a run takes refused at ``connect()`` in one line."""
 
-import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ import httpx
 import pytest
 from bluesky import RunEngine
 from bluesky_world import beamline
+from peers import free_port, user_environment
 from pva_consumers import wait_until
 
 from ptychonn_ophyd.errors import CatalogError
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.processes
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiled-server.yml"
 API_KEY = "secretforthistest"  # alphanumeric, as Tiled requires
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -47,7 +40,7 @@ def tiled_serve(config: Path, data: Path, assets: Path) -> Iterator[str]:
             *(str(tiled), "serve", "config", str(config), "--api-key", API_KEY),
             *("--host", "127.0.0.1", "--port", str(port)),
         ],
-        env={**_plain_environment(), **env},
+        env={**user_environment(), **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -60,10 +53,6 @@ def tiled_serve(config: Path, data: Path, assets: Path) -> Iterator[str]:
         server.terminate()
         server.wait(30)
         log.close()
-
-
-def _plain_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TILED_", "PTYCHONN_"))}
 
 
 def _answers(uri: str) -> bool:
@@ -109,7 +98,7 @@ def test_a_server_set_up_as_the_readme_says_stores_a_scan_another_process_reads(
         (profiles / "ptychonn.yml").write_text(f"ptychonn:\n  uri: {uri}\n")
         done = subprocess.run(
             [sys.executable, "-c", READER],
-            env={**_plain_environment(), "TILED_API_KEY": API_KEY, "HOME": str(home)},
+            env={**user_environment(), "TILED_API_KEY": API_KEY, "HOME": str(home)},
             capture_output=True,
             text=True,
             timeout=120,

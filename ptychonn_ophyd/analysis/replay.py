@@ -28,7 +28,12 @@ from ptychonn_ophyd.analysis.figure import (
 from ptychonn_ophyd.analysis.mosaic import Mosaic, stitch_in_order
 from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
-from ptychonn_ophyd.catalog import RUNS_SPEC, open_existing_catalog, resolve_location
+from ptychonn_ophyd.catalog import (
+    RUNS_SPEC,
+    is_catalog_of_runs,
+    open_existing_catalog,
+    resolve_location,
+)
 from ptychonn_ophyd.errors import RunLookupError
 from ptychonn_ophyd.models.bundled import Stitching
 from ptychonn_ophyd.preprocess import PreprocessConfig
@@ -379,7 +384,7 @@ def find_run(catalog: Any, run_id: str | int, where: str | None = None) -> Any:
     """
     where = where or _describe_catalog(catalog)
     numbered = isinstance(run_id, int) or run_id.lstrip("-").isdigit()
-    if numbered and RUNS_SPEC["name"] not in {spec.name for spec in catalog.specs}:
+    if numbered and not is_catalog_of_runs(catalog):
         raise RunLookupError(
             f"{run_id} names no run in {where}: it is not a catalog of Bluesky runs (no "
             f"{RUNS_SPEC['name']} spec at its root, see examples/tiled-server.yml), so "

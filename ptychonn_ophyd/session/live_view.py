@@ -318,16 +318,14 @@ class MosaicReading:
     the inference stream's external columns.
     """
 
+    hints: Hints = NOT_PLOTTED
+    """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.parent = None
         self._values: dict[str, Any] = {}
         self._time = 0.0
-
-    @property
-    def hints(self) -> Hints:
-        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
-        return NOT_PLOTTED
 
     def set(self, snapshot: Snapshot) -> None:
         phase = snapshot.phase

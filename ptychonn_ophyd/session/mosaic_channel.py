@@ -33,8 +33,8 @@ class MosaicChannel:
     def __init__(self) -> None:
         self._server: pva.PvaServer | None = None
         self._records: set[str] = set()
-        self.prefix: str | None = None
         self.channel: str | None = None
+        self.coverage_channel: str | None = None
         self.updates = 0
 
     def serve(self, prefix: str) -> None:
@@ -42,10 +42,10 @@ class MosaicChannel:
         if self._server is None:
             self._server = pva.PvaServer()
             self._server.start()
-        self.prefix = prefix
         self.channel = mosaic_channel(prefix)
+        self.coverage_channel = mosaic_coverage_channel(prefix)
         if self.channel not in self._records:
-            for record in (mosaic_coverage_channel(prefix), self.channel):
+            for record in (self.coverage_channel, self.channel):
                 self._server.addRecord(record, pva.NtNdArray(), None)
             self._records.add(self.channel)
             log.info("serving the live mosaic on %s", self.channel)
@@ -65,7 +65,7 @@ class MosaicChannel:
             {"scan_uid": uid, "frames": frames},
             descriptor="ptychonn mosaic coverage",
         )
-        self._server.update(mosaic_coverage_channel(self.prefix), coverage)
+        self._server.update(self.coverage_channel, coverage)
         array = make_ntndarray(
             image,
             self.updates,

@@ -147,16 +147,14 @@ class AccountingReading:
     """The frame accounting of the run just ended, read into
     :data:`~ptychonn_ophyd.run_schema.ACCOUNTING_STREAM` (a ``Readable`` of its own)."""
 
+    hints: Hints = NOT_PLOTTED
+    """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.parent = None
         self.summary: dict[str, Any] = {}
         self._time = 0.0
-
-    @property
-    def hints(self) -> Hints:
-        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
-        return NOT_PLOTTED
 
     def set(self, summary: dict[str, Any]) -> None:
         self.summary, self._time = summary, time.time()

@@ -184,6 +184,9 @@ class StreamWriter:
         store the accounting and the stop document.
     """
 
+    hints: Hints = NOT_PLOTTED
+    """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
+
     def __init__(
         self, uid: str, spec: StreamSpec, assets_dir: Path, reserve_bytes: int = RESERVE_BYTES
     ) -> None:
@@ -261,11 +264,6 @@ class StreamWriter:
         )
 
     # -- the Collectable -------------------------------------------------------------
-
-    @property
-    def hints(self) -> Hints:
-        """Nothing for BestEffortCallback to plot (:data:`.run_schema.NOT_PLOTTED`)."""
-        return NOT_PLOTTED
 
     def read_configuration(self) -> dict[str, Any]:
         return dict(self.spec.configuration)
