@@ -196,6 +196,25 @@ def test_dropped_frames_end_the_run_without_waiting_for_grace(session):
     assert_every_frame_counted(summary)
 
 
+def test_results_the_monitors_lost_end_the_run_without_waiting_for_grace(session):
+    RE, inference, supplement, client, _ = session
+    supplement.grace = 60.0
+    inference.monitor_overruns = 4  # lost in an earlier run: not this run's
+
+    def body(f):
+        f.produce(5)
+        f.emit([1, 2, 3])
+        f.monitor_overruns += 2  # the batch of frames 4 and 5 never arrived
+
+    start = time.monotonic()
+    (uid,) = RE(run_with(inference, body))
+    assert time.monotonic() - start < 30.0
+    summary = frame_accounting(client[uid])
+    assert (summary["inferred"], summary["monitor_overruns"]) == (3, 2)
+    assert summary["not_in_time"] == 2
+    assert_every_frame_counted(summary)
+
+
 def test_results_after_the_grace_period_are_late_not_lost(session):
     RE, inference, supplement, client, _ = session
 

@@ -93,3 +93,14 @@ def test_unstaging_fails_the_waits_saying_so():
     t.close("unstaged")
     with pytest.raises(RuntimeError, match="inference: unstaged while waiting for inference"):
         status.wait(1)
+
+
+def test_results_the_monitors_lost_finish_a_point_instead_of_timing_it_out():
+    t = PointTrigger("inference", FrameLedger(1, time.time(), NOTHING), 30.0, overruns=5)
+    status = t.wait(last_id=4)
+    t.on_batch(batch(1, 4))
+    t.poll(Counts(received=4), healthy, overruns=6)
+    assert not status.done  # one of the two results without a batch was lost (so far)
+    t.poll(Counts(received=4), healthy, overruns=7)
+    assert status.done and status.success
+    assert t.inferred == 2

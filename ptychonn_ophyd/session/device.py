@@ -260,7 +260,7 @@ class PtychoNNDetector(_Settings):
         """Start the staging's trigger and its watch thread."""
         first_id = self.source_last_id() + 1 if self.source is not None else None
         ledger = FrameLedger(first_id, time.time(), self.pool_counts())
-        self._trigger = PointTrigger(self.name, ledger, self.trigger_timeout)
+        self._trigger = PointTrigger(self.name, ledger, self.trigger_timeout, self.monitor_overruns)
         self.results.subscribe(self._trigger)
         self._watching = threading.Event()
         threading.Thread(
@@ -279,7 +279,7 @@ class PtychoNNDetector(_Settings):
             try:
                 if self.source is not None:
                     self.results.on_source(self.source_last_id(), time.time())
-                trigger.poll(Counts.of(pool.stats()), pool.check_health)
+                trigger.poll(Counts.of(pool.stats()), pool.check_health, self.monitor_overruns)
             except Exception:  # a source that cannot be read now is read again soon
                 log.debug("%s: watching the source and the pool failed", self.name, exc_info=True)
 

@@ -212,10 +212,14 @@ class FrameLedger:
             return pool.since(self.pool_at_start).received - self.duplicates
         return sum(e.produced for e in self.epochs)
 
-    def settled(self, pool: Counts, upto: int | None = None) -> bool:
-        """Whether every frame produced (or the first ``upto`` of them) has an outcome."""
+    def settled(self, pool: Counts, upto: int | None = None, unreceived: int = 0) -> bool:
+        """Whether every frame produced (or the first ``upto`` of them) has an outcome.
+
+        ``unreceived``: results of the span that the session's monitors lost (inferred
+        by the workers, so they have an outcome, but no batch will bring them).
+        """
         target = self.produced(pool) if upto is None else upto
-        return self.inferred + pool.since(self.pool_at_start).lost >= target
+        return self.inferred + pool.since(self.pool_at_start).lost + unreceived >= target
 
     def missing(self, limit: int = 20) -> list[int]:
         """Up to ``limit`` uniqueIds of the newest epoch with no result yet."""

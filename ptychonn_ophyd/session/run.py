@@ -104,10 +104,11 @@ class InferenceRun:
                 "run %s: the source restarted (its uniqueId went back to %d)", self.uid, last_id
             )
 
-    def settled(self, pool: Counts) -> bool:
-        """Whether every frame the run produced has an outcome (``pool``: its counts now)."""
+    def settled(self, pool: Counts, unreceived: int = 0) -> bool:
+        """Whether every frame the run produced has an outcome (``pool``: its counts now;
+        ``unreceived``: the run's results the monitors lost)."""
         with self._lock:
-            return self.ledger.settled(pool)
+            return self.ledger.settled(pool, unreceived=unreceived)
 
     def seal(self) -> None:
         """Take no more rows: the rows are exactly what the follower saw; later results

@@ -111,6 +111,7 @@ class InferenceSupplement:
         """The ``reason`` of an aborted run's stop document when the abort gave none."""
         self._late: dict[str, int] = {}
         self._writing = False
+        self._overruns_at_open = 0
         self._collected_at = 0.0
         device.results.subscribe(self, stores=True)
 
@@ -187,6 +188,7 @@ class InferenceSupplement:
         if self.run is not None:
             self._late[self.run.uid] = self.run.retire()
         self.run, self._writing = InferenceRun(ledger, writer, follow), True
+        self._overruns_at_open = device.monitor_overruns
         yield from bps.declare_stream(writer, name=STREAM, collect=True)
         return uid
 
@@ -202,13 +204,11 @@ class InferenceSupplement:
         run, self._writing = self.run, False
         yield from self._settle(run)
         pool = self.device.pool_counts()
-        if not run.settled(pool):
+        if not run.settled(pool, self._overruns()):
             # Frames without an outcome yet: received by a worker (not_in_time) or not
             # (missed).  The workers' counts can be a status period old; ask for newer.
             pool = self.device.pool_counts(since=time.time())
-        self.accounting.set(
-            run.end(pool, monitor_overruns=self.device.monitor_overruns, grace_s=self.grace)
-        )
+        self.accounting.set(run.end(pool, monitor_overruns=self._overruns(), grace_s=self.grace))
         yield from bps.collect(run.writer, name=STREAM)
         failure = run.writer.take_failure()  # the run fails after its accounting is stored
         yield from bps.create(ACCOUNTING_STREAM)
@@ -241,7 +241,12 @@ class InferenceSupplement:
         device = self.device
         if device.source is not None:
             run.on_source(device.source_last_id(), time.time())
-        return device.pool is None or run.settled(device.pool_counts())
+        return device.pool is None or run.settled(device.pool_counts(), self._overruns())
+
+    def _overruns(self) -> int:
+        """Results the monitors lost since the run opened: they have an outcome (they were
+        inferred) that no batch brings, so the grace wait does not wait for them."""
+        return self.device.monitor_overruns - self._overruns_at_open
 
     def _store_mosaic(self) -> Plan:
         """Read the run's final mosaic into :data:`MOSAIC_STREAM` (when it has one)."""

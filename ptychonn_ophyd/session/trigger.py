@@ -5,8 +5,8 @@ outcome.
 staging, fed the result batches by the fan-out, and the statuses waiting on it.  A
 batch finishes the statuses it completes at once; :meth:`PointTrigger.poll`, called by
 the device's one watch thread, brings the pool's counts (dropped and rejected frames
-never come as results), checks the workers' health and fails a wait that got no result
-for ``timeout`` seconds.
+never come as results) and the results the monitors lost, checks the workers' health
+and fails a wait that got no result for ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ class PointTrigger:
     timeout
         Seconds without any new result after which a wait fails with
         :class:`~ptychonn_ophyd.errors.InferenceTimeoutError`.
+    overruns
+        Results the monitors had lost when the staging began (see :meth:`poll`).
     """
 
-    def __init__(self, name: str, ledger: FrameLedger, timeout: float) -> None:
+    def __init__(self, name: str, ledger: FrameLedger, timeout: float, overruns: int = 0) -> None:
         self.name = name
         self.ledger = ledger
         self.timeout = timeout
         self._pool = ledger.pool_at_start
+        self._overruns_at_start = overruns
+        self._unreceived = 0
         self._waits: list[_Wait] = []
         self._progress = time.monotonic()
         self._lock = threading.Lock()
@@ -82,11 +86,18 @@ class PointTrigger:
         with self._lock:
             self.ledger.observe_source(last_id, now)
 
-    def poll(self, pool: Counts, check_health: Callable[[], None]) -> None:
-        """Take the pool's counts now; fail the waits if a worker died or no result came
-        for ``timeout`` s."""
+    def poll(self, pool: Counts, check_health: Callable[[], None], overruns: int = 0) -> None:
+        """Take the pool's counts and the results the monitors lost (``overruns``, since
+        the pool started) now; fail the waits if a worker died or no result came for
+        ``timeout`` s.
+
+        A lost result was inferred, so its frame has an outcome that no batch will
+        bring: it finishes a point as a dropped frame does (the run's accounting shows
+        it as ``monitor_overruns``) instead of failing the point after ``timeout``.
+        """
         with self._lock:
             self._pool = pool
+            self._unreceived = overruns - self._overruns_at_start
             self._finish_done()
             if not self._waits:
                 return
@@ -110,7 +121,7 @@ class PointTrigger:
     def _finish_done(self) -> None:
         waiting = []
         for wait in self._waits:
-            if self.ledger.settled(self._pool, wait.upto):
+            if self.ledger.settled(self._pool, wait.upto, self._unreceived):
                 wait.status.set_finished()
             else:
                 waiting.append(wait)
