@@ -21,6 +21,7 @@ from pva_consumers import Consumer, connected, consumer_args, process_gone, stat
 from pva_source import ntnda
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.wire import parse_final_counts
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
@@ -384,3 +385,53 @@ def test_failed_start_keeps_the_logs_it_names(make_pool, source, tmp_path, monke
         pool.start(timeout=30)
     assert pool.log_dir.parent == logs
     assert f"({pool.log_paths[0]})" in str(raised.value) and pool.log_paths[0].is_file()
+
+
+def pool_command(model, source, prefix: str, log_dir, *extra: str) -> list[str]:
+    """``ptychonn-ophyd pool`` on the test's channels with one CPU thread a worker."""
+    return [
+        *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(model)),
+        *("--input-channel", source.channel, "--output-prefix", prefix),
+        *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(log_dir)),
+        *("--report-period", "1", *extra),
+    ]
+
+
+def test_two_hosts_shares_of_one_pool_split_the_frames_and_stop_cleanly_on_sigterm(
+    source, channel_prefix, small_phase_onnx, tmp_path, reap
+):
+    shares = []
+    for k in (1, 2):
+        share = ("--workers", "2", "--consumer-ids", str(k), "--no-wait-for-input")
+        command = pool_command(small_phase_onnx, source, channel_prefix, tmp_path / f"h{k}", *share)
+        cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        reap.append(cli.pid)
+        shares.append(cli)
+    ready = [cli.stdout.readline() for cli in shares]
+    assert ready[0].startswith("1 worker (1 of 2) ready") and ready[1].startswith("1 worker (2")
+    assert f"{channel_prefix}:2:output" in ready[1] and f"{channel_prefix}:1:" not in ready[1]
+    statuses = [f"{channel_prefix}:{k}:status" for k in (1, 2)]
+    assert wait_until(lambda: all(connected(s) for s in statuses), 60)
+    source.publish_frames(poisson_frames(32, seed=5), rate_hz=100)
+    inferred = lambda k: (status(statuses[k - 1]) or {}).get("userStats", {}).get("inferred", 0)  # noqa: E731
+    assert wait_until(lambda: inferred(1) + inferred(2) == 32, 60)
+    for cli in shares:
+        cli.send_signal(signal.SIGTERM)
+    outputs = [cli.communicate(timeout=60)[0] for cli in shares]
+    for cli, out in zip(shares, outputs, strict=True):
+        assert cli.returncode == 0, out
+        assert out.strip().splitlines()[-1].startswith("received 16  inferred 16  dropped 0")
+    for k in (1, 2):  # each worker drained and wrote its last counts as it stopped
+        final = parse_final_counts((tmp_path / f"h{k}" / f"worker-{k}.log").read_text())
+        assert final is not None and (final.consumer_id, final.inferred) == (k, 16)
+
+
+def test_a_share_naming_a_worker_the_pool_has_not_is_refused_in_one_line(small_phase_onnx):
+    command = [sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(small_phase_onnx)]
+    command += ["--input-channel", "nobody:image", "--workers", "2", "--consumer-ids", "2,3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: consumer_ids: 2, 3 is not a set of distinct ids among the pool's 2 workers "
+        "(1 to 2)\n"
+    )

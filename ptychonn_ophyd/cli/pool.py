@@ -1,13 +1,15 @@
-"""``ptychonn-ophyd pool``: run N streaming inference workers until Ctrl-C.
+"""``ptychonn-ophyd pool``: run N streaming inference workers until Ctrl-C or SIGTERM.
 
 Each worker is a stock ``pvapy-hpc-consumer`` running the PtychoNN processor on its
 share of the detector frames, publishing ``<prefix>:<k>:output``; a line of frame
-accounting is printed every ``--report-period`` seconds.
+accounting is printed every ``--report-period`` seconds.  With ``--consumer-ids`` a
+host runs its share of a pool whose workers run on several hosts.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -29,6 +31,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="seconds the start waits for every worker to load its model and connect to the "
         "input channel, saying what it waits for meanwhile",
     )
+    parser.add_argument(
+        "--consumer-ids",
+        type=consumer_ids,
+        default=None,
+        metavar="K,L",
+        help="the workers of the --workers in all that this host runs (e.g. 3,4 of 4), "
+        "when the pool's workers run on several hosts; default: all of them",
+    )
     parser.add_argument("--report-period", type=float, default=5.0, help="seconds")
     parser.add_argument(
         "--runtime",
@@ -42,10 +52,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         config = validated(PoolConfig, settings_from_args(args))
+        pool = ConsumerPool(config, args.consumer_ids)
     except ArgsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with ConsumerPool(config) as pool:
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: stop cleanly
+    with pool:
         try:
             pool.start(timeout=_start_timeout(args), progress=_progress)
             print(_describe(pool.facts()), flush=True)
@@ -57,6 +69,19 @@ def run(args: argparse.Namespace) -> int:
             pass
         print(_summary(pool.stats()), flush=True)
     return 0
+
+
+def consumer_ids(text: str) -> tuple[int, ...]:
+    """An argparse ``type``: worker ids as ``"3,4"`` or ``"3 4"``."""
+    try:
+        return tuple(int(k) for k in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of worker ids") from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the workers drain and stop, and the last counts are printed."""
+    raise KeyboardInterrupt
 
 
 def _start_timeout(args: argparse.Namespace) -> float:
@@ -81,9 +106,11 @@ def _watch(pool: ConsumerPool, period: float, runtime: float) -> None:
 
 def _describe(facts: dict) -> str:
     gpus = f" on {', '.join(facts['gpu_names'])}" if facts["gpu_names"] else ""
-    n = facts["n_workers"]
+    ids, n = facts["consumer_ids"], facts["n_workers"]
+    share = f" ({', '.join(map(str, ids))} of {n})" if len(ids) < n else ""
     return (
-        f"{n} worker{'s' * (n != 1)} ready: {facts['engine']}{gpus}, model {facts['model']} "
+        f"{len(ids)} worker{'s' * (len(ids) != 1)}{share} ready: {facts['engine']}{gpus}, "
+        f"model {facts['model']} "
         f"({facts['model_hash']}); {facts['input_channel']} -> "
         f"{', '.join(facts['output_channels'])}"
     )

@@ -23,13 +23,13 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pvaccess as pva
 
-from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.errors import ArgsError, PoolStartError, WorkerDiedError
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.paths import logs_dir
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
@@ -87,7 +87,9 @@ class PoolStats:
 
 
 class ConsumerPool:
-    """``n_workers`` PtychoNN consumer processes on one input channel.
+    """``n_workers`` PtychoNN consumer processes on one input channel, or the share
+    ``consumer_ids`` of them that runs on this host (pvapy's distributor shares the
+    frames among the workers of every host that connect).
 
     Workers stop on :meth:`stop`, on leaving a ``with`` block (Ctrl-C included), when
     the pool is garbage-collected or the interpreter exits, and, should the parent be
@@ -95,10 +97,12 @@ class ConsumerPool:
     is gone.
     """
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, consumer_ids: Sequence[int] | None = None) -> None:
         self.config = config
+        self.consumer_ids = _consumer_ids(config.n_workers, consumer_ids)
+        """The workers this pool runs: all ``n_workers``, or one host's share of them."""
         prefix = config.output_prefix
-        self._channels = [WorkerChannels.of(prefix, k) for k in range(1, config.n_workers + 1)]
+        self._channels = [WorkerChannels.of(prefix, k) for k in self.consumer_ids]
         self._workers: list[Worker] = []
         self._finalizer: weakref.finalize | None = None
         self._log_dir: Path | None = None
@@ -162,7 +166,7 @@ class ConsumerPool:
         if self._workers:
             raise RuntimeError("this pool was started already; make a new one")
         log_dir = self._make_log_dir()
-        self._workers = [self._worker(k, log_dir) for k in range(1, self.config.n_workers + 1)]
+        self._workers = [self._worker(k, log_dir) for k in self.consumer_ids]
         self._finalizer = weakref.finalize(
             self,
             _stop_unattended,
@@ -257,6 +261,7 @@ class ConsumerPool:
             "engine": first.get("engine", ""),
             "gpu_names": sorted({s["device"] for s in statuses if s["device"].startswith("cuda")}),
             "n_workers": self.config.n_workers,
+            "consumer_ids": list(self.consumer_ids),
             "batch_size": self.config.batch_size,
             "distributor_updates": self.config.distributor_updates,
             "input_channel": self.config.input_channel,
@@ -370,7 +375,8 @@ class ConsumerPool:
             config.consumer_options(),
         )
         log_path = log_dir / f"worker-{consumer_id}.log"
-        return Worker(consumer_id, command, log_path, self._channels[consumer_id - 1])
+        channels = self._channels[self.consumer_ids.index(consumer_id)]
+        return Worker(consumer_id, command, log_path, channels)
 
     def _wait_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
         started = time.monotonic()
@@ -450,6 +456,26 @@ class ConsumerPool:
             "error": status.error,
             "output_channel": worker.channels.output,
         }
+
+
+def _consumer_ids(n_workers: int, chosen: Sequence[int] | None) -> tuple[int, ...]:
+    """The consumer ids a pool runs: ``chosen`` (one host's share of ``n_workers``), or all.
+
+    Raises
+    ------
+    ArgsError
+        An id is not one of ``1..n_workers``, or repeats.
+    """
+    if chosen is None:
+        return tuple(range(1, n_workers + 1))
+    ids = tuple(int(k) for k in chosen)
+    outside = [k for k in ids if not 1 <= k <= n_workers]
+    if outside or len(set(ids)) != len(ids) or not ids:
+        raise ArgsError(
+            f"consumer_ids: {', '.join(map(str, ids)) or 'none'} is not a set of distinct ids "
+            f"among the pool's {n_workers} workers (1 to {n_workers})"
+        )
+    return ids
 
 
 def _counts(status: WorkerStatus) -> str:
