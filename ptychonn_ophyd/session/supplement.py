@@ -245,8 +245,9 @@ class InferenceSupplement:
 
     def _overruns(self) -> int:
         """Results the monitors lost since the run opened: they have an outcome (they were
-        inferred) that no batch brings, so the grace wait does not wait for them."""
-        return self.device.monitor_overruns - self._overruns_at_open
+        inferred) that no batch brings, so the grace wait does not wait for them.  (A pool
+        staged after the open has a new monitor counting from 0.)"""
+        return max(self.device.monitor_overruns - self._overruns_at_open, 0)
 
     def _store_mosaic(self) -> Plan:
         """Read the run's final mosaic into :data:`MOSAIC_STREAM` (when it has one)."""
