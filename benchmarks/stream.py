@@ -704,7 +704,8 @@ class Passthrough:
     pool's workers (:func:`passthrough_command`) and watched on its status channel."""
 
     def __init__(self, command: list[str], prefix: str, log_path: Path, period: float) -> None:
-        from ptychonn_ophyd.pool.process import ChannelWatch, Worker
+        from ptychonn_ophyd.pool.member import ChannelWatch
+        from ptychonn_ophyd.pool.process import Worker
         from ptychonn_ophyd.wire import WorkerChannels
 
         channels = WorkerChannels.of(prefix, 1)

@@ -200,7 +200,7 @@ class FrameStatisticsKeys:
         return asdict(self)
 
 
-ACCOUNTING_JSON = ("rejected_reasons", "dropped_reasons", "models")
+ACCOUNTING_JSON = ("rejected_reasons", "dropped_reasons", "models", "workers")
 """Accounting entries stored as JSON text (the others are numbers or text)."""
 
 

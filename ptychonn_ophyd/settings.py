@@ -149,8 +149,26 @@ class InferenceSettings(BaseModel):
         return outputs
 
 
-class ProcessorArgs(InferenceSettings):
-    """The ``--processor-args`` JSON of one worker: the settings, its GPU and its parent.
+class PoolShape(BaseModel):
+    """How many workers a pool has in all, on every host, and how frames are dealt to
+    them.  A worker is told too, and publishes it, so that a session attaching to
+    workers started elsewhere can check they make the pool it expects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="consumer processes in the pool, on every host",
+        json_schema_extra={"flag": "workers"},
+    )
+    distributor_updates: int = Field(8, ge=1, description="consecutive frames per worker")
+
+
+class ProcessorArgs(PoolShape, InferenceSettings):
+    """The ``--processor-args`` JSON of one worker: the settings, its pool, its GPU and
+    its parent.
 
     ``gpu`` is an index, or ``"auto"``: consumer ``k`` uses GPU ``(k - 1) mod count``.
     With ``parent_pid`` set, the worker exits as soon as that process is no longer its
@@ -197,7 +215,7 @@ class ModelUpdate(BaseModel):
         return InferenceSettings._model_exists(path) if path is not None else None
 
 
-class PoolConfig(InferenceSettings):
+class PoolConfig(PoolShape, InferenceSettings):
     """What a :class:`~ptychonn_ophyd.pool.ConsumerPool` runs: the settings of every
     worker, the channels and how frames are shared out.
 
@@ -209,13 +227,15 @@ class PoolConfig(InferenceSettings):
     output_prefix: str = Field(
         "inference", description="worker k publishes <prefix>:<k>:output and its siblings"
     )
-    n_workers: int = Field(
-        1, ge=1, le=256, description="consumer processes", json_schema_extra={"flag": "workers"}
+    attach: bool = Field(
+        False,
+        description="the workers run already (each host's share started with ptychonn-ophyd "
+        "pool --consumer-ids): find the n_workers under output_prefix, check and use them "
+        "instead of starting workers here",
     )
     gpus: Gpus = Field(
         "auto", description='"auto" or GPU indices ("0,1"), dealt round-robin to the workers'
     )
-    distributor_updates: int = Field(8, ge=1, description="consecutive frames per worker")
     server_queue_size: int = Field(
         100, ge=0, description="frames the input's server queues per worker"
     )
@@ -249,7 +269,7 @@ class PoolConfig(InferenceSettings):
 
     def processor_args(self, consumer_id: int, parent_pid: int) -> dict[str, object]:
         """The ``--processor-args`` of worker ``consumer_id``."""
-        shared = self.model_dump(mode="json", include=set(InferenceSettings.model_fields))
+        shared = self.model_dump(mode="json", include=set(ProcessorArgs.model_fields))
         gpu = self.gpus if self.gpus == "auto" else self.gpus[(consumer_id - 1) % len(self.gpus)]
         return {
             **shared,

@@ -505,6 +505,9 @@ STATS_PVA_TYPES = {
     "configureError": pva.STRING,
     "published": pva.ULONG,
     "batchesPublished": pva.ULONG,
+    "host": pva.STRING,
+    "pid": pva.ULONG,
+    "settings": pva.STRING,
 }
 """The ``userStats`` structure on a worker's status channel."""
 
@@ -523,7 +526,9 @@ class WorkerStatus:
 
     ``missed`` is pvapy's count of frames the worker never received (uniqueId gaps);
     ``connected`` says whether it has received anything from its input channel;
-    ``published_at`` is when the worker made the update (``time.time()``).
+    ``published_at`` is when the worker made the update (``time.time()`` on its host);
+    ``host``, ``pid`` and ``settings`` (its processor args and ``input_channel``) say
+    where it runs and what it does, for a session attaching to it.
     """
 
     ready: bool = False
@@ -548,6 +553,10 @@ class WorkerStatus:
     missed: int = 0
     connected: bool = False
     published_at: float = 0.0
+    model: str = ""
+    host: str = ""
+    pid: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
@@ -581,6 +590,10 @@ class WorkerStatus:
             missed=status.get("processorStats", {}).get("nMissed", 0),
             connected=status.get("receiverStats", {}).get("nReceived", 0) > 0,
             published_at=status.get("objectTime", 0.0),
+            model=user.get("model", ""),
+            host=user.get("host", ""),
+            pid=user.get("pid", 0),
+            settings=json.loads(user.get("settings") or "{}"),
         )
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from ptychonn_ophyd.pool.process import STATUS_REQUEST, ChannelWatch
+from ptychonn_ophyd.pool.member import ChannelWatch
+from ptychonn_ophyd.wire import STATUS_REQUEST
 
 PROCESSOR = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 

@@ -3,7 +3,9 @@
 Each worker is a stock ``pvapy-hpc-consumer`` running the PtychoNN processor on its
 share of the detector frames, publishing ``<prefix>:<k>:output``; a line of frame
 accounting is printed every ``--report-period`` seconds.  With ``--consumer-ids`` a
-host runs its share of a pool whose workers run on several hosts.
+host runs its share of a pool whose workers run on several hosts.  With ``--attach`` it
+starts nothing: it finds and checks workers running elsewhere, as the ophyd device
+does, and prints their accounting.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 from ptychonn_ophyd.cli.options import add_settings_options, positive_float, settings_from_args
 from ptychonn_ophyd.errors import ArgsError, PoolStartError, WorkerDiedError
-from ptychonn_ophyd.pool import START_TIMEOUT_S, ConsumerPool, PoolStats
+from ptychonn_ophyd.pool import START_TIMEOUT_S, PoolStats, WorkerPool, open_pool
 from ptychonn_ophyd.settings import PoolConfig, validated
 
 
@@ -52,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         config = validated(PoolConfig, settings_from_args(args))
-        pool = ConsumerPool(config, args.consumer_ids)
+        pool = open_pool(config, args.consumer_ids)
     except ArgsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -96,7 +98,7 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _watch(pool: ConsumerPool, period: float, runtime: float) -> None:
+def _watch(pool: WorkerPool, period: float, runtime: float) -> None:
     end = time.monotonic() + runtime if runtime > 0 else float("inf")
     while time.monotonic() < end:
         time.sleep(min(period, max(end - time.monotonic(), 0.0)))
@@ -108,8 +110,10 @@ def _describe(facts: dict) -> str:
     gpus = f" on {', '.join(facts['gpu_names'])}" if facts["gpu_names"] else ""
     ids, n = facts["consumer_ids"], facts["n_workers"]
     share = f" ({', '.join(map(str, ids))} of {n})" if len(ids) < n else ""
+    hosts = sorted(set(facts["hosts"].values()))
+    where = f" attached on {', '.join(hosts)}" if facts["attached"] else ""
     return (
-        f"{len(ids)} worker{'s' * (len(ids) != 1)}{share} ready: {facts['engine']}{gpus}, "
+        f"{len(ids)} worker{'s' * (len(ids) != 1)}{share}{where} ready: {facts['engine']}{gpus}, "
         f"model {facts['model']} "
         f"({facts['model_hash']}); {facts['input_channel']} -> "
         f"{', '.join(facts['output_channels'])}"

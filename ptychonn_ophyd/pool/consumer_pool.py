@@ -24,69 +24,23 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pvaccess as pva
-
-from ptychonn_ophyd.errors import ArgsError, PoolStartError, WorkerDiedError
-from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
 from ptychonn_ophyd.paths import logs_dir
+from ptychonn_ophyd.pool.base import START_TIMEOUT_S, WorkerPool, last_counts
 from ptychonn_ophyd.pool.process import Worker, consumer_command, terminate
 from ptychonn_ophyd.settings import PoolConfig
-from ptychonn_ophyd.wire import (
-    DROP_REASONS,
-    REJECT_REASONS,
-    FinalCounts,
-    WorkerChannels,
-    WorkerStatus,
-)
+from ptychonn_ophyd.wire import FinalCounts
 
 log = logging.getLogger(__name__)
-
-PROGRESS_FIRST_S = 2.0
-PROGRESS_PERIOD_S = 5.0
-"""A start still waiting says what it waits for after this long, then this often."""
-
-START_TIMEOUT_S = 60.0
-"""Seconds a start waits, by default, for every worker to load its engine and connect to
-its input channel before it gives up (a detector that is not there ends the wait)."""
 
 STOP_MARGIN_S = 10.0
 """Seconds :meth:`ConsumerPool.stop` gives a worker beyond its ``stop_drain`` (to free its
 engine and make pvapy's last report) before it kills it."""
 
-STATUS_WAIT_PERIODS = 5
-"""Status periods that :meth:`ConsumerPool.stats` waits at most for an update it asks for."""
 
-
-@dataclass(frozen=True)
-class PoolStats:
-    """Frame accounting over all workers, from their latest status updates.
-
-    ``received == inferred + dropped + sum(rejected.values()) + queue_depth``; frames
-    the workers never received although the source sent them (uniqueId gaps) are
-    ``missed``.  ``published`` counts results put on the output channels: a stage
-    attached to them (the seed's TIFF writer) should process as many.  Latency is
-    receipt to publish; the pool figures are the worst worker's.
-    """
-
-    received: int
-    inferred: int
-    dropped: int
-    rejected: dict[str, int]
-    rate_hz: float
-    latency_p50_s: float
-    latency_p99_s: float
-    queue_depth: int
-    per_worker: list[dict]
-    missed: int = 0
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    ready: bool = False
-    published: int = 0
-
-
-class ConsumerPool:
+class ConsumerPool(WorkerPool[Worker]):
     """``n_workers`` PtychoNN consumer processes on one input channel, or the share
     ``consumer_ids`` of them that runs on this host (pvapy's distributor shares the
     frames among the workers of every host that connect).
@@ -98,50 +52,13 @@ class ConsumerPool:
     """
 
     def __init__(self, config: PoolConfig, consumer_ids: Sequence[int] | None = None) -> None:
-        self.config = config
-        self.consumer_ids = _consumer_ids(config.n_workers, consumer_ids)
-        """The workers this pool runs: all ``n_workers``, or one host's share of them."""
-        prefix = config.output_prefix
-        self._channels = [WorkerChannels.of(prefix, k) for k in self.consumer_ids]
-        self._workers: list[Worker] = []
+        super().__init__(config, consumer_ids)
         self._finalizer: weakref.finalize | None = None
         self._log_dir: Path | None = None
         self._own_log_dir = False
         self._failed = False
         self.final_counts: list[FinalCounts] = []
         """What each worker wrote as it stopped (:meth:`stop` fills it)."""
-
-    @property
-    def output_channels(self) -> list[str]:
-        """Phase result channels, one per worker."""
-        return [c.output for c in self._channels]
-
-    @property
-    def batch_channels(self) -> list[str]:
-        """Batch result channels, one per worker (:class:`~ptychonn_ophyd.wire.ResultBatch`)."""
-        return [c.batch for c in self._channels]
-
-    @property
-    def amplitude_channels(self) -> list[str]:
-        """Amplitude result channels; empty unless ``outputs`` asks for amplitude."""
-        if "amplitude" not in self.config.outputs:
-            return []
-        return [c.amplitude for c in self._channels]
-
-    @property
-    def status_channels(self) -> list[str]:
-        """pvapy status channels (``userStats`` holds the frame accounting)."""
-        return [c.status for c in self._channels]
-
-    @property
-    def control_channels(self) -> list[str]:
-        """pvapy control channels (``configure``, ``get_stats``, ``stop``)."""
-        return [c.control for c in self._channels]
-
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the workers started."""
-        return [w.process.pid for w in self._workers if w.process]
 
     @property
     def log_paths(self) -> list[Path]:
@@ -206,35 +123,6 @@ class ConsumerPool:
             self._own_log_dir = True
         return self._log_dir
 
-    def stats(self, since: float | None = None) -> PoolStats:
-        """Counts, rate and latency summed over the workers (see :class:`PoolStats`).
-
-        Each worker publishes its counts every ``status_period`` s, so they can be that
-        old.  With ``since`` (a ``time.time()``), first wait until every live worker has
-        published an update made after that moment, for at most
-        :data:`STATUS_WAIT_PERIODS` status periods.
-        """
-        if since is not None:
-            self._wait_status_after(since)
-        per_worker = [self._worker_stats(w) for w in self._workers]
-        rejected = {r: sum(w["rejected"][r] for w in per_worker) for r in REJECT_REASONS}
-        dropped = {r: sum(w["dropped_by_reason"][r] for w in per_worker) for r in DROP_REASONS}
-        return PoolStats(
-            received=sum(w["received"] for w in per_worker),
-            inferred=sum(w["inferred"] for w in per_worker),
-            dropped=sum(dropped.values()),
-            rejected=rejected,
-            rate_hz=sum(w["rate_hz"] for w in per_worker),
-            latency_p50_s=max((w["latency_p50_s"] for w in per_worker), default=0.0),
-            latency_p99_s=max((w["latency_p99_s"] for w in per_worker), default=0.0),
-            queue_depth=sum(w["queue_depth"] for w in per_worker),
-            per_worker=per_worker,
-            missed=sum(w["missed"] for w in per_worker),
-            dropped_by_reason=dropped,
-            ready=bool(per_worker) and all(w["ready"] for w in per_worker),
-            published=sum(w["published"] for w in per_worker),
-        )
-
     def check_health(self) -> None:
         """Raise :class:`WorkerDiedError` if a worker process ended before :meth:`stop`."""
         if self._finalizer is None or not self._finalizer.alive:
@@ -245,66 +133,9 @@ class ConsumerPool:
                 self._failed = True
                 raise WorkerDiedError(
                     f"{worker.name} died with exit status {code} "
-                    f"({_counts(self._status(worker))}); its last log lines "
+                    f"({last_counts(self._status(worker))}); its last log lines "
                     f"({worker.log_path}):\n{worker.log_tail()}"
                 )
-
-    def facts(self) -> dict[str, object]:
-        """What runs: model, hash, backend, engine, GPUs and channels, for run metadata."""
-        statuses = [self._worker_stats(w) for w in self._workers]
-        first = statuses[0] if statuses else {}
-        model_hash = first.get("model_hash") or open_model(self.config.model).model_hash
-        return {
-            "model": str(self.config.model),
-            "model_hash": model_hash,
-            "backend": first.get("backend", self.config.backend),
-            "engine": first.get("engine", ""),
-            "gpu_names": sorted({s["device"] for s in statuses if s["device"].startswith("cuda")}),
-            "n_workers": self.config.n_workers,
-            "consumer_ids": list(self.consumer_ids),
-            "batch_size": self.config.batch_size,
-            "distributor_updates": self.config.distributor_updates,
-            "input_channel": self.config.input_channel,
-            "output_channels": self.output_channels,
-            "batch_channels": self.batch_channels,
-            "amplitude_channels": self.amplitude_channels,
-            "status_channels": self.status_channels,
-            "pvapy_version": pva.__version__,
-        }
-
-    def swap_model(self, model: str | Path, timeout: float = 60.0) -> str:
-        """Swap every worker to ``model`` while frames flow; returns its model hash.
-
-        Each worker builds the new engine beside the running one and switches between
-        two batches, so results from then on carry the new ``modelHash``.
-
-        Raises
-        ------
-        ValueError
-            A worker refused the model (the message says why); it keeps the old one.
-        TimeoutError
-            Not every worker answered within ``timeout`` s.
-        ptychonn_ophyd.errors.ControlError
-            A worker's control channel did not take the command.
-        """
-        new = open_model(model)
-        asked = {w: self._status(w).configured for w in self._workers}
-        for worker in self._workers:
-            worker.send("configure", {"model": str(Path(model).resolve())})
-        deadline = time.monotonic() + timeout
-        while asked:
-            for worker, before in list(asked.items()):
-                status = self._status(worker)
-                if status.configured > before:
-                    if status.configure_error:
-                        raise ValueError(f"{worker.name}: {status.configure_error}")
-                    if status.model_hash == new.model_hash:
-                        del asked[worker]
-            if asked and time.monotonic() > deadline:
-                names = ", ".join(w.name for w in asked)
-                raise TimeoutError(f"{names} did not take model {new.model_hash} in {timeout} s")
-            time.sleep(0.05)
-        return new.model_hash
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop every worker: SIGINT, then SIGKILL after ``timeout`` s.  Idempotent.
@@ -359,12 +190,6 @@ class ConsumerPool:
         else:
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
-    def __enter__(self) -> ConsumerPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _worker(self, consumer_id: int, log_dir: Path) -> Worker:
         config = self.config
         command = consumer_command(
@@ -378,131 +203,28 @@ class ConsumerPool:
         channels = self._channels[self.consumer_ids.index(consumer_id)]
         return Worker(consumer_id, command, log_path, channels)
 
-    def _wait_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
-        started = time.monotonic()
-        deadline = started + timeout
-        next_report = started + PROGRESS_FIRST_S
-        pending = list(self._workers)
-        while pending:
-            for worker in pending:
-                code = worker.exit_code()
-                if code is not None:
-                    raise PoolStartError(
-                        f"{worker.name} exited with status {code} while starting; its last "
-                        f"log lines ({worker.log_path}):\n{worker.log_tail()}"
-                    )
-            waiting = {w: self._not_ready(w) for w in pending}
-            pending = [w for w, why in waiting.items() if why]
-            now = time.monotonic()
-            if pending and now > deadline:
-                raise PoolStartError(_not_ready_error(pending[0], waiting[pending[0]], timeout))
-            if pending and now >= next_report:
-                progress(_waiting_line(pending, waiting[pending[0]], now - started))
-                next_report = now + PROGRESS_PERIOD_S
-            if pending:
-                time.sleep(0.1)
+    def _alive(self, worker: Worker) -> bool:
+        return worker.exit_code() is None
 
-    def _not_ready(self, worker: Worker) -> str:
-        status = worker.status()
-        if status is None:
-            return f"no update on its status channel {worker.channels.status} yet"
-        if not status.ready:
-            return status.error or "engine not ready"
-        if self.config.wait_for_input and not status.connected:
-            return f"not connected to input channel {self.config.input_channel}"
-        return ""
+    def _check_starting(self, worker: Worker) -> None:
+        code = worker.exit_code()
+        if code is not None:
+            raise PoolStartError(
+                f"{worker.name} exited with status {code} while starting; its last "
+                f"log lines ({worker.log_path}):\n{worker.log_tail()}"
+            )
 
-    def _wait_status_after(self, moment: float) -> None:
-        """Wait until every live worker's status was made after ``moment``."""
-        limit = STATUS_WAIT_PERIODS * self.config.status_period
-        deadline = time.monotonic() + limit
-        while stale := [w.name for w in self._workers if self._stale(w, moment)]:
-            if time.monotonic() > deadline:
-                log.warning(
-                    "no new status from %s in %g s; counts may lag", ", ".join(stale), limit
-                )
-                return
-            time.sleep(0.02)
+    def _updated_after(self, worker: Worker, moment: float) -> bool:
+        return self._status(worker).published_at >= moment
 
-    def _stale(self, worker: Worker, moment: float) -> bool:
-        return worker.exit_code() is None and self._status(worker).published_at < moment
-
-    @staticmethod
-    def _status(worker: Worker) -> WorkerStatus:
-        return worker.status() or WorkerStatus()
-
-    def _worker_stats(self, worker: Worker) -> dict:
-        status = self._status(worker)
-        return {
-            "consumer_id": worker.consumer_id,
-            "pid": worker.process.pid if worker.process else None,
-            "alive": worker.exit_code() is None,
-            "ready": status.ready,
-            "received": status.received,
-            "inferred": status.inferred,
-            "published": status.published,
-            "dropped": status.dropped,
-            "dropped_by_reason": status.dropped_by_reason,
-            "rejected": status.rejected,
-            "missed": status.missed,
-            "queue_depth": status.queue_depth,
-            "rate_hz": status.rate_hz,
-            "latency_p50_s": status.latency_p50_s,
-            "latency_p99_s": status.latency_p99_s,
-            "model_hash": status.model_hash,
-            "backend": status.backend,
-            "engine": status.engine,
-            "device": status.device,
-            "error": status.error,
-            "output_channel": worker.channels.output,
-        }
-
-
-def _consumer_ids(n_workers: int, chosen: Sequence[int] | None) -> tuple[int, ...]:
-    """The consumer ids a pool runs: ``chosen`` (one host's share of ``n_workers``), or all.
-
-    Raises
-    ------
-    ArgsError
-        An id is not one of ``1..n_workers``, or repeats.
-    """
-    if chosen is None:
-        return tuple(range(1, n_workers + 1))
-    ids = tuple(int(k) for k in chosen)
-    outside = [k for k in ids if not 1 <= k <= n_workers]
-    if outside or len(set(ids)) != len(ids) or not ids:
-        raise ArgsError(
-            f"consumer_ids: {', '.join(map(str, ids)) or 'none'} is not a set of distinct ids "
-            f"among the pool's {n_workers} workers (1 to {n_workers})"
-        )
-    return ids
-
-
-def _counts(status: WorkerStatus) -> str:
-    """A worker's last frame counts in words, for the message of its death."""
-    return (
-        f"its last status: {status.received} received, {status.inferred} inferred, "
-        f"{status.dropped} dropped, {sum(status.rejected.values())} rejected, "
-        f"{status.queue_depth} queued"
-    )
-
-
-def _waiting_line(pending: list[Worker], why: str, waited: float) -> str:
-    """One line saying which worker a start waits for, why, and for how long."""
-    others = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
-    return f"waiting for {pending[0].name}{others}: {why} ({waited:.0f} s)"
-
-
-def _not_ready_error(worker: Worker, why: str, timeout: float) -> str:
-    """The message of a start that timed out.
-
-    Not hearing the input channel is the whole story (nobody serves it yet), so it is
-    one line naming the log; anything else quotes the log, where the worker says more.
-    """
-    head = f"{worker.name} not ready after {timeout:g} s: {why}"
-    if why.startswith("not connected to input channel"):
-        return f"{head}; its log: {worker.log_path}"
-    return f"{head}; its last log lines ({worker.log_path}):\n{worker.log_tail()}"
+    def _start_timed_out(self, worker: Worker, why: str, timeout: float) -> str:
+        """Not hearing the input channel is the whole story (nobody serves it yet), so it
+        is one line naming the log; anything else quotes the log, where the worker says
+        more."""
+        head = super()._start_timed_out(worker, why, timeout)
+        if why.startswith("not connected to input channel"):
+            return f"{head}; its log: {worker.log_path}"
+        return f"{head}; its last log lines ({worker.log_path}):\n{worker.log_tail()}"
 
 
 def _stop_unattended(workers: list[Worker], timeout: float, own_log_dir: Path | None) -> None:

@@ -12,51 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-import pvaccess as pva
-
-from ptychonn_ophyd.errors import ControlError
-from ptychonn_ophyd.pool.control import send_command
-from ptychonn_ophyd.wire import (
-    STATUS_REQUEST,
-    FinalCounts,
-    WorkerChannels,
-    WorkerStatus,
-    parse_final_counts,
-)
+from ptychonn_ophyd.pool.member import Member
+from ptychonn_ophyd.wire import FinalCounts, WorkerChannels, parse_final_counts
 
 PROCESSOR_CLASS = "ptychonn_ophyd.processor.InferPtychoNNImageProcessor"
 CONSUMER_MODULE = "pvapy.cli.hpcConsumer"
 """pvapy's own ``pvapy-hpc-consumer``, run with this interpreter so the venv is the same."""
 
 
-class ChannelWatch:
-    """The latest value of a PVA channel, kept current by a monitor.
-
-    Reading it never blocks: pvapy's ``Channel.get`` can hang for good when the server
-    dies while a request is in flight, which a worker may do at any time.
-    """
-
-    def __init__(self, name: str, request: str = "field()") -> None:
-        self.name = name
-        self._value: dict | None = None
-        self._channel = pva.Channel(name)
-        self._channel.monitor(self._update, request)
-
-    def _update(self, pv: pva.PvObject) -> None:
-        self._value = pv.toDict()
-
-    @property
-    def value(self) -> dict | None:
-        """The channel's latest value, or ``None`` before the first update."""
-        return self._value
-
-    def close(self) -> None:
-        """Stop monitoring."""
-        self._channel.stopMonitor()
-
-
-class Worker:
-    """A consumer process: its command line, log file, PVA channels and lifetime.
+class Worker(Member):
+    """A consumer process this pool starts: its command line, log file and lifetime.
 
     The process runs in a session of its own, so a Ctrl-C in the parent's terminal
     reaches the parent only; the parent decides when workers stop.
@@ -65,17 +30,18 @@ class Worker:
     def __init__(
         self, consumer_id: int, command: list[str], log_path: Path, channels: WorkerChannels
     ) -> None:
-        self.consumer_id = consumer_id
+        super().__init__(consumer_id, channels)
         self.command = command
         self.log_path = log_path
-        self.channels = channels
         self.process: subprocess.Popen | None = None
-        self._status = ChannelWatch(channels.status, STATUS_REQUEST)
 
     @property
     def name(self) -> str:
-        pid = self.process.pid if self.process else "not started"
-        return f"worker {self.consumer_id} (pid {pid})"
+        return f"worker {self.consumer_id} (pid {self.pid or 'not started'})"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     def launch(self) -> None:
         """Start the process, its output going to :attr:`log_path`."""
@@ -93,28 +59,6 @@ class Worker:
     def exit_code(self) -> int | None:
         """The exit status once the process has ended, else ``None``."""
         return self.process.poll() if self.process else None
-
-    def status(self) -> WorkerStatus | None:
-        """The latest status update, or ``None`` until the worker has published one."""
-        value = self._status.value
-        return None if value is None else WorkerStatus.parse(value)
-
-    def send(self, command: str, args: dict | None = None) -> None:
-        """Put ``command`` (``configure``, ``get_stats``, ...) on the control channel.
-
-        Raises
-        ------
-        ControlError
-            The worker refused the command or did not answer in time.
-        """
-        try:
-            send_command(self.channels.control, command, args)
-        except ControlError as err:
-            raise ControlError(f"{self.name}: {err}") from None
-
-    def close(self) -> None:
-        """Stop watching the worker's status."""
-        self._status.close()
 
     def kill(self, sig: int) -> None:
         """Send ``sig`` to the worker's process group."""

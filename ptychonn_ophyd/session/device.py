@@ -27,7 +27,7 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.errors import StreamWiringError
 from ptychonn_ophyd.models import open_model
-from ptychonn_ophyd.pool import START_TIMEOUT_S, ConsumerPool, PoolStats
+from ptychonn_ophyd.pool import START_TIMEOUT_S, PoolStats, WorkerPool
 from ptychonn_ophyd.session.ledger import Counts, FrameLedger
 from ptychonn_ophyd.session.results import ResultFanout
 from ptychonn_ophyd.session.trigger import PointTrigger
@@ -179,7 +179,7 @@ class PtychoNNDetector(_Settings):
     # -- the pool ------------------------------------------------------------------
 
     @property
-    def pool(self) -> ConsumerPool | None:
+    def pool(self) -> WorkerPool | None:
         """The running pool (``None`` when not staged)."""
         return self._workers.pool
 
@@ -204,7 +204,7 @@ class PtychoNNDetector(_Settings):
         """The pool's statistics: live while staged, as at the last unstage after, or None.
 
         ``since``: live statistics from status updates made after that ``time.time()``
-        (see :meth:`~ptychonn_ophyd.pool.ConsumerPool.stats`).
+        (see :meth:`~ptychonn_ophyd.pool.WorkerPool.stats`).
         """
         return self.pool.stats(since) if self.pool is not None else self._final_stats
 

@@ -54,6 +54,8 @@ class InferenceRun:
         """Results of the run's frames that came after it was sealed."""
         self.models: Counter[str] = Counter()
         """Rows of the run each model (by hash) made."""
+        self.workers: Counter[str] = Counter()
+        """Rows of the run each worker (by consumer id) made: how the pool shared it."""
         self._follow = follow
         self._sealed = False
         self._lock = threading.Lock()
@@ -81,6 +83,7 @@ class InferenceRun:
                 return
             rows = rows_of(batch)
             self.models[batch.model_hash] += int(keep.sum())
+            self.workers[str(batch.consumer_id)] += int(keep.sum())
             if not keep.all():
                 rows = {key: values[keep] for key, values in rows.items()}
             self.writer.append(rows)
@@ -131,6 +134,7 @@ class InferenceRun:
             file=str(self.writer.file.path),
             write_error="" if error is None else f"{type(error).__name__}: {error}",
             models=dict(self.models),
+            workers=dict(sorted(self.workers.items(), key=lambda item: int(item[0]))),
             **extra,
         )
         if summary["not_in_time"]:

@@ -1,5 +1,6 @@
-"""The device's workers: a consumer pool and the monitor of its batch channels, started,
-kept warm between stagings, and stopped.
+"""The device's workers: a pool and the monitor of its batch channels, started (or
+attached to, when the workers run as services elsewhere), kept warm between stagings,
+and stopped.
 
 Starting a pool takes seconds (imports, CUDA, channels); :class:`Workers` keeps one
 running after a staging when asked, and gives it to the next staging whose settings are
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ptychonn_ophyd.errors import WorkerDiedError
-from ptychonn_ophyd.pool import ConsumerPool
+from ptychonn_ophyd.pool import WorkerPool, open_pool
 from ptychonn_ophyd.session.results import ResultMonitor
 from ptychonn_ophyd.settings import PoolConfig
 from ptychonn_ophyd.wire import ResultBatch
@@ -37,18 +38,18 @@ class Workers:
         self, name: str, on_batch: Callable[[ResultBatch], None], announce: Callable[[str], None]
     ) -> None:
         self.name = name
-        self.pool: ConsumerPool | None = None
+        self.pool: WorkerPool | None = None
         self._on_batch = on_batch
         self._announce = announce
         self._monitor: ResultMonitor | None = None
         self._config: PoolConfig | None = None
-        self._warm: tuple[PoolConfig, ConsumerPool, ResultMonitor] | None = None
+        self._warm: tuple[PoolConfig, WorkerPool, ResultMonitor] | None = None
 
     @property
     def monitor(self) -> ResultMonitor | None:
         return self._monitor
 
-    def start(self, config: PoolConfig, timeout: float) -> ConsumerPool:
+    def start(self, config: PoolConfig, timeout: float) -> WorkerPool:
         """The running pool for ``config``: the one kept warm when its settings are these,
         else a new one, ready (waits up to ``timeout`` s for every worker)."""
         warm, self._warm = self._warm, None
@@ -58,20 +59,23 @@ class Workers:
             return self.pool
         if warm is not None:
             _close(*warm[1:])
+        how = "attaching to" if config.attach else "starting"
         self._announce(
-            f"{self.name}: starting {_workers(config)} on {config.input_channel} at "
+            f"{self.name}: {how} {_workers(config)} on {config.input_channel} at "
             f"{time.strftime('%H:%M:%S')} (model {Path(config.model).name}, {config.backend})"
         )
         began = time.monotonic()
-        self._config, self.pool = config, ConsumerPool(config)
+        self._config, self.pool = config, open_pool(config)
         self.pool.start(
             timeout=timeout, progress=lambda line: self._announce(f"{self.name}: {line}")
         )
         self._monitor = ResultMonitor(self.pool.batch_channels, self._on_batch)
         self._monitor.start()
-        engine = self.pool.facts().get("engine") or config.backend
+        facts = self.pool.facts()
+        where = f" on {_hosts(facts['hosts'])}" if config.attach else ""
         self._announce(
-            f"{self.name}: {_workers(config)} ready in {time.monotonic() - began:.1f} s ({engine})"
+            f"{self.name}: {_workers(config)}{where} ready in {time.monotonic() - began:.1f} s "
+            f"({facts.get('engine') or config.backend})"
         )
         return self.pool
 
@@ -91,7 +95,7 @@ class Workers:
             _close(*warm[1:])
 
 
-def _close(pool: ConsumerPool | None, monitor: ResultMonitor | None) -> None:
+def _close(pool: WorkerPool | None, monitor: ResultMonitor | None) -> None:
     """Stop ``pool``, then ``monitor``."""
     with contextlib.ExitStack() as stopping:
         # Last in, first out: the monitor stops after the pool, because pvapy's
@@ -107,7 +111,15 @@ def _workers(config: PoolConfig) -> str:
     return f"{config.n_workers} worker{'s' * (config.n_workers != 1)}"
 
 
-def healthy(pool: ConsumerPool) -> bool:
+def _hosts(hosts: dict[str, str]) -> str:
+    """``gpu1 (1, 2), gpu2 (3, 4)``: which host runs which workers."""
+    by_host: dict[str, list[str]] = {}
+    for consumer_id, host in hosts.items():
+        by_host.setdefault(host or "?", []).append(consumer_id)
+    return ", ".join(f"{host} ({', '.join(ids)})" for host, ids in by_host.items())
+
+
+def healthy(pool: WorkerPool) -> bool:
     """Whether every worker of ``pool`` still runs."""
     try:
         pool.check_health()

@@ -22,9 +22,11 @@ Every frame ends up inferred, dropped or rejected, and counted.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -40,7 +42,7 @@ from ptychonn_ophyd.errors import ArgsError, FrameRejected, ModelError
 from ptychonn_ophyd.models import ModelFile, open_model
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.preprocess import Preprocessor
-from ptychonn_ophyd.settings import parse_args, parse_update
+from ptychonn_ophyd.settings import ProcessorArgs, parse_args, parse_update
 from ptychonn_ophyd.wire import (
     BATCH_CHANNEL,
     FRAME_TAGS,
@@ -115,6 +117,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._inference: threading.Thread | None = None
         self._configured = 0
         self._configure_error = ""
+        self._identity = _identity(args, configDict.get("inputChannel", ""))
 
     # pvapy's interface
 
@@ -295,6 +298,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             configureError=self._configure_error,
             published=self._output.published if self._output is not None else 0,
             batchesPublished=self._batches.batches if self._batches is not None else 0,
+            **self._identity,
         )
         return stats
 
@@ -527,3 +531,11 @@ def _stop_fork_parent() -> None:
     """Under ``--n-consumers N`` pvapy forks: stop the parent too, which stops the others."""
     if multiprocessing.parent_process() is not None:
         os.kill(os.getppid(), signal.SIGINT)
+
+
+def _identity(args: ProcessorArgs, input_channel: str) -> dict[str, object]:
+    """Where a worker runs and what it does (``host``, ``pid``, ``settings`` of
+    ``userStats``), for a session that attaches to workers it did not start."""
+    settings = {"input_channel": input_channel, **args.model_dump(mode="json")}
+    del settings["parent_pid"]
+    return {"host": socket.gethostname(), "pid": os.getpid(), "settings": json.dumps(settings)}
