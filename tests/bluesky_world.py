@@ -49,9 +49,11 @@ class Beamline:
     pids: set[int] = field(default_factory=set)
 
     def remember_workers(self) -> None:
-        """Note the current worker PIDs, to check later that none survived."""
-        if self.inference.pool is not None:
-            self.pids.update(self.inference.pool.pids)
+        """Note the current worker PIDs, to check later that none survived (workers the
+        device attached to are not its to stop)."""
+        pool = self.inference.pool
+        if pool is not None and not pool.config.attach:
+            self.pids.update(pool.pids)
 
 
 UNBINNED = DetectorConfig()

@@ -87,6 +87,19 @@ def test_a_dead_worker_fails_the_waits_with_its_error():
         status.wait(1)
 
 
+def test_a_worker_that_died_between_points_fails_the_next_point_even_with_its_frames_in():
+    t = trigger()
+
+    def died() -> None:
+        raise WorkerDiedError("worker 2 (host gpu2, pid 7) has published no status for 6 s")
+
+    t.poll(Counts(), died)  # during a fly scan's trajectory: nothing waits yet
+    t.on_batch(batch(1, 2, 3))
+    status = t.wait(last_id=3)
+    with pytest.raises(WorkerDiedError, match="worker 2 \\(host gpu2"):
+        status.wait(1)
+
+
 def test_unstaging_fails_the_waits_saying_so():
     t = trigger()
     status = t.wait(last_id=1)

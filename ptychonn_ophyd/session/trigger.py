@@ -6,7 +6,8 @@ staging, fed the result batches by the fan-out, and the statuses waiting on it. 
 batch finishes the statuses it completes at once; :meth:`PointTrigger.poll`, called by
 the device's one watch thread, brings the pool's counts (dropped and rejected frames
 never come as results) and the results the monitors lost, checks the workers' health
-and fails a wait that got no result for ``timeout`` seconds.
+(a worker that dies between two points, or during a fly scan's trajectory, fails the
+next wait) and fails a wait that got no result for ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class PointTrigger:
         self._unreceived = 0
         self._waits: list[_Wait] = []
         self._progress = time.monotonic()
+        self._failure: Exception | None = None
+        """A worker's death, seen at any poll: it fails every wait from then on."""
         self._lock = threading.Lock()
 
     @property
@@ -67,6 +70,9 @@ class PointTrigger:
         every frame the pool received) have an outcome."""
         status = StatusBase()
         with self._lock:
+            if self._failure is not None:
+                status.set_exception(self._failure)
+                return status
             upto = None
             if last_id is not None:
                 self.ledger.observe_source(last_id, time.time())
@@ -88,8 +94,8 @@ class PointTrigger:
 
     def poll(self, pool: Counts, check_health: Callable[[], None], overruns: int = 0) -> None:
         """Take the pool's counts and the results the monitors lost (``overruns``, since
-        the pool started) now; fail the waits if a worker died or no result came for
-        ``timeout`` s.
+        the pool started) now; fail the waits, now and to come, if a worker died, and
+        those waiting if no result came for ``timeout`` s.
 
         A lost result was inferred, so its frame has an outcome that no batch will
         bring: it finishes a point as a dropped frame does (the run's accounting shows
@@ -99,19 +105,16 @@ class PointTrigger:
             self._pool = pool
             self._unreceived = overruns - self._overruns_at_start
             self._finish_done()
-            if not self._waits:
-                return
             try:
                 check_health()
-                if time.monotonic() - self._progress > self.timeout:
-                    raise InferenceTimeoutError(
-                        self.name,
-                        self.ledger.missing(limit=1000),
-                        self.timeout,
-                        pool.since(self.ledger.pool_at_start).lost,
-                    )
             except Exception as error:
-                self._fail_all(error)
+                self._failure = error
+            if self._failure is not None:
+                self._fail_all(self._failure)
+            elif self._waits and time.monotonic() - self._progress > self.timeout:
+                lost = pool.since(self.ledger.pool_at_start).lost
+                missing = self.ledger.missing(limit=1000)
+                self._fail_all(InferenceTimeoutError(self.name, missing, self.timeout, lost))
 
     def close(self, why: str) -> None:
         """Fail every wait (the staging ended under them)."""
