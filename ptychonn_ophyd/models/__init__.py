@@ -1,7 +1,7 @@
 """PtychoNN architectures and model files (``.pth`` and ONNX)."""
 
 from ptychonn_ophyd.models.architecture import PRESETS, ArchitectureSpec, spec_from_shapes
-from ptychonn_ophyd.models.checkpoint import ModelFile, export_onnx, open_model
+from ptychonn_ophyd.models.checkpoint import ModelFile, export_onnx, model_hash_of, open_model
 from ptychonn_ophyd.models.export import build_torch_model, export_onnx_bytes
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "build_torch_model",
     "export_onnx",
     "export_onnx_bytes",
+    "model_hash_of",
     "open_model",
     "spec_from_shapes",
 ]

@@ -55,7 +55,7 @@ class ModelFile:
     @property
     def model_hash(self) -> str:
         """Short id of the weights, written into every result."""
-        return self.sha256[:12]
+        return short_hash(self.sha256)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The weights under PtychoNN's key names, as float32 numpy arrays."""
@@ -89,6 +89,26 @@ _LAYER_PREFIXES = ("encoder.", "decoder1.", "decoder2.")
 
 def _keys(spec: ArchitectureSpec) -> set[str]:
     return set(spec.parameter_shapes())
+
+
+def short_hash(sha256: str) -> str:
+    """A model's hash (:attr:`ModelFile.model_hash`) from its file's SHA-256."""
+    return sha256[:12]
+
+
+def model_hash_of(path: str | Path) -> str:
+    """The hash :func:`open_model` would give the file at ``path``, without reading it as
+    a model (no ONNX or PyTorch import: what a session checks its workers' models by).
+
+    Raises
+    ------
+    ModelError
+        There is no file at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "no such model file")
+    return short_hash(hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def open_model(path: str | Path, input_size: int | None = None) -> ModelFile:

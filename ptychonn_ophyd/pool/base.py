@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import pvaccess as pva
 
 from ptychonn_ophyd.errors import ArgsError, PoolStartError
-from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.models import model_hash_of, open_model
 from ptychonn_ophyd.pool.member import Member
 from ptychonn_ophyd.settings import PoolConfig
 from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, WorkerChannels, WorkerStatus
@@ -193,7 +193,7 @@ class WorkerPool(ABC, Generic[M]):
         metadata."""
         statuses = [self._worker_stats(w) for w in self._workers]
         first = statuses[0] if statuses else {}
-        model_hash = first.get("model_hash") or open_model(self.config.model).model_hash
+        model_hash = first.get("model_hash") or model_hash_of(self.config.model)
         return {
             "model": first.get("model") or str(self.config.model),
             "model_hash": model_hash,

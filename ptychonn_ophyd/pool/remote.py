@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptychonn_ophyd.errors import ControlError, PoolStartError, WorkerDiedError
-from ptychonn_ophyd.models import open_model
+from ptychonn_ophyd.models import model_hash_of
 from ptychonn_ophyd.pool.base import START_TIMEOUT_S, WorkerPool, last_counts
 from ptychonn_ophyd.pool.member import Member
 from ptychonn_ophyd.settings import PoolConfig
@@ -158,7 +158,7 @@ class RemotePool(WorkerPool[RemoteWorker]):
 
     def _take_model(self, timeout: float, progress: Callable[[str], None]) -> None:
         """Swap the workers running another model to ``config.model``."""
-        wanted = open_model(self.config.model).model_hash
+        wanted = model_hash_of(self.config.model)
         others = [w for w in self._workers if self._status(w).model_hash != wanted]
         if not others:
             return
