@@ -216,7 +216,8 @@ class ModelUpdate(BaseModel):
 
 
 class PoolConfig(PoolShape, InferenceSettings):
-    """What a :class:`~ptychonn_ophyd.pool.ConsumerPool` runs: the settings of every
+    """What a pool runs (a :class:`~ptychonn_ophyd.pool.ConsumerPool` starts it, a
+    :class:`~ptychonn_ophyd.pool.RemotePool` attaches to it): the settings of every
     worker, the channels and how frames are shared out.
 
     ``threads`` (ONNX Runtime's CPU threads) defaults to the cores shared out among the

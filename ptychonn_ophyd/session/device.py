@@ -1,14 +1,15 @@
 """The ophyd device that runs PtychoNN inference on a detector's PV Access stream.
 
-``stage()`` starts the consumer pool (:mod:`~ptychonn_ophyd.session.workers`) and
-returns once every worker is ready, ``trigger()`` finishes when every frame the source
-detector has produced so far has been inferred or counted as dropped or rejected
-(:mod:`~ptychonn_ophyd.session.trigger`), ``unstage()`` stops the pool.  The device
-hands every result batch to its fan-out, :attr:`PtychoNNDetector.results`, which the
-trigger and the run's writer (through the supplement) subscribe to.  Its configuration
-signals are the fields of :class:`~ptychonn_ophyd.settings.PoolConfig`; it asks the
-workers for per-frame results only as a preview for viewers
-(:data:`DEVICE_FRAME_OUTPUTS`), since it reads the batches.
+``stage()`` starts the consumer pool (:mod:`~ptychonn_ophyd.session.workers`), or with
+``attach`` finds and checks workers running as services on other hosts, and returns
+once every worker is ready; ``trigger()`` finishes when every frame the source detector
+has produced so far has been inferred or counted as dropped or rejected
+(:mod:`~ptychonn_ophyd.session.trigger`); ``unstage()`` stops the pool (or, attached,
+stops watching it).  The device hands every result batch to its fan-out,
+:attr:`PtychoNNDetector.results`, which the trigger and the run's writer (through the
+supplement) subscribe to.  Its configuration signals are the fields of
+:class:`~ptychonn_ophyd.settings.PoolConfig`; it asks the workers for per-frame results
+only as a preview for viewers (:data:`DEVICE_FRAME_OUTPUTS`), since it reads the batches.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class PtychoNNDetector(_Settings):
     # -- staging -------------------------------------------------------------------
 
     def stage(self) -> list[object]:
-        """Start the consumer pool and return when every worker is ready.
+        """Start the consumer pool (``attach``: find the running workers, check their
+        settings and swap in the device's model) and return when every worker is ready.
 
         Raises
         ------
