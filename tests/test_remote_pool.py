@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 
 import pytest
@@ -161,3 +163,20 @@ def test_a_service_that_dies_mid_scan_fails_the_scan_naming_its_host_and_the_run
             assert accounting["workers"]["1"] > 0
         assert running.running[0].poll() is None
         assert process_gone(doomed.pid)
+
+
+def test_pool_attach_checks_the_services_prints_their_counts_and_leaves_them_running(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    with services() as running:
+        start_shares(running, small_phase_onnx, channel_prefix, tmp_path)
+        command = share_command(
+            small_phase_onnx, f"{channel_prefix}:image", f"{channel_prefix}:inference",
+            tmp_path / "watcher", (1, 2), 2, "--attach", "--runtime", "3",
+        )  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith(f"2 workers attached on {socket.gethostname()} ready: ")
+        assert lines[-1].startswith("received 0  inferred 0  dropped 0")
+        assert [service.poll() for service in running.running] == [None, None]
