@@ -95,8 +95,11 @@ class FrameSource:
         return ids
 
     def close(self) -> None:
-        """Stop serving."""
-        self._server.stop()
+        """Stop serving, and let go of the record, so that the channel can be served
+        again (a restarted IOC)."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> FrameSource:
         return self

@@ -12,10 +12,13 @@ import threading
 
 import pytest
 from bluesky_world import beamline, until
+from frames import poisson_frames
 from pool_services import services, share_command
-from pva_consumers import process_gone
+from pva_consumers import process_gone, status, wait_until
+from pva_source import FrameSource
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.loopback import announce_server
 from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.pool import RemotePool
 from ptychonn_ophyd.run_schema import frame_accounting
@@ -179,4 +182,33 @@ def test_pool_attach_checks_the_services_prints_their_counts_and_leaves_them_run
         lines = done.stdout.splitlines()
         assert lines[0].startswith(f"2 workers attached on {socket.gethostname()} ready: ")
         assert lines[-1].startswith("received 0  inferred 0  dropped 0")
+        assert [service.poll() for service in running.running] == [None, None]
+
+
+def test_a_service_keeps_running_through_a_detector_restart_and_infers_after_it(
+    tmp_path, channel_prefix, small_phase_onnx
+):
+    statuses = [f"{channel_prefix}:inference:{k}:status" for k in (1, 2)]
+
+    def user(k: int, key: str) -> int:
+        return (status(statuses[k]) or {}).get("userStats", {}).get(key, 0)
+
+    def heard(k: int) -> int:
+        return (status(statuses[k]) or {}).get("receiverStats", {}).get("nReceived", 0)
+
+    def inferred() -> int:
+        return user(0, "inferred") + user(1, "inferred")
+
+    with services() as running:
+        start_shares(running, small_phase_onnx, channel_prefix, tmp_path)
+        with FrameSource(f"{channel_prefix}:image") as source:
+            assert wait_until(lambda: heard(0) and heard(1), 60)
+            source.publish_frames(poisson_frames(32, seed=3), rate_hz=100)
+            assert wait_until(lambda: inferred() == 32, 60)
+            before = [heard(0), heard(1)]
+        with FrameSource(f"{channel_prefix}:image") as source:  # the IOC back, ids from 1
+            announce_server()
+            assert wait_until(lambda: heard(0) > before[0] and heard(1) > before[1], 60)
+            source.publish_frames(poisson_frames(32, seed=4), rate_hz=100)
+            assert wait_until(lambda: inferred() == 64, 60)
         assert [service.poll() for service in running.running] == [None, None]
