@@ -48,11 +48,13 @@ class ControlError(PtychoNNError, RuntimeError):
 
 
 class PoolStartError(PtychoNNError, RuntimeError):
-    """A worker did not get ready; the message names it and quotes its last log lines."""
+    """A worker did not get ready, or (attached) does not make the pool asked for; the
+    message names it and quotes its last log lines, or names its host and the setting."""
 
 
 class WorkerDiedError(PtychoNNError, RuntimeError):
-    """A worker process ended while the pool ran; the message quotes its last log lines."""
+    """A worker process ended while the pool ran, or (attached) fell silent or restarted;
+    the message names it, and quotes its last log lines or names its host."""
 
 
 class InferenceTimeoutError(PtychoNNError, TimeoutError):
