@@ -556,7 +556,13 @@ class WorkerStatus:
     model: str = ""
     host: str = ""
     pid: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings_json: str = ""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The worker's published settings, parsed only when asked (the parent reads a
+        status every few tens of milliseconds and needs them only to attach)."""
+        return json.loads(self.settings_json or "{}")
 
     @property
     def dropped(self) -> int:
@@ -593,7 +599,7 @@ class WorkerStatus:
             model=user.get("model", ""),
             host=user.get("host", ""),
             pid=user.get("pid", 0),
-            settings=json.loads(user.get("settings") or "{}"),
+            settings_json=user.get("settings", ""),
         )
 
 

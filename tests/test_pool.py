@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 from frames import poisson_frames
+from pool_services import share_command
 from pva_collector import Collector
 from pva_consumers import Consumer, connected, consumer_args, process_gone, status, wait_until
 from pva_source import ntnda
@@ -387,23 +388,14 @@ def test_failed_start_keeps_the_logs_it_names(make_pool, source, tmp_path, monke
     assert f"({pool.log_paths[0]})" in str(raised.value) and pool.log_paths[0].is_file()
 
 
-def pool_command(model, source, prefix: str, log_dir, *extra: str) -> list[str]:
-    """``ptychonn-ophyd pool`` on the test's channels with one CPU thread a worker."""
-    return [
-        *(sys.executable, "-m", "ptychonn_ophyd", "pool", "--model", str(model)),
-        *("--input-channel", source.channel, "--output-prefix", prefix),
-        *("--backend", "onnxruntime", "--threads", "1", "--log-dir", str(log_dir)),
-        *("--report-period", "1", *extra),
-    ]
-
-
 def test_two_hosts_shares_of_one_pool_split_the_frames_and_stop_cleanly_on_sigterm(
     source, channel_prefix, small_phase_onnx, tmp_path, reap
 ):
     shares = []
     for k in (1, 2):
-        share = ("--workers", "2", "--consumer-ids", str(k), "--no-wait-for-input")
-        command = pool_command(small_phase_onnx, source, channel_prefix, tmp_path / f"h{k}", *share)
+        command = share_command(
+            small_phase_onnx, source.channel, channel_prefix, tmp_path / f"h{k}", (k,), 2
+        )
         cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
         reap.append(cli.pid)
         shares.append(cli)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ptychonn_ophyd.errors import ModelError
 from ptychonn_ophyd.models import model_hash_of, open_model
 from ptychonn_ophyd.pool.remote import mismatches
-from ptychonn_ophyd.settings import PoolConfig
+from ptychonn_ophyd.settings import PoolConfig, parse_args
+from ptychonn_ophyd.worker.processor import published_identity
 
 
 @pytest.fixture
@@ -17,9 +20,9 @@ def config(small_phase_onnx) -> PoolConfig:
 
 def reported(config: PoolConfig, **changes) -> dict:
     """The settings a worker of ``config``'s pool publishes, with ``changes``."""
-    args = config.processor_args(1, 1)
-    del args["parent_pid"]
-    return {"input_channel": config.input_channel, **args, **changes}
+    args = parse_args(config.processor_args(1, 1))
+    published = published_identity(args, config.input_channel)["settings"]
+    return {**json.loads(published), **changes}
 
 
 def test_a_worker_of_the_same_pool_agrees_whatever_its_host_chose_for_itself(config):

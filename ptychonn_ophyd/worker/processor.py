@@ -117,7 +117,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         self._inference: threading.Thread | None = None
         self._configured = 0
         self._configure_error = ""
-        self._identity = _identity(args, configDict.get("inputChannel", ""))
+        self._identity = published_identity(args, configDict.get("inputChannel", ""))
 
     # pvapy's interface
 
@@ -533,7 +533,7 @@ def _stop_fork_parent() -> None:
         os.kill(os.getppid(), signal.SIGINT)
 
 
-def _identity(args: ProcessorArgs, input_channel: str) -> dict[str, object]:
+def published_identity(args: ProcessorArgs, input_channel: str) -> dict[str, object]:
     """Where a worker runs and what it does (``host``, ``pid``, ``settings`` of
     ``userStats``), for a session that attaches to workers it did not start."""
     settings = {"input_channel": input_channel, **args.model_dump(mode="json")}
