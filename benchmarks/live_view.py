@@ -6,10 +6,14 @@ demo's probe (``--stitching solved``: each patch its frame's tilt, offsets solve
 the scan) or with its window only (``--stitching ordered``: each patch matched to the
 ones before it):
 
-1. ``ceiling``: all results queued at once; the time until the queue is empty (the
-   stitching thread's cost per frame, its previews included, and so the highest rate
-   one core sustains), then ``finish()`` (the final solve) timed apart;
-2. for each ``--rates``: a producer thread calls ``take()`` with batches of ``BATCH``
+1. ``adding alone`` (with the probe): ``SolvedMosaic.add`` over the results, given as
+   the stitching thread drains them (up to its ``BATCH`` rows a call, in the workers'
+   batches);
+2. ``ceiling``: all results queued at once; the time until the queue is empty (the
+   stitching thread's cost per frame, its previews included: a preview adds what
+   arrives between its solver's steps), the pictures shown meanwhile, then
+   ``finish()`` (the final solve) timed apart;
+3. for each ``--rates``: a producer thread calls ``take()`` with batches of ``BATCH``
    rows at that rate of frames (as the result monitor's pvapy thread does) for
    ``--seconds``; reported: the rate reached, the producer's time per frame in
    ``take()``, the queue's largest backlog (in batches), the process's CPU over the
@@ -29,9 +33,11 @@ import uuid
 
 import numpy as np
 
+from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
 from ptychonn_ophyd.loopback import use_loopback
 from ptychonn_ophyd.physics.probe import make_probe, probe_weight
 from ptychonn_ophyd.run_schema import INPUT_MOMENTS
+from ptychonn_ophyd.session.live_view import BATCH as DRAINED_ROWS
 from ptychonn_ophyd.session.live_view import LiveView
 
 PIXEL_UM = 0.01
@@ -40,6 +46,8 @@ STEP_UM = 0.05
 
 BATCH = 8
 """Rows a ``take()`` brings, as one worker batch does."""
+DRAINED = DRAINED_ROWS // BATCH
+"""Batches the stitching thread adds in one call at most."""
 
 
 def results(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -70,6 +78,26 @@ def new_run(live: LiveView, prefix: str) -> None:
     live.publish_on(prefix)
 
 
+def adding(n: int, chunk: int = DRAINED) -> None:
+    """The mosaic's ``add`` alone, the rows given as the stitching thread drains them."""
+    batches = results(n)
+    mosaic = SolvedMosaic(PIXEL_UM, make_probe())
+    mosaic.add(batches[0]["phase"][:1], np.zeros((1, 2)))  # compiled before timing
+    mosaic = SolvedMosaic(PIXEL_UM, make_probe())
+    start, cpu = time.perf_counter(), time.process_time()
+    for first in range(0, len(batches), chunk):
+        drained = batches[first : first + chunk]
+        positions = np.concatenate([np.stack([b["x"], b["y"]], axis=1) for b in drained])
+        total, x, y = (np.concatenate([b[key] for b in drained]) for key in INPUT_MOMENTS)
+        moments = total, np.stack([x, y], axis=1)
+        mosaic.add([b["phase"] for b in drained], positions, None, moments)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(
+        f"adding alone: {n} frames in {chunk}-batch calls, {seconds / n * 1e6:.1f} µs/frame "
+        f"= {n / seconds:,.0f} frames/s (CPU {cpu / seconds:.2f} cores)"
+    )
+
+
 def ceiling(live: LiveView, prefix: str, n: int) -> None:
     batch = results(n)
     new_run(live, prefix)
@@ -77,7 +105,9 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
     for rows in batch:
         live.take(rows)
     queued = time.perf_counter()
+    shown = set()
     while live.backlog:
+        shown.add(id(live.latest))
         time.sleep(0.001)
     added, added_cpu = time.perf_counter(), time.process_time()
     final = live.finish()
@@ -88,7 +118,7 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
         f"ceiling: {n} frames, take {(queued - start) / n * 1e6:.2f} µs/frame, all taken "
         f"from the queue in {added - start:.2f} s = {per_frame * 1e6:.1f} µs/frame = "
         f"{1 / per_frame:,.0f} frames/s (CPU {(added_cpu - cpu) / (added - start):.2f} cores, "
-        f"previews included), final solve {done - added:.2f} s"
+        f"previews included, {len(shown - {id(None)})} pictures), final solve {done - added:.2f} s"
     )
 
 
@@ -146,6 +176,8 @@ def main() -> None:
     else:
         live = LiveView(probe_weight(make_probe()), figure=False)
     try:
+        if args.stitching == "solved":
+            adding(args.ceiling_frames)
         ceiling(live, prefix, args.ceiling_frames)
         for rate in args.rates:
             paced(live, prefix, rate, args.seconds)

@@ -4,6 +4,9 @@ frame's tilt and the image converges to replay's; without one it says so once.""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -88,3 +91,51 @@ def test_a_probe_of_another_size_than_the_patches_falls_back_with_a_warning(rows
         snapshot = stitched(live, rows, "run-1")
     assert snapshot.stitching == Mosaic.stitching
     assert any("does not fit the run's patches" in r.getMessage() for r in caplog.records)
+
+
+class _HeldPreview(SolvedMosaic):
+    """A solved mosaic whose first preview waits until the test releases it, and which
+    counts the patches added while it solved."""
+
+    previewing = threading.Event()
+    release = threading.Event()
+    added_during: ClassVar[list[int]] = []
+
+    def preview(self, between=None):
+        if not self.previewing.is_set():
+            self.previewing.set()
+            assert self.release.wait(60), "the test never released the preview"
+        before = self.frames
+        image = super().preview(between)
+        self.added_during.append(self.frames - before)
+        return image
+
+
+def test_rows_arriving_during_a_preview_are_added_and_an_end_then_still_gives_them_all(
+    rows, monkeypatch
+):
+    monkeypatch.setattr("ptychonn_ophyd.session.live_view.SolvedMosaic", _HeldPreview)
+    live = view(probe=make_probe())
+    assert live.begin("run-held", 0.01, rows["phase"].shape[1:], amplitude=False)
+    batches = [
+        {key: value[start : start + 5] for key, value in rows.items()}
+        for start in range(0, len(rows["phase"]), 5)
+    ]
+    live.take(batches[0])
+    assert _HeldPreview.previewing.wait(60), "no preview began"
+    for batch in batches[1:]:
+        live.take(batch)
+    queued = live._run.rows  # the stitching thread, held in its preview, takes none
+    finished: list = []
+    finishing = threading.Thread(target=lambda: finished.append(live.finish()))
+    finishing.start()
+    deadline = time.monotonic() + 60
+    while queued.qsize() < len(batches) and time.monotonic() < deadline:  # the rest, the end
+        time.sleep(0.01)
+    assert queued.qsize() == len(batches)
+    _HeldPreview.release.set()
+    finishing.join(60)
+    assert not finishing.is_alive()
+    snapshot = finished[0]
+    assert snapshot.frames == len(rows["phase"])
+    assert max(_HeldPreview.added_during) > 0  # added between the preview's steps

@@ -12,7 +12,7 @@ from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
-from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
+from ptychonn_ophyd.analysis.solved_mosaic import SPACING, FrameTilts, SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import corrected_tilts
 from ptychonn_ophyd.moments import frame_moments
@@ -90,6 +90,57 @@ def test_batches_give_the_image_of_one_add_and_the_preview_converges_to_it(scan)
     assert mosaic.frames == len(scan.spoiled)
     np.testing.assert_allclose(mosaic.preview().image, whole.image, atol=1e-4, equal_nan=True)
     np.testing.assert_allclose(mosaic.phase().image, whole.image, atol=1e-5, equal_nan=True)
+
+
+def test_batches_as_they_arrived_in_one_call_give_the_image_of_one_array(scan):
+    positions = scan.positions.copy()
+    positions[[3, 40]] = np.nan  # skipped inside their batches
+    whole = SolvedMosaic(scan.pixel, scan.probe, amplitude=True)
+    whole.add(scan.spoiled, positions, np.ones_like(scan.spoiled), scan.moments)
+    batches = np.array_split(scan.spoiled, 9)
+    ones = [np.ones_like(batch) for batch in batches]
+    mosaic = SolvedMosaic(scan.pixel, scan.probe, amplitude=True)
+    assert mosaic.add(batches, positions, ones, scan.moments) == len(positions) - 2
+    np.testing.assert_array_equal(mosaic.phase().image, whole.phase().image)
+    np.testing.assert_array_equal(mosaic.amplitude().image, whole.amplitude().image)
+    with pytest.raises(ValueError, match="amplitude patches must come in the phase patches'"):
+        mosaic.add(batches, positions, np.ones_like(scan.spoiled), scan.moments)
+
+
+def test_the_compiled_gradient_projection_is_the_bilinear_one(scan):
+    tilts = FrameTilts(scan.probe)
+    rng = np.random.default_rng(2)
+    patches = rng.normal(0, 1, (6, *scan.probe.shape)).astype(np.float32)
+    corners = rng.integers(-300, 300, (4, 2))
+    frames = np.array([5, 0, 2, 3])
+    projected = tilts.project(patches, frames, corners)
+    for k, (frame, corner) in enumerate(zip(frames, corners, strict=True)):
+        expected = _bilinear_projection(tilts, scan.probe, patches[frame], corner)
+        np.testing.assert_allclose(projected[k], expected, rtol=1e-4, atol=1e-4)
+
+
+def _bilinear_projection(
+    tilts: FrameTilts, probe: np.ndarray, patch: np.ndarray, corner: np.ndarray
+) -> np.ndarray:
+    """``grad(patch) * I`` (central differences inside the probe's support) summed
+    against each node's bilinear hat, in float64: what :meth:`FrameTilts.project` is."""
+    lit = patch[tilts.cut].astype(np.float64)
+    half = np.abs(probe[tilts.cut]) ** 2 / 2
+    gradient = np.zeros((2, *lit.shape))
+    gradient[0, :, 1:-1] = (lit[:, 2:] - lit[:, :-2]) * half[:, 1:-1]
+    gradient[1, 1:-1] = (lit[2:] - lit[:-2]) * half[1:-1]
+    first = corner + tilts.corner
+    place = first - SPACING * np.floor_divide(first, SPACING)
+    rows = _hats(place[0], lit.shape[0], tilts.rows.count)
+    cols = _hats(place[1], lit.shape[1], tilts.cols.count)
+    return np.einsum("ya,kyx,xb->kab", rows, gradient, cols)
+
+
+def _hats(place: int, length: int, count: int) -> np.ndarray:
+    """``(length, count)``: each pixel's weight on each node, ``place`` pixels after the
+    first node."""
+    pixel = place + np.arange(length)[:, None]
+    return np.clip(1 - np.abs(pixel - SPACING * np.arange(count)) / SPACING, 0, None)
 
 
 def test_half_a_scan_already_shows_the_object_where_it_has_been(scan):

@@ -20,8 +20,9 @@ probe is a quarter of the pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 
@@ -33,6 +34,10 @@ SUPPORT = 1e-3
 MIN_OVERLAP = 1e-3
 """Overlap weight ``sum(w * W)``, in units of the window's maximum squared, below which
 a phase patch keeps its own offset."""
+
+Patches: TypeAlias = np.ndarray | Sequence[np.ndarray]
+"""Patches ``(N, h, w)``, or the batches ``(n_k, h, w)`` they arrived in, in order: a
+stitcher takes the batches as they are, since joining them copies every patch."""
 
 
 class Stitcher(Protocol):
@@ -48,17 +53,18 @@ class Stitcher(Protocol):
 
     def add(
         self,
-        phase: np.ndarray,
+        phase: Patches,
         positions_um: np.ndarray,
-        amplitude: np.ndarray | None = None,
+        amplitude: Patches | None = None,
         moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int: ...
 
     def phase(self) -> StitchedImage:
         """The phase of every patch added, final."""
 
-    def preview(self) -> StitchedImage:
-        """The phase so far, as cheaply as a live display needs it."""
+    def preview(self, between: Callable[[], object] | None = None) -> StitchedImage:
+        """The phase so far, as cheaply as a live display needs it; a long one calls
+        ``between`` now and then, which may add patches (the next preview shows them)."""
 
     def amplitude(self) -> StitchedImage | None: ...
 
@@ -107,9 +113,9 @@ class Mosaic:
 
     def add(
         self,
-        phase: np.ndarray,
+        phase: Patches,
         positions_um: np.ndarray,
-        amplitude: np.ndarray | None = None,
+        amplitude: Patches | None = None,
         moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
         """Add patches ``(N, h, w)`` at ``positions_um`` ``(N, 2)`` in their order.
@@ -151,8 +157,9 @@ class Mosaic:
         """The phase so far over the bounding box of the patches; NaN where none landed."""
         return self._canvas.image(self._canvas.layers["total"], self.pixel_size_um)
 
-    def preview(self) -> StitchedImage:
-        """The phase so far (:meth:`phase`: each patch's offset is final once added)."""
+    def preview(self, between: Callable[[], object] | None = None) -> StitchedImage:
+        """The phase so far (:meth:`phase`: each patch's offset is final once added; a
+        preview is too short to call ``between``)."""
         return self.phase()
 
     def amplitude(self) -> StitchedImage | None:
@@ -176,11 +183,35 @@ class PlacedPatches:
         return patch_corners(self.positions_um, pixel_size_um, self.phase.shape[1:])
 
 
+def patch_batches(patches: Patches, patch_shape: tuple[int, int]) -> list[np.ndarray]:
+    """``patches`` ``(N, h, w)``, or a sequence of batches of them, as a list of
+    C-contiguous float32 batches (copied only where they are not already)."""
+    if isinstance(patches, np.ndarray):
+        patches = [patches]
+    return [
+        np.ascontiguousarray(batch, dtype=np.float32).reshape(-1, *patch_shape) for batch in patches
+    ]
+
+
+def _joined(batches: list[np.ndarray]) -> np.ndarray:
+    return batches[0] if len(batches) == 1 else np.concatenate(batches)
+
+
+def kept_rows(batches: list[np.ndarray], kept: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each batch with the indices of its rows that ``kept`` ``(N,)`` (over all
+    batches, in order) keeps."""
+    ends = np.cumsum([len(batch) for batch in batches])
+    return [
+        (batch, np.flatnonzero(kept[end - len(batch) : end]))
+        for batch, end in zip(batches, ends, strict=True)
+    ]
+
+
 def placed_patches(
-    phase: np.ndarray,
+    phase: Patches,
     positions_um: np.ndarray,
     patch_shape: tuple[int, int],
-    amplitude: np.ndarray | None = None,
+    amplitude: Patches | None = None,
 ) -> PlacedPatches | None:
     """The patches with a finite position, or ``None`` where none has one.
 
@@ -189,7 +220,7 @@ def placed_patches(
     ValueError
         Patches and positions differ in number.
     """
-    phase = np.asarray(phase, dtype=np.float32).reshape(-1, *patch_shape)
+    phase = _joined(patch_batches(phase, patch_shape))
     positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
     if len(phase) != len(positions_um):
         raise ValueError(f"{len(phase)} patches but {len(positions_um)} positions")
@@ -197,7 +228,7 @@ def placed_patches(
     if not kept.any():
         return None
     if amplitude is not None:
-        amplitude = np.asarray(amplitude, dtype=np.float32).reshape(-1, *patch_shape)
+        amplitude = _joined(patch_batches(amplitude, patch_shape))
     if not kept.all():
         phase, positions_um = phase[kept], positions_um[kept]
         amplitude = None if amplitude is None else amplitude[kept]

@@ -37,25 +37,27 @@ applied to the nodes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from ptychonn_ophyd.analysis.canvas import Canvas
+from ptychonn_ophyd.analysis.conjugate_gradients import conjugate_gradients
 from ptychonn_ophyd.analysis.mosaic import (
-    add_amplitude,
+    Patches,
     check_window,
-    placed_patches,
+    kept_rows,
+    patch_batches,
     support_cut,
 )
 from ptychonn_ophyd.analysis.offsets import MAX_STEPS, TOLERANCE
-from ptychonn_ophyd.analysis.stitch import StitchedImage
+from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners
 from ptychonn_ophyd.analysis.tilt import (
     DARKEST,
     MAP_SMOOTHING,
     MAP_SPACING,
     centroid_gradient,
     probe_gradient_field,
-    smoothness,
 )
 from ptychonn_ophyd.physics.probe import check_probe, probe_weight
 
@@ -66,9 +68,22 @@ with a direct solve to about 1e-7 (a direct solve costs ten times more at 10,000
 frames)."""
 MAP_MAX_STEPS = 5_000
 """Conjugate-gradient steps of the map at most."""
+MAP_PREVIEW_STEPS = 50
+"""Conjugate-gradient steps of the map at most in one preview: each starts from the
+last fit, so the map converges over a few previews."""
+MAP_PREVIEW_WORK = 2_000_000
+"""Frames times steps of the map in one preview: a step costs about a quarter of a µs a
+frame, so beyond 40,000 frames a preview takes fewer steps, at least
+:data:`LEAST_PREVIEW_STEPS`."""
 PREVIEW_STEPS = 40
 """Conjugate-gradient steps of the offsets at most in one preview: each starts from the
 last, so the picture converges over a few, and a long scan's preview stays short."""
+PREVIEW_WORK = 20_000_000
+"""Canvas pixels times steps of the offsets in one preview: a step is four FFTs of the
+canvas, so beyond half a million pixels (about 8,000 patches 5 pixels apart) a preview
+takes fewer steps, at least :data:`LEAST_PREVIEW_STEPS`."""
+LEAST_PREVIEW_STEPS = 4
+"""Steps a preview takes of each system however large the scan."""
 ROUNDING = 1e-9
 """Canvas weight, as a fraction of its peak, below which a pixel counts as unlit: an FFT
 convolution leaves rounding errors of about 1e-16 of the peak where no patch lies."""
@@ -137,22 +152,19 @@ class FrameTilts:
         share = probe_gradient_field(probe)[(slice(None), *self.cut)] * intensity
         self._counts = np.einsum("yha,hw,xwb->yxab", rows, intensity, cols)
         self._probe_share = np.einsum("yha,khw,xwb->yxkab", rows, share, cols)
-        self._last_map: tuple[tuple, np.ndarray] | None = None
+        self._last_map: tuple[np.ndarray, np.ndarray] | None = None
+        self.converged = True
+        """Whether the last map fit reached :data:`MAP_TOLERANCE`."""
 
-    def project(self, phase: np.ndarray, corners: np.ndarray) -> np.ndarray:
-        """``(n, 2, a, b)`` projections of each patch's ``grad(phase) * I`` onto the
-        map's nodes around it (``phase`` ``(n, p, p)`` at ``corners`` ``(n, 2)``)."""
-        lit = phase[(slice(None), *self.cut)]
-        along_cols = np.subtract(lit[:, :, 2:], lit[:, :, :-2])
-        along_cols *= self._half_intensity[:, 1:-1]
-        along_rows = np.subtract(lit[:, 2:], lit[:, :-2])
-        along_rows *= self._half_intensity[1:-1]
-        first = corners + self.corner
-        rows = self.rows.weights[_Hats.place(first[:, 0])[1]].transpose(0, 2, 1)
-        cols = self.cols.weights[_Hats.place(first[:, 1])[1]]
-        return np.stack(
-            [rows @ (along_cols @ cols[:, 1:-1]), rows[:, :, 1:-1] @ (along_rows @ cols)], 1
-        )
+    def project(self, patches: np.ndarray, frames: np.ndarray, corners: np.ndarray) -> np.ndarray:
+        """``(n, 2, a, b)`` projections of the patches' ``grad(phase) * I`` onto the map's
+        nodes around them (``patches[frames]`` ``(n, p, p)`` at ``corners`` ``(n, 2)``)."""
+        from ptychonn_ophyd.analysis.patch_kernels import project_gradients
+
+        places = _Hats.place(corners + self.corner)[1]
+        out = np.zeros((len(frames), 2, self.rows.count, self.cols.count), np.float32)
+        project_gradients(patches, frames, places, self.corner, self._half_intensity, SPACING, out)
+        return out
 
     def changes(
         self,
@@ -160,23 +172,34 @@ class FrameTilts:
         totals: np.ndarray,
         gradients: np.ndarray,
         projections: np.ndarray,
+        final: bool = True,
+        between: Callable[[], object] | None = None,
+        deadline: float | None = None,
     ) -> np.ndarray:
         """``(n, 2)`` change of each patch's tilt to the one its frame says: the centroid
         ``gradients`` less the probe's share and the patch's own, both weighted by
-        ``I * map``; zero for a frame without statistics."""
+        ``I * map``; zero for a frame without statistics.  The map is solved to
+        :data:`MAP_TOLERANCE` when ``final``, else in :data:`MAP_PREVIEW_STEPS` at most
+        (fewer for many frames, :data:`MAP_PREVIEW_WORK`),
+        no step after ``deadline`` (``time.monotonic``), ``between`` called before each;
+        :attr:`converged` says whether it reached the tolerance."""
         first = corners + self.corner
         row_node, row_place = _Hats.place(first[:, 0])
         col_node, col_place = _Hats.place(first[:, 1])
         counted = np.isfinite(totals) & np.isfinite(gradients).all(1)
         if not counted.any():
             return np.zeros((len(totals), 2))
-        row_node, col_node = row_node - row_node.min(), col_node - col_node.min()
-        origin = (int(first[:, 0].min()), int(first[:, 1].min()))
-        nodes = self._map_nodes(row_node, row_place, col_node, col_place, totals, counted, origin)
+        origin = np.array([row_node.min(), col_node.min()])
+        blocks = np.stack([row_node, col_node], axis=1) - origin
+        places = np.stack([row_place, col_place], axis=1)
+        steps = MAP_MAX_STEPS if final else _steps(MAP_PREVIEW_STEPS, MAP_PREVIEW_WORK, len(blocks))
+        nodes = self._map_nodes(
+            blocks[counted], places[counted], totals[counted], origin, steps, between, deadline
+        )
         a, b = self.rows.count, self.cols.count
         block = nodes[
-            row_node[:, None, None] + np.arange(a)[None, :, None],
-            col_node[:, None, None] + np.arange(b)[None, None, :],
+            blocks[:, 0, None, None] + np.arange(a)[None, :, None],
+            blocks[:, 1, None, None] + np.arange(b)[None, None, :],
         ]
         counts = np.einsum("nab,nab->n", self._counts[row_place, col_place], block)
         share = np.einsum("nkab,nab->nk", self._probe_share[row_place, col_place], block)
@@ -187,40 +210,86 @@ class FrameTilts:
 
     def _map_nodes(
         self,
-        row_node: np.ndarray,
-        row_place: np.ndarray,
-        col_node: np.ndarray,
-        col_place: np.ndarray,
+        blocks: np.ndarray,
+        places: np.ndarray,
         totals: np.ndarray,
-        counted: np.ndarray,
-        origin: tuple[int, int],
+        origin: np.ndarray,
+        steps: int,
+        between: Callable[[], object] | None,
+        deadline: float | None,
     ) -> np.ndarray:
-        """The transmission map's nodes fitted to the counted frames' totals, as
+        """The transmission map's nodes fitted to the frames' totals, as
         :func:`~ptychonn_ophyd.analysis.tilt.transmission_map` fits them, floored at
-        :data:`~ptychonn_ophyd.analysis.tilt.DARKEST` of their peak; the fit starts from
-        the last one where the node grid (``origin`` its first pixel) is the same."""
-        from scipy import sparse
-        from scipy.sparse.linalg import cg
+        :data:`~ptychonn_ophyd.analysis.tilt.DARKEST` of their peak.
 
-        a, b = self.rows.count, self.cols.count
-        ny, nx = int(row_node.max()) + a, int(col_node.max()) + b
-        n = int(counted.sum())
-        entries = self._counts[row_place[counted], col_place[counted]]
-        node_rows = row_node[counted][:, None, None] + np.arange(a)[None, :, None]
-        node_cols = col_node[counted][:, None, None] + np.arange(b)[None, None, :]
-        columns = (node_rows * nx + node_cols).ravel()
-        frame = np.repeat(np.arange(n), a * b)
-        sums = sparse.csr_matrix((entries.ravel(), (frame, columns)), shape=(n, ny * nx))
-        scale = float(np.mean(totals[counted]))
-        lhs = (sums.T @ sums + MAP_SMOOTHING * smoothness(ny, nx)).tocsr()
-        jacobi = sparse.diags(1 / lhs.diagonal())
-        rhs = sums.T @ (totals[counted] / scale)
-        last = self._last_map
-        start = last[1] if last is not None and last[0] == (origin, ny, nx) else None
-        nodes, _ = cg(lhs, rhs, start, rtol=MAP_TOLERANCE, maxiter=MAP_MAX_STEPS, M=jacobi)
-        self._last_map = ((origin, ny, nx), nodes)
-        nodes = nodes.reshape(ny, nx)
+        Each frame's first node is ``blocks`` ``(n, 2)`` on a grid whose first node is
+        ``origin``.  The normal equations are never assembled: their product loops over
+        the frames (:mod:`~ptychonn_ophyd.analysis.patch_kernels`), and the fit starts
+        from the last one, extended to the grid as the scan has grown it."""
+        from ptychonn_ophyd.analysis.patch_kernels import apply_map_sums, spread_map_sums
+
+        shape = (
+            int(blocks[:, 0].max()) + self.rows.count,
+            int(blocks[:, 1].max()) + self.cols.count,
+        )
+        scale = float(np.mean(totals))
+        rhs, diagonal = np.zeros(shape), np.zeros(shape)
+        spread_map_sums(totals / scale, blocks, places, self._counts, 1, rhs)
+        spread_map_sums(np.ones(len(totals)), blocks, places, self._counts, 2, diagonal)
+        diagonal += MAP_SMOOTHING * _smoothness_diagonal(shape)
+
+        def apply(nodes: np.ndarray) -> np.ndarray:
+            grid = nodes.reshape(shape)
+            out = MAP_SMOOTHING * _smoothness(grid)
+            apply_map_sums(grid, blocks, places, self._counts, out)
+            return out.ravel()
+
+        start = self._last_nodes(origin, shape)
+        nodes, self.converged = conjugate_gradients(
+            apply,
+            rhs.ravel(),
+            start.ravel(),
+            tolerance=MAP_TOLERANCE,
+            steps=steps,
+            deadline=deadline,
+            preconditioner=1 / diagonal.ravel(),
+            between=between,
+        )
+        nodes = nodes.reshape(shape)
+        self._last_map = (origin, nodes)
         return np.clip(nodes, DARKEST * nodes.max(), None)
+
+    def _last_nodes(self, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The last fit on the grid of ``shape`` from node ``origin``, its edges carried
+        out where the grid has grown; ones at first."""
+        if self._last_map is None:
+            return np.ones(shape)
+        last_origin, last = self._last_map
+        before = last_origin - origin
+        after = np.array(shape) - last.shape - before
+        if (before < 0).any() or (after < 0).any():
+            return np.ones(shape)
+        return np.pad(last, tuple(zip(before, after, strict=True)), mode="edge")
+
+
+def _smoothness(grid: np.ndarray) -> np.ndarray:
+    """``D^T D grid`` for the differences ``D`` of neighbouring nodes along both axes
+    (:func:`~ptychonn_ophyd.analysis.tilt.smoothness` applied, without its matrix)."""
+    out = np.zeros_like(grid)
+    for axis in (0, 1):
+        step = np.diff(grid, axis=axis)
+        head = [slice(None)] * 2
+        tail = [slice(None)] * 2
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        out[tuple(head)] -= step
+        out[tuple(tail)] += step
+    return out
+
+
+def _smoothness_diagonal(shape: tuple[int, int]) -> np.ndarray:
+    """The diagonal of :func:`_smoothness`: each node's number of neighbours."""
+    rows, cols = (np.full(n, 2.0) - (np.arange(n) == 0) - (np.arange(n) == n - 1) for n in shape)
+    return rows[:, None] + cols[None, :]
 
 
 class SolvedMosaic:
@@ -259,6 +328,7 @@ class SolvedMosaic:
         self.frames = 0
         self._cut, self._cut_corner = support_cut(self.window)
         self._w = np.ascontiguousarray(self.window[self._cut], dtype=np.float64)
+        self._w32 = self._w.astype(np.float32)
         self._tilts = FrameTilts(probe)
         layers = ("base", "amplitude") if amplitude else ("base",)
         self._canvas = Canvas(layers, self.patch_shape, np.float32)
@@ -282,38 +352,77 @@ class SolvedMosaic:
 
     def add(
         self,
-        phase: np.ndarray,
+        phase: Patches,
         positions_um: np.ndarray,
-        amplitude: np.ndarray | None = None,
+        amplitude: Patches | None = None,
         moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
         """Add patches ``(N, p, p)`` at ``positions_um`` ``(N, 2)``, with their frames'
         ``moments``: totals ``(N,)`` and centroids ``(N, 2)`` in pattern pixels
         (:func:`~ptychonn_ophyd.moments.frame_moments`; NaN or ``None``: the patch keeps
-        its own tilt).  Frames without a finite position are left out; returns how many
-        were added."""
-        placed = placed_patches(phase, positions_um, self.patch_shape, amplitude)
-        if placed is None:
+        its own tilt).  ``phase`` (and ``amplitude``) may be a sequence of batches
+        ``(n_k, p, p)`` as they arrived, which are not joined (joining copies every
+        patch).  Frames without a finite position are left out; returns how many were
+        added.
+
+        Raises
+        ------
+        ValueError
+            Patches and positions differ in number, or amplitude patches do not come
+            in the phase patches' batches.
+        """
+        batches = patch_batches(phase, self.patch_shape)
+        positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
+        count = sum(len(batch) for batch in batches)
+        if count != len(positions_um):
+            raise ValueError(f"{count} patches but {len(positions_um)} positions")
+        kept = np.isfinite(positions_um).all(axis=1)
+        if not kept.any():
             return 0
-        totals, gradients = self._frame_facts(moments, placed.kept)
-        corners = placed.corners(self.pixel_size_um)
+        totals, gradients = self._frame_facts(moments, kept)
+        corners = patch_corners(positions_um[kept], self.pixel_size_um, self.patch_shape)
         self._canvas.cover(corners)
         starts = corners + self._canvas.origin + self._cut_corner
-        lit = placed.phase[(slice(None), *self._cut)]
-        weighted = lit * self._w.astype(np.float32)
-        h, w = self._w.shape
-        base = self._canvas.layers["base"]
-        for (r, c), patch in zip(starts, weighted, strict=True):
-            base[r : r + h, c : c + w] += patch
-        if self.has_amplitude and placed.amplitude is not None:
-            cut = placed.amplitude[(slice(None), *self._cut)]
-            add_amplitude(self._canvas, self._w, starts, cut)
-        sums = weighted.reshape(len(lit), -1).sum(1, dtype=np.float64)
-        projections = self._tilts.project(placed.phase, corners)
-        self._patches.append(corners, sums, totals, gradients, projections)
-        self.frames += len(lit)
+        sums = np.empty(len(corners))
+        projections = []
+        amplitudes = self._amplitude_batches(amplitude, batches)
+        done = 0
+        for index, (batch, frames) in enumerate(kept_rows(batches, kept)):
+            at = slice(done, done + len(frames))
+            done += len(frames)
+            self._add_weighted("base", batch, frames, starts[at], sums[at])
+            projections.append(self._tilts.project(batch, frames, corners[at]))
+            if amplitudes is not None:
+                unused = np.empty(len(frames))
+                self._add_weighted("amplitude", amplitudes[index], frames, starts[at], unused)
+        self._patches.append(corners, sums, totals, gradients, np.concatenate(projections))
+        self.frames += len(corners)
         self._solved = None
-        return len(lit)
+        return len(corners)
+
+    def _amplitude_batches(
+        self, amplitude: Patches | None, batches: list[np.ndarray]
+    ) -> list[np.ndarray] | None:
+        """The amplitude patches in the phase's batches, where this mosaic keeps them."""
+        if amplitude is None or not self.has_amplitude:
+            return None
+        amplitudes = patch_batches(amplitude, self.patch_shape)
+        if [len(a) for a in amplitudes] != [len(b) for b in batches]:
+            raise ValueError("amplitude patches must come in the phase patches' batches")
+        return amplitudes
+
+    def _add_weighted(
+        self,
+        layer: str,
+        batch: np.ndarray,
+        frames: np.ndarray,
+        starts: np.ndarray,
+        sums: np.ndarray,
+    ) -> None:
+        from ptychonn_ophyd.analysis.patch_kernels import add_weighted
+
+        canvas = self._canvas.layers[layer]
+        add_weighted(canvas, batch, frames, starts, self._cut_corner, self._w32, sums)
 
     def _frame_facts(
         self, moments: tuple[np.ndarray, np.ndarray] | None, kept: np.ndarray
@@ -331,16 +440,20 @@ class SolvedMosaic:
         """The phase of every patch added, tilts and offsets solved to the solver's
         tolerance, from the last solve's offsets (zero at first).
 
-        ``seconds`` bounds the offsets' solve; :attr:`solved` then says whether it
-        reached the tolerance.
+        ``seconds`` bounds the solve (the map's fit half of it at most); :attr:`solved`
+        then says whether both reached their tolerance.
         """
         return self._solve(final=True, seconds=seconds)
 
-    def preview(self) -> StitchedImage:
+    def preview(self, between: Callable[[], object] | None = None) -> StitchedImage:
         """As :meth:`phase`, the offsets taking at most :data:`PREVIEW_STEPS` steps
-        from the last solve's: a picture during a scan that converges from one preview
-        to the next."""
-        return self._solve(final=False, seconds=None)
+        from the last solve's (the map :data:`MAP_PREVIEW_STEPS`; both fewer for a large
+        scan): a picture during a scan that converges from one preview to the next.
+
+        ``between`` is called before each step; it may :meth:`add` patches, which the
+        next picture shows (this one shows the :attr:`frames` there were when it
+        began)."""
+        return self._solve(final=False, seconds=None, between=between)
 
     def amplitude(self) -> StitchedImage | None:
         """The window-weighted mean amplitude (``None`` without amplitude patches)."""
@@ -348,7 +461,7 @@ class SolvedMosaic:
             return None
         grid, box = self._grid()
         total = self._canvas.layers["amplitude"][box]
-        return _image(self._canvas, total, grid.weight, self.pixel_size_um)
+        return _image(total, grid.weight, self._center(), self.pixel_size_um)
 
     def _grid(self) -> tuple[_Grid, tuple[slice, slice]]:
         """The lit parts of all patches on the patches' bounding box."""
@@ -358,29 +471,41 @@ class SolvedMosaic:
         starts -= [box[0].start, box[1].start]
         return _Grid(starts, self._w, self._canvas.layers["base"][box].shape), box
 
-    def _solve(self, final: bool, seconds: float | None) -> StitchedImage:
+    def _solve(
+        self, final: bool, seconds: float | None, between: Callable[[], object] | None = None
+    ) -> StitchedImage:
         if self._solved is not None and (self._solved[0] or not final):
             return self._solved[1]
         if self._canvas.low is None:
             empty = np.zeros((0, 0), np.float32)
             return StitchedImage(empty, empty, (0, 0), self.pixel_size_um)
+        frames, center = self.frames, self._center()
         corners, sums, totals, gradients, projections = self._patches.columns()
         grid, box = self._grid()
-        tilts = self._tilts.changes(corners, totals, gradients, projections)
         total = self._canvas.layers["base"][box].astype(np.float64)
+        began = time.monotonic()
+        deadline = None if seconds is None else began + seconds
+        map_deadline = None if seconds is None else began + seconds / 2
+        tilts = self._tilts.changes(
+            corners, totals, gradients, projections, final, between, map_deadline
+        )
         for tilt, plane in zip(tilts.T, self._planes, strict=True):
             total += grid.spread(tilt, grid.transform(plane))
         start = np.zeros(len(sums))
         start[: len(self._offsets)] = self._offsets
-        steps = MAX_STEPS if final else PREVIEW_STEPS
-        deadline = None if seconds is None else time.monotonic() + seconds
+        steps = MAX_STEPS if final else _steps(PREVIEW_STEPS, PREVIEW_WORK, grid.size)
         sums = sums + tilts @ self._plane_sums
-        self._offsets, converged = grid.offsets(sums, total, start, steps, deadline)
-        self.solved = final and converged
+        self._offsets, converged = grid.offsets(sums, total, start, steps, deadline, between)
+        self.solved = final and converged and self._tilts.converged
         total += grid.spread(self._offsets, grid.transform(self._w))
-        image = _image(self._canvas, total, grid.weight, self.pixel_size_um)
-        self._solved = (self.solved, image)
+        image = _image(total, grid.weight, center, self.pixel_size_um)
+        if self.frames == frames:  # none added meanwhile
+            self._solved = (self.solved, image)
         return image
+
+    def _center(self) -> tuple[int, int]:
+        """The pixel of the patches' bounding box that scan position ``(0, 0)`` lights."""
+        return int(-self._canvas.low[0]), int(-self._canvas.low[1])
 
 
 class _Grid:
@@ -394,6 +519,8 @@ class _Grid:
         self.shape = shape
         self.valid = (shape[0] - window.shape[0] + 1, shape[1] - window.shape[1] + 1)
         self._size = (fft.next_fast_len(shape[0], True), fft.next_fast_len(shape[1], True))
+        self.size = self._size[0] * self._size[1]
+        """Pixels of the padded canvas each convolution transforms."""
         self._window = self.transform(window)
         self.flat = starts[:, 0] * self.valid[1] + starts[:, 1]
         weight = self.spread(np.ones(len(starts)), self._window)
@@ -433,42 +560,34 @@ class _Grid:
         start: np.ndarray,
         steps: int,
         deadline: float | None,
+        between: Callable[[], object] | None = None,
     ) -> tuple[np.ndarray, bool]:
         """The offsets (mean zero) that make the patches agree best with the image all
         the others make (:mod:`~ptychonn_ophyd.analysis.offsets`), by conjugate gradients
         from ``start``, at most ``steps`` of them and none after ``deadline``
-        (``time.monotonic``); and whether they reached the tolerance.  ``sums`` are each
-        patch's ``sum(w p)``, ``total`` their canvas."""
+        (``time.monotonic``), ``between`` called before each; and whether they reached
+        the tolerance.  ``sums`` are each patch's ``sum(w p)``, ``total`` their canvas."""
         diagonal = self.window.sum() * (1 + REGULARISATION)
 
         def apply(c: np.ndarray) -> np.ndarray:
             return c * diagonal - self.gather(self.spread(c, self._window) * self.inverse)
 
         rhs = -(sums - self.gather(total * self.inverse))
-        offsets = start.copy()
-        residual = rhs - apply(offsets)
-        direction, size = residual.copy(), residual @ residual
-        goal = TOLERANCE**2 * (rhs @ rhs)
-        for _ in range(steps):
-            if size <= goal or (deadline is not None and time.monotonic() > deadline):
-                break
-            applied = apply(direction)
-            curvature = direction @ applied
-            if not curvature > 0:  # nothing left but rounding
-                size = goal
-                break
-            step = size / curvature
-            offsets += step * direction
-            residual -= step * applied
-            size, previous = residual @ residual, size
-            direction = residual + (size / previous) * direction
-        return offsets - offsets.mean(), bool(size <= goal)
+        offsets, converged = conjugate_gradients(
+            apply, rhs, start, tolerance=TOLERANCE, steps=steps, deadline=deadline, between=between
+        )
+        return offsets - offsets.mean(), converged
+
+
+def _steps(most: int, work: int, size: int) -> int:
+    """Steps of a preview's solve whose steps each cost ``size``: ``work / size``, from
+    :data:`LEAST_PREVIEW_STEPS` to ``most``."""
+    return max(LEAST_PREVIEW_STEPS, min(most, work // max(size, 1)))
 
 
 def _image(
-    canvas: Canvas, total: np.ndarray, weight: np.ndarray, pixel_size_um: float
+    total: np.ndarray, weight: np.ndarray, center: tuple[int, int], pixel_size_um: float
 ) -> StitchedImage:
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(weight > 0, total / weight, np.nan)
-    center = (int(-canvas.low[0]), int(-canvas.low[1]))
     return StitchedImage(image.astype(np.float32), weight.astype(np.float32), center, pixel_size_um)

@@ -4,7 +4,10 @@ The run hands the rows it keeps to :meth:`LiveView.take`, batch by batch in row 
 from the pvapy thread that received them; that only queues them.  A background thread
 adds the queued rows to the run's mosaic (every frame is used) and, at most every
 ``update_period`` seconds, solves it, publishes a snapshot on the PVA channel
-``<prefix>:mosaic`` and keeps it for the figure.  At the end of the run
+``<prefix>:mosaic`` and keeps it for the figure.  Frames come before pictures: between
+the solver's steps the thread adds the rows that arrived meanwhile, and solving takes
+at most :data:`SOLVING_SHARE` of its time, so pictures become rarer as a scan grows
+while the queue stays short.  At the end of the run
 :meth:`LiveView.finish` adds what is still queued and solves once more; the supplement
 stores the final image, its weights and the window in the one-row stream ``mosaic``,
 so replay and a Tiled client read it without stitching again.
@@ -24,6 +27,7 @@ matched to the ones before it, and the view says so once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -34,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from bluesky.protocols import Hints
+from threadpoolctl import threadpool_limits
 
 from ptychonn_ophyd.analysis.mosaic import Mosaic, Stitcher, check_window
 from ptychonn_ophyd.analysis.solved_mosaic import SolvedMosaic
@@ -78,6 +83,10 @@ class _Run:
         self.rows: queue.SimpleQueue[Rows | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.ending = False
+        """Whether the run's end has been taken from the queue."""
+        self.adding = 0.0
+        """Seconds the stitching thread has spent adding rows."""
 
 
 class LiveView:
@@ -243,32 +252,36 @@ class LiveView:
         period = self.settings.update_period
         shown_at, shown_frames = time.monotonic(), -1
         try:
-            ending = False
-            while not ending:
-                batch, ending = _drain(run.rows, max(shown_at + period - time.monotonic(), 0))
-                if batch:
-                    _add(run.mosaic, batch)
+            while not run.ending:
+                _take_queued(run, max(shown_at + period - time.monotonic(), 0))
                 now = time.monotonic()
-                if ending or now - shown_at >= period:
-                    if ending or run.mosaic.frames != shown_frames:
-                        self._show(run, final=ending)
-                        shown_frames = run.mosaic.frames
-                        solving = time.monotonic() - now
+                if not run.ending and now - shown_at >= period:
+                    if run.mosaic.frames != shown_frames:
+                        adding = run.adding
+                        shown_frames = self._show(run, final=False)
+                        solving = time.monotonic() - now - (run.adding - adding)
                         period = max(self.settings.update_period, solving / SOLVING_SHARE)
                     shown_at = now  # with nothing new, block for the next period
+            self._show(run, final=True)  # the end may have come during a preview
         except Exception as error:  # the scan goes on; the run has no mosaic
             run.error = error
             log.exception("stitching the live mosaic of run %s failed", run.uid)
 
-    def _show(self, run: _Run, final: bool) -> None:
+    def _show(self, run: _Run, final: bool) -> int:
+        """Solve and publish the picture; returns how many patches it shows.  A preview
+        adds the rows that arrive while it solves, between its steps."""
         mosaic = run.mosaic
-        phase = self._final(run) if final else mosaic.preview()
+        frames = mosaic.frames
+        catch_up = functools.partial(_catch_up, run)
+        with threadpool_limits(1, user_api="blas"):  # one core, not the BLAS threads' spin
+            phase = self._final(run) if final else mosaic.preview(between=catch_up)
         snapshot = Snapshot(
-            run.uid, phase, mosaic.amplitude(), mosaic.frames, mosaic.window, mosaic.stitching
+            run.uid, phase, mosaic.amplitude(), frames, mosaic.window, mosaic.stitching
         )
         self.latest = snapshot
         if self._channel is not None and snapshot.frames:
             self._channel.publish(snapshot.uid, snapshot.phase, snapshot.frames)
+        return frames
 
 
 NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
@@ -294,17 +307,53 @@ def _drain(rows: queue.SimpleQueue[Rows | None], wait: float) -> tuple[list[Rows
         return batch, False
 
 
+def _take_queued(run: _Run, wait: float) -> None:
+    """Add the queued rows (waiting up to ``wait`` s for the first) to the run's
+    mosaic, counting the time it takes; note the run's end when it comes."""
+    batch, ending = _drain(run.rows, wait)
+    run.ending = run.ending or ending
+    if batch:
+        start = time.monotonic()
+        _add(run.mosaic, batch)
+        run.adding += time.monotonic() - start
+
+
+def _catch_up(run: _Run) -> None:
+    """Add every row queued, without waiting: frames come before pictures."""
+    while not run.ending and not run.rows.empty():
+        _take_queued(run, 0)
+
+
 def _add(mosaic: Stitcher, batch: list[Rows]) -> None:
-    """Add each queued batch of rows as it came: joining them first would copy every
-    image once more (16 µs a 128x128 frame on the 2-core machine)."""
-    for rows in batch:
-        positions = np.stack([rows["x"], rows["y"]], axis=1)
-        amplitude = rows.get("amplitude") if mosaic.has_amplitude else None
-        moments = None
-        if all(key in rows for key in INPUT_MOMENTS):
-            total, x, y = (rows[key] for key in INPUT_MOMENTS)
-            moments = total, np.stack([x, y], axis=1)
-        mosaic.add(rows["phase"], positions, amplitude, moments)
+    """Add the queued batches of rows in one call: their positions and moments joined,
+    their images passed as the batches they came in (joining them would copy each
+    image once more, 16 µs a 128x128 frame on the 2-core machine)."""
+    positions = np.stack([_joined(batch, "x"), _joined(batch, "y")], axis=1)
+    amplitude = None
+    if mosaic.has_amplitude and all("amplitude" in rows for rows in batch):
+        amplitude = [rows["amplitude"] for rows in batch]
+    mosaic.add([rows["phase"] for rows in batch], positions, amplitude, _moments(batch))
+
+
+def _moments(batch: list[Rows]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frames' totals and centroids over the batches; NaN for rows without them,
+    ``None`` where no row has them."""
+    if not any(INPUT_MOMENTS[0] in rows for rows in batch):
+        return None
+    total, x, y = (_joined(batch, key) for key in INPUT_MOMENTS)
+    return total, np.stack([x, y], axis=1)
+
+
+def _joined(batch: list[Rows], key: str) -> np.ndarray:
+    """Column ``key`` over the batches, NaN for rows without it."""
+    return np.concatenate(
+        [
+            np.asarray(rows[key], np.float64)
+            if key in rows
+            else np.full(len(rows["phase"]), np.nan)
+            for rows in batch
+        ]
+    )
 
 
 class MosaicReading:
