@@ -17,9 +17,10 @@ ones before it):
    rows at that rate of frames (as the result monitor's pvapy thread does) for
    ``--seconds``; reported: the rate reached, the producer's time per frame in
    ``take()``, the queue's largest backlog (in batches), the process's CPU over the
-   trial in cores, the pictures shown during it, and how long ``finish()`` (the final
-   solve) took after the last result.  Kept: every frame in the mosaic and no backlog
-   left when the last result came (the queue held less than a second of results).
+   trial in cores, the pictures shown during it (and the longest time without a new
+   one), and how long ``finish()`` (the final solve) took after the last result.
+   Kept: every frame in the mosaic and no backlog left when the last result came (the
+   queue held less than a second of results).
 
     python benchmarks/live_view.py --rates 5000 10000 20000 40000 --seconds 5
 """
@@ -50,12 +51,19 @@ DRAINED = DRAINED_ROWS // BATCH
 """Batches the stitching thread adds in one call at most."""
 
 
+DISTINCT = 2048
+"""Distinct batches of images at most (1 GiB): the results of a long trial repeat them,
+each still far larger than the caches, so that every patch is read from memory as a
+freshly received one is."""
+
+
 def results(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """``n`` rows on a snake-free square grid, random phase (16 distinct patches) and
-    moments, in batches of :data:`BATCH`."""
+    """``n`` rows on a snake-free square grid, random phase (16 distinct patches in
+    :data:`DISTINCT` batch arrays) and moments, in batches of :data:`BATCH`."""
     side = int(np.ceil(np.sqrt(n)))
     rng = np.random.default_rng(seed)
     patches = rng.normal(0, 0.3, (16, 128, 128)).astype(np.float32)
+    images = [patches[rng.integers(0, 16, BATCH)] for _ in range(min(DISTINCT, -(-n // BATCH)))]
     index = np.arange(n)
     row, col = np.divmod(index, side)
     batches = []
@@ -64,7 +72,7 @@ def results(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
         total, x, y = rng.uniform(0.9e6, 1.1e6, len(rows)), *rng.normal(64, 0.5, (2, len(rows)))
         batches.append(
             {
-                "phase": patches[rows % 16],
+                "phase": images[(start // BATCH) % len(images)][: len(rows)],
                 "x": (col[rows] - side / 2) * STEP_UM,
                 "y": (row[rows] - side / 2) * STEP_UM,
                 **dict(zip(INPUT_MOMENTS, (total, x, y), strict=True)),
@@ -105,9 +113,10 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
     for rows in batch:
         live.take(rows)
     queued = time.perf_counter()
-    shown = set()
+    shown = []
     while live.backlog:
-        shown.add(id(live.latest))
+        if live.latest is not None and live.latest not in shown:
+            shown.append(live.latest)
         time.sleep(0.001)
     added, added_cpu = time.perf_counter(), time.process_time()
     final = live.finish()
@@ -118,7 +127,7 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
         f"ceiling: {n} frames, take {(queued - start) / n * 1e6:.2f} µs/frame, all taken "
         f"from the queue in {added - start:.2f} s = {per_frame * 1e6:.1f} µs/frame = "
         f"{1 / per_frame:,.0f} frames/s (CPU {(added_cpu - cpu) / (added - start):.2f} cores, "
-        f"previews included, {len(shown - {id(None)})} pictures), final solve {done - added:.2f} s"
+        f"previews included, {len(shown)} pictures), final solve {done - added:.2f} s"
     )
 
 
@@ -128,7 +137,7 @@ def paced(live: LiveView, prefix: str, rate: float, seconds: float) -> None:
     new_run(live, prefix)
     backlog = [0]
     taking = [0.0]
-    shown = set()
+    shown: list[tuple[float, object]] = []  # (when, snapshot): kept, so never confused
 
     def produce() -> None:
         t0 = time.perf_counter()
@@ -141,7 +150,9 @@ def paced(live: LiveView, prefix: str, rate: float, seconds: float) -> None:
             taking[0] += time.perf_counter() - t
             if i % 32 == 0:
                 backlog[0] = max(backlog[0], live.backlog)
-                shown.add(id(live.latest))
+                latest = live.latest
+                if latest is not None and (not shown or shown[-1][1] is not latest):
+                    shown.append((time.perf_counter(), latest))
 
     start, cpu = time.perf_counter(), time.process_time()
     producer = threading.Thread(target=produce)
@@ -154,11 +165,13 @@ def paced(live: LiveView, prefix: str, rate: float, seconds: float) -> None:
     used = final.frames if final else 0
     cores = (sent_cpu - cpu) / (sent - start)
     kept = used == n and left * BATCH < rate
+    times = [start] + [when for when, _ in shown] + [sent]
     print(
         f"rate {rate:>6,.0f}/s: sent {n / (sent - start):>7,.0f}/s, take "
-        f"{taking[0] / n * 1e6:.2f} µs, CPU {cores:.2f} cores, {len(shown) - 1} pictures, "
-        f"largest backlog {backlog[0]}, left {left}, final solve {done - sent:.2f} s, "
-        f"{used}/{n} frames used: {'kept' if kept else 'NOT kept'}"
+        f"{taking[0] / n * 1e6:.2f} µs, CPU {cores:.2f} cores, {len(shown)} pictures "
+        f"(at most {max(np.diff(times)):.1f} s apart), largest backlog {backlog[0]}, left "
+        f"{left}, final solve {done - sent:.2f} s, {used}/{n} frames used: "
+        f"{'kept' if kept else 'NOT kept'}"
     )
 
 

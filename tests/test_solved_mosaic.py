@@ -11,6 +11,7 @@ import pytest
 from ptychonn_ophyd.analysis.figure import covered
 from ptychonn_ophyd.analysis.mosaic import stitch_in_order
 from ptychonn_ophyd.analysis.offsets import stitch_with_solved_offsets
+from ptychonn_ophyd.analysis.patch_kernels import add_patches
 from ptychonn_ophyd.analysis.reconstruction import compare_phase
 from ptychonn_ophyd.analysis.solved_mosaic import SPACING, FrameTilts, SolvedMosaic
 from ptychonn_ophyd.analysis.stitch import StitchedImage
@@ -107,23 +108,36 @@ def test_batches_as_they_arrived_in_one_call_give_the_image_of_one_array(scan):
         mosaic.add(batches, positions, np.ones_like(scan.spoiled), scan.moments)
 
 
-def test_the_compiled_gradient_projection_is_the_bilinear_one(scan):
-    tilts = FrameTilts(scan.probe)
+def test_the_compiled_loop_adds_weighted_patches_and_their_bilinear_gradient_projections(scan):
+    mosaic = SolvedMosaic(scan.pixel, scan.probe)
+    tilts, cut, corner = mosaic._tilts, mosaic._cut, mosaic._cut_corner
+    window = mosaic.window[cut]
     rng = np.random.default_rng(2)
     patches = rng.normal(0, 1, (6, *scan.probe.shape)).astype(np.float32)
+    frames, starts = np.array([5, 0, 2, 3]), rng.integers(0, 40, (4, 2))
     corners = rng.integers(-300, 300, (4, 2))
-    frames = np.array([5, 0, 2, 3])
-    projected = tilts.project(patches, frames, corners)
-    for k, (frame, corner) in enumerate(zip(frames, corners, strict=True)):
-        expected = _bilinear_projection(tilts, scan.probe, patches[frame], corner)
-        np.testing.assert_allclose(projected[k], expected, rtol=1e-4, atol=1e-4)
+    layer, sums = np.zeros((200, 200), np.float32), np.empty(4)
+    projections = np.zeros((4, 2, tilts.rows.count, tilts.cols.count), np.float32)
+    add_patches(
+        layer, patches, frames, starts, corner, window, tilts.half_intensity,
+        tilts.places(corners), SPACING, sums, projections,
+    )  # fmt: skip
+    expected = np.zeros_like(layer)
+    for k, frame in enumerate(frames):
+        weighted = window * patches[frame][cut]
+        (r, c), (h, w) = starts[k], window.shape
+        expected[r : r + h, c : c + w] += weighted
+        np.testing.assert_allclose(sums[k], weighted.sum(dtype=np.float64), rtol=1e-5)
+        bilinear = _bilinear_projection(tilts, scan.probe, patches[frame], corners[k])
+        np.testing.assert_allclose(projections[k], bilinear, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer, expected, rtol=1e-6, atol=1e-6)
 
 
 def _bilinear_projection(
     tilts: FrameTilts, probe: np.ndarray, patch: np.ndarray, corner: np.ndarray
 ) -> np.ndarray:
-    """``grad(patch) * I`` (central differences inside the probe's support) summed
-    against each node's bilinear hat, in float64: what :meth:`FrameTilts.project` is."""
+    """``grad(patch) * I`` (central differences inside the cut) summed against each
+    node's bilinear hat, in float64."""
     lit = patch[tilts.cut].astype(np.float64)
     half = np.abs(probe[tilts.cut]) ** 2 / 2
     gradient = np.zeros((2, *lit.shape))
@@ -161,6 +175,16 @@ def test_a_frame_without_statistics_keeps_its_own_tilt(scan):
     mosaic = SolvedMosaic(scan.pixel, scan.probe)
     mosaic.add(scan.truth, scan.positions)  # no moments at all
     assert scan.error(mosaic.phase())[1] < 0.01
+
+
+def test_frames_without_statistics_beside_counted_ones_stitch_with_them(scan):
+    totals, centroids = (m.copy() for m in scan.moments)
+    edge = np.argsort(scan.positions[:, 1])[-9:]  # the last row: beyond the counted map
+    totals[edge], centroids[edge] = np.nan, np.nan
+    mosaic = SolvedMosaic(scan.pixel, scan.probe)
+    mosaic.add(scan.spoiled, scan.positions, moments=(totals, centroids))
+    ssim, rms = scan.error(mosaic.phase())
+    assert rms < 0.1 and ssim > 0.8
 
 
 def test_frames_without_a_position_are_left_out(scan):

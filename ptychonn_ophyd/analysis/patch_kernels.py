@@ -32,51 +32,45 @@ def add_weighted(
     starts: np.ndarray,
     corner: np.ndarray,
     window: np.ndarray,
-    sums: np.ndarray,
 ) -> None:
     """Add ``window * patch`` of each patch ``patches[frames[k]]``, cut at ``corner``
-    ``(row, col)`` to the window's shape, to ``layer`` at ``starts[k]``; its sum into
-    ``sums[k]`` (float32 along a row, float64 over rows)."""
+    ``(row, col)`` to the window's shape, to ``layer`` at ``starts[k]``."""
     h, w = window.shape
     r0, c0 = corner[0], corner[1]
     for k in range(frames.shape[0]):
         patch = patches[frames[k]]
         sr, sc = starts[k, 0], starts[k, 1]
-        total = 0.0
         for y in range(h):
-            source = patch[r0 + y, c0 : c0 + w]
-            target = layer[sr + y, sc : sc + w]
-            weights = window[y]
-            row = np.float32(0.0)
-            for x in range(w):
-                value = weights[x] * source[x]
-                target[x] += value
-                row += value
-            total += row
-        sums[k] = total
+            _add_row(layer[sr + y, sc : sc + w], window[y], patch[r0 + y, c0 : c0 + w])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def project_gradients(
+def add_patches(
+    layer: np.ndarray,
     patches: np.ndarray,
     frames: np.ndarray,
-    places: np.ndarray,
+    starts: np.ndarray,
     corner: np.ndarray,
+    window: np.ndarray,
     half_intensity: np.ndarray,
+    places: np.ndarray,
     spacing: int,
+    sums: np.ndarray,
     projections: np.ndarray,
 ) -> None:
-    """Add to ``projections[k]`` the projection of patch ``patches[frames[k]]``'s
-    central-difference gradient, times ``half_intensity`` (the probe's intensity halved,
-    cut at ``corner``), on the bilinear nodes ``spacing`` pixels apart: ``[k, 0]`` along
-    columns, ``[k, 1]`` along rows, each ``(a, b)`` nodes from the one before the cut's
-    first pixel, which lies ``places[k]`` ``(row, col)`` pixels after it.  Only interior
-    pixels have a gradient (``p[x + 1] - p[x - 1]`` for ``1 <= x <= w - 2``).
+    """:func:`add_weighted`, with each patch's sum added into ``sums[k]`` (float32
+    along a row, float64 over rows), and, in the same pass over the patch, add to
+    ``projections[k]`` the projection of its central-difference gradient, times
+    ``half_intensity`` (the probe's intensity halved, cut as the window is), on the
+    bilinear nodes ``spacing`` pixels apart: ``[k, 0]`` along columns, ``[k, 1]`` along
+    rows, each ``(a, b)`` nodes from the one before the cut's first pixel, which lies
+    ``places[k]`` ``(row, col)`` pixels after it.  Only interior pixels have a gradient
+    (``p[x + 1] - p[x - 1]`` for ``1 <= x <= w - 2``).
 
     Each gradient row is spread on its two row nodes first (contiguous, vectorised),
-    then each node's row on the column nodes: two passes of a few operations a pixel.
+    then each node's row on the column nodes: a few operations a pixel.
     """
-    h, w = half_intensity.shape
+    h, w = window.shape
     r0, c0 = corner[0], corner[1]
     a = projections.shape[2]
     along_cols = np.empty((a, w), np.float32)
@@ -84,25 +78,30 @@ def project_gradients(
     gradient = np.zeros(w, np.float32)
     for k in range(frames.shape[0]):
         patch = patches[frames[k]]
+        sr, sc = starts[k, 0], starts[k, 1]
         along_cols[:] = 0.0
         along_rows[:] = 0.0
+        total = 0.0
         for y in range(h):
-            node, before, after = _hat(places[k, 0] + y, spacing)
-            weights = half_intensity[y]
             row = patch[r0 + y, c0 : c0 + w]
+            total += _add_row(layer[sr + y, sc : sc + w], window[y], row)
+            node, before, after = _hat(places[k, 0] + y, spacing)
+            halves = half_intensity[y]
             for x in range(1, w - 1):
-                gradient[x] = (row[x + 1] - row[x - 1]) * weights[x]
-            low, high = along_cols[node], along_cols[node + 1]
-            for x in range(1, w - 1):
-                low[x] += gradient[x] * before
-                high[x] += gradient[x] * after
+                gradient[x] = (row[x + 1] - row[x - 1]) * halves[x]
+            _spread_row(
+                gradient[1 : w - 1],
+                before,
+                after,
+                along_cols[node, 1 : w - 1],
+                along_cols[node + 1, 1 : w - 1],
+            )
             if 1 <= y <= h - 2:
                 up, down = patch[r0 + y - 1, c0 : c0 + w], patch[r0 + y + 1, c0 : c0 + w]
-                low, high = along_rows[node], along_rows[node + 1]
                 for x in range(w):
-                    step = (down[x] - up[x]) * weights[x]
-                    low[x] += step * before
-                    high[x] += step * after
+                    gradient[x] = (down[x] - up[x]) * halves[x]
+                _spread_row(gradient, before, after, along_rows[node], along_rows[node + 1])
+        sums[k] = total
         out = projections[k]
         for x in range(w):
             node, before, after = _hat(places[k, 1] + x, spacing)
@@ -113,6 +112,28 @@ def project_gradients(
                     out[0, j, node + 1] += along_cols[j, x] * after
                 out[1, j, node] += along_rows[j, x] * before
                 out[1, j, node + 1] += along_rows[j, x] * after
+
+
+@numba.njit(inline="always", fastmath=FASTMATH)
+def _add_row(target: np.ndarray, weights: np.ndarray, row: np.ndarray) -> float:
+    """``target += weights * row``; returns the sum added (float32)."""
+    added = np.float32(0.0)
+    for x in range(row.shape[0]):
+        value = weights[x] * row[x]
+        target[x] += value
+        added += value
+    return added
+
+
+@numba.njit(inline="always", fastmath=FASTMATH)
+def _spread_row(
+    values: np.ndarray, before: float, after: float, low: np.ndarray, high: np.ndarray
+) -> None:
+    """Spread ``values`` on two nodes' rows with the bilinear weights ``before`` and
+    ``after``."""
+    for x in range(values.shape[0]):
+        low[x] += values[x] * before
+        high[x] += values[x] * after
 
 
 @numba.njit(inline="always")
@@ -162,3 +183,37 @@ def spread_map_sums(
         for i in range(a):
             for j in range(b):
                 out[r + i, c + j] += values[k] * entries[i, j] ** power
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def weigh_by_map(
+    nodes: np.ndarray,
+    blocks: np.ndarray,
+    places: np.ndarray,
+    counts: np.ndarray,
+    probe_share: np.ndarray,
+    projections: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Each frame's gradient share ``(probe_share[places[k]] + projections[k])`` ``(2,
+    a, b)`` weighted by the map's ``nodes`` from ``blocks[k]`` on, over its
+    probe-weighted sum of them (``counts[places[k]]``, see :func:`apply_map_sums`), into
+    ``out[k]`` ``(2,)``: the patch's and the probe's share of the frame's centroid
+    gradient under the map (not finite where the map gives the frame no weight)."""
+    a, b = counts.shape[2], counts.shape[3]
+    for k in range(blocks.shape[0]):
+        entries = counts[places[k, 0], places[k, 1]]
+        share = probe_share[places[k, 0], places[k, 1]]
+        own = projections[k]
+        r, c = blocks[k, 0], blocks[k, 1]
+        weight = 0.0
+        along_cols = 0.0
+        along_rows = 0.0
+        for i in range(a):
+            for j in range(b):
+                node = nodes[r + i, c + j]
+                weight += entries[i, j] * node
+                along_cols += (share[0, i, j] + own[0, i, j]) * node
+                along_rows += (share[1, i, j] + own[1, i, j]) * node
+        out[k, 0] = along_cols / weight
+        out[k, 1] = along_rows / weight

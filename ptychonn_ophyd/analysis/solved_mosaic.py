@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,6 +52,13 @@ from ptychonn_ophyd.analysis.mosaic import (
     support_cut,
 )
 from ptychonn_ophyd.analysis.offsets import MAX_STEPS, TOLERANCE
+from ptychonn_ophyd.analysis.patch_kernels import (
+    add_patches,
+    add_weighted,
+    apply_map_sums,
+    spread_map_sums,
+    weigh_by_map,
+)
 from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners
 from ptychonn_ophyd.analysis.tilt import (
     DARKEST,
@@ -127,6 +135,19 @@ class _Patches:
         return self._parts[0]
 
 
+@dataclass(frozen=True)
+class _MapFit:
+    """The frames the map is fitted to: each one's first node ``blocks`` ``(n, 2)`` and
+    place after it ``places``, and its total, on a grid of ``shape`` nodes from node
+    ``origin``."""
+
+    blocks: np.ndarray
+    places: np.ndarray
+    totals: np.ndarray
+    origin: np.ndarray
+    shape: tuple[int, int]
+
+
 class FrameTilts:
     """How each patch's tilt changes to the one its frame says, under a transmission map
     fitted to the frames' totals, from a few numbers a patch.
@@ -140,13 +161,18 @@ class FrameTilts:
     ----------
     probe
         ``(p, p)`` complex probe the frames were taken with.
+    cut
+        The part of a patch to work on, if larger than that support.
     """
 
-    def __init__(self, probe: np.ndarray) -> None:
+    def __init__(self, probe: np.ndarray, cut: tuple[slice, slice] | None = None) -> None:
         intensity = np.abs(probe).astype(np.float64) ** 2
         self.cut, self.corner = support_cut(intensity)
+        if cut is not None:
+            self.cut, self.corner = cut, np.array([cut[0].start, cut[1].start])
         intensity = intensity[self.cut]
-        self._half_intensity = (intensity / 2).astype(np.float32)
+        self.half_intensity = (intensity / 2).astype(np.float32)
+        """The probe's intensity over the cut, halved: a central difference's weight."""
         self.rows, self.cols = _Hats(intensity.shape[0]), _Hats(intensity.shape[1])
         rows, cols = self.rows.weights.astype(np.float64), self.cols.weights.astype(np.float64)
         share = probe_gradient_field(probe)[(slice(None), *self.cut)] * intensity
@@ -156,15 +182,10 @@ class FrameTilts:
         self.converged = True
         """Whether the last map fit reached :data:`MAP_TOLERANCE`."""
 
-    def project(self, patches: np.ndarray, frames: np.ndarray, corners: np.ndarray) -> np.ndarray:
-        """``(n, 2, a, b)`` projections of the patches' ``grad(phase) * I`` onto the map's
-        nodes around them (``patches[frames]`` ``(n, p, p)`` at ``corners`` ``(n, 2)``)."""
-        from ptychonn_ophyd.analysis.patch_kernels import project_gradients
-
-        places = _Hats.place(corners + self.corner)[1]
-        out = np.zeros((len(frames), 2, self.rows.count, self.cols.count), np.float32)
-        project_gradients(patches, frames, places, self.corner, self._half_intensity, SPACING, out)
-        return out
+    def places(self, corners: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` pixels between the node before each patch's cut (at ``corners``)
+        and the cut's first pixel."""
+        return _Hats.place(corners + self.corner)[1]
 
     def changes(
         self,
@@ -192,28 +213,22 @@ class FrameTilts:
         origin = np.array([row_node.min(), col_node.min()])
         blocks = np.stack([row_node, col_node], axis=1) - origin
         places = np.stack([row_place, col_place], axis=1)
-        steps = MAP_MAX_STEPS if final else _steps(MAP_PREVIEW_STEPS, MAP_PREVIEW_WORK, len(blocks))
-        nodes = self._map_nodes(
-            blocks[counted], places[counted], totals[counted], origin, steps, between, deadline
+        shape = (
+            int(blocks[:, 0].max()) + self.rows.count,
+            int(blocks[:, 1].max()) + self.cols.count,
         )
-        a, b = self.rows.count, self.cols.count
-        block = nodes[
-            blocks[:, 0, None, None] + np.arange(a)[None, :, None],
-            blocks[:, 1, None, None] + np.arange(b)[None, None, :],
-        ]
-        counts = np.einsum("nab,nab->n", self._counts[row_place, col_place], block)
-        share = np.einsum("nkab,nab->nk", self._probe_share[row_place, col_place], block)
-        own = np.einsum("nkab,nab->nk", projections, block)
-        tilts = gradients - (share + own) / counts[:, None]
+        steps = MAP_MAX_STEPS if final else _steps(MAP_PREVIEW_STEPS, MAP_PREVIEW_WORK, len(blocks))
+        fit = _MapFit(blocks[counted], places[counted], totals[counted], origin, shape)
+        nodes = self._map_nodes(fit, steps, between, deadline)
+        weighed = np.empty((len(totals), 2))
+        weigh_by_map(nodes, blocks, places, self._counts, self._probe_share, projections, weighed)
+        tilts = gradients - weighed
         tilts[~np.isfinite(tilts).all(1)] = 0
         return tilts
 
     def _map_nodes(
         self,
-        blocks: np.ndarray,
-        places: np.ndarray,
-        totals: np.ndarray,
-        origin: np.ndarray,
+        fit: _MapFit,
         steps: int,
         between: Callable[[], object] | None,
         deadline: float | None,
@@ -222,20 +237,14 @@ class FrameTilts:
         :func:`~ptychonn_ophyd.analysis.tilt.transmission_map` fits them, floored at
         :data:`~ptychonn_ophyd.analysis.tilt.DARKEST` of their peak.
 
-        Each frame's first node is ``blocks`` ``(n, 2)`` on a grid whose first node is
-        ``origin``.  The normal equations are never assembled: their product loops over
-        the frames (:mod:`~ptychonn_ophyd.analysis.patch_kernels`), and the fit starts
-        from the last one, extended to the grid as the scan has grown it."""
-        from ptychonn_ophyd.analysis.patch_kernels import apply_map_sums, spread_map_sums
-
-        shape = (
-            int(blocks[:, 0].max()) + self.rows.count,
-            int(blocks[:, 1].max()) + self.cols.count,
-        )
-        scale = float(np.mean(totals))
+        The normal equations are never assembled: their product loops over the frames
+        (:mod:`~ptychonn_ophyd.analysis.patch_kernels`), and the fit starts from the last
+        one, extended to the grid as the scan has grown it."""
+        blocks, places, shape = fit.blocks, fit.places, fit.shape
+        scale = float(np.mean(fit.totals))
         rhs, diagonal = np.zeros(shape), np.zeros(shape)
-        spread_map_sums(totals / scale, blocks, places, self._counts, 1, rhs)
-        spread_map_sums(np.ones(len(totals)), blocks, places, self._counts, 2, diagonal)
+        spread_map_sums(fit.totals / scale, blocks, places, self._counts, 1, rhs)
+        spread_map_sums(np.ones(len(blocks)), blocks, places, self._counts, 2, diagonal)
         diagonal += MAP_SMOOTHING * _smoothness_diagonal(shape)
 
         def apply(nodes: np.ndarray) -> np.ndarray:
@@ -244,7 +253,7 @@ class FrameTilts:
             apply_map_sums(grid, blocks, places, self._counts, out)
             return out.ravel()
 
-        start = self._last_nodes(origin, shape)
+        start = self._last_nodes(fit.origin, shape)
         nodes, self.converged = conjugate_gradients(
             apply,
             rhs.ravel(),
@@ -256,7 +265,7 @@ class FrameTilts:
             between=between,
         )
         nodes = nodes.reshape(shape)
-        self._last_map = (origin, nodes)
+        self._last_map = (fit.origin, nodes)
         return np.clip(nodes, DARKEST * nodes.max(), None)
 
     def _last_nodes(self, origin: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -326,10 +335,12 @@ class SolvedMosaic:
         self.window = check_window(probe_weight(probe) if window is None else window, probe.shape)
         self.patch_shape: tuple[int, int] = probe.shape
         self.frames = 0
-        self._cut, self._cut_corner = support_cut(self.window)
+        intensity = np.abs(probe) ** 2
+        either = np.maximum(self.window / self.window.max(), intensity / intensity.max())
+        self._cut, self._cut_corner = support_cut(either)  # one pass of a patch for both
         self._w = np.ascontiguousarray(self.window[self._cut], dtype=np.float64)
         self._w32 = self._w.astype(np.float32)
-        self._tilts = FrameTilts(probe)
+        self._tilts = FrameTilts(probe, self._cut)
         layers = ("base", "amplitude") if amplitude else ("base",)
         self._canvas = Canvas(layers, self.patch_shape, np.float32)
         self._patches = _Patches()
@@ -384,18 +395,19 @@ class SolvedMosaic:
         self._canvas.cover(corners)
         starts = corners + self._canvas.origin + self._cut_corner
         sums = np.empty(len(corners))
-        projections = []
+        projections = np.zeros(
+            (len(corners), 2, self._tilts.rows.count, self._tilts.cols.count), np.float32
+        )
+        places = self._tilts.places(corners)
         amplitudes = self._amplitude_batches(amplitude, batches)
         done = 0
         for index, (batch, frames) in enumerate(kept_rows(batches, kept)):
             at = slice(done, done + len(frames))
             done += len(frames)
-            self._add_weighted("base", batch, frames, starts[at], sums[at])
-            projections.append(self._tilts.project(batch, frames, corners[at]))
+            self._add_patches(batch, frames, starts[at], places[at], sums[at], projections[at])
             if amplitudes is not None:
-                unused = np.empty(len(frames))
-                self._add_weighted("amplitude", amplitudes[index], frames, starts[at], unused)
-        self._patches.append(corners, sums, totals, gradients, np.concatenate(projections))
+                self._add_amplitude(amplitudes[index], frames, starts[at])
+        self._patches.append(corners, sums, totals, gradients, projections)
         self.frames += len(corners)
         self._solved = None
         return len(corners)
@@ -411,18 +423,37 @@ class SolvedMosaic:
             raise ValueError("amplitude patches must come in the phase patches' batches")
         return amplitudes
 
-    def _add_weighted(
+    def _add_patches(
         self,
-        layer: str,
         batch: np.ndarray,
         frames: np.ndarray,
         starts: np.ndarray,
+        places: np.ndarray,
         sums: np.ndarray,
+        projections: np.ndarray,
     ) -> None:
-        from ptychonn_ophyd.analysis.patch_kernels import add_weighted
+        canvas, corner, half = (
+            self._canvas.layers["base"],
+            self._cut_corner,
+            self._tilts.half_intensity,
+        )
+        add_patches(
+            canvas,
+            batch,
+            frames,
+            starts,
+            corner,
+            self._w32,
+            half,
+            places,
+            SPACING,
+            sums,
+            projections,
+        )
 
-        canvas = self._canvas.layers[layer]
-        add_weighted(canvas, batch, frames, starts, self._cut_corner, self._w32, sums)
+    def _add_amplitude(self, batch: np.ndarray, frames: np.ndarray, starts: np.ndarray) -> None:
+        canvas = self._canvas.layers["amplitude"]
+        add_weighted(canvas, batch, frames, starts, self._cut_corner, self._w32)
 
     def _frame_facts(
         self, moments: tuple[np.ndarray, np.ndarray] | None, kept: np.ndarray
@@ -481,15 +512,18 @@ class SolvedMosaic:
             return StitchedImage(empty, empty, (0, 0), self.pixel_size_um)
         frames, center = self.frames, self._center()
         corners, sums, totals, gradients, projections = self._patches.columns()
+        pause = between if between is not None else _nothing
         grid, box = self._grid()
         total = self._canvas.layers["base"][box].astype(np.float64)
         began = time.monotonic()
         deadline = None if seconds is None else began + seconds
         map_deadline = None if seconds is None else began + seconds / 2
+        pause()
         tilts = self._tilts.changes(
             corners, totals, gradients, projections, final, between, map_deadline
         )
         for tilt, plane in zip(tilts.T, self._planes, strict=True):
+            pause()
             total += grid.spread(tilt, grid.transform(plane))
         start = np.zeros(len(sums))
         start[: len(self._offsets)] = self._offsets
@@ -497,6 +531,7 @@ class SolvedMosaic:
         sums = sums + tilts @ self._plane_sums
         self._offsets, converged = grid.offsets(sums, total, start, steps, deadline, between)
         self.solved = final and converged and self._tilts.converged
+        pause()
         total += grid.spread(self._offsets, grid.transform(self._w))
         image = _image(total, grid.weight, center, self.pixel_size_um)
         if self.frames == frames:  # none added meanwhile
@@ -577,6 +612,10 @@ class _Grid:
             apply, rhs, start, tolerance=TOLERANCE, steps=steps, deadline=deadline, between=between
         )
         return offsets - offsets.mean(), converged
+
+
+def _nothing() -> None:
+    """What a solve does between its steps when nobody asked for anything."""
 
 
 def _steps(most: int, work: int, size: int) -> int:
