@@ -113,10 +113,11 @@ def ceiling(live: LiveView, prefix: str, n: int) -> None:
     for rows in batch:
         live.take(rows)
     queued = time.perf_counter()
-    shown = []
+    shown = []  # snapshots kept, so compared by identity
     while live.backlog:
-        if live.latest is not None and live.latest not in shown:
-            shown.append(live.latest)
+        latest = live.latest
+        if latest is not None and not any(latest is seen for seen in shown):
+            shown.append(latest)
         time.sleep(0.001)
     added, added_cpu = time.perf_counter(), time.process_time()
     final = live.finish()

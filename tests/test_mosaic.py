@@ -39,11 +39,15 @@ def test_batches_give_the_same_image_as_one_call(sim):
     pieces = Mosaic(0.01, weight)
     for start in range(0, len(sim), 7):  # growing the canvas many times on the way
         pieces.add(noisy[start : start + 7], sim.positions_um[start : start + 7])
+    listed = Mosaic(0.01, weight)  # the batches as they arrived, in one call
+    listed.add(np.array_split(noisy, 11), sim.positions_um)
 
-    a, b = whole.phase(), pieces.phase()
-    assert a.center == b.center and pieces.frames == len(sim)
-    np.testing.assert_array_equal(a.image, b.image)
-    np.testing.assert_array_equal(a.weight, b.weight)
+    a = whole.phase()
+    for b in (pieces.phase(), listed.phase()):
+        assert a.center == b.center
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.weight, b.weight)
+    assert pieces.frames == listed.frames == len(sim)
 
 
 def test_flat_window_geometry_matches_plain_stitching():

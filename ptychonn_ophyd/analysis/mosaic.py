@@ -118,29 +118,32 @@ class Mosaic:
         amplitude: Patches | None = None,
         moments: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
-        """Add patches ``(N, h, w)`` at ``positions_um`` ``(N, 2)`` in their order.
+        """Add patches ``(N, h, w)`` (or their batches, :data:`Patches`) at
+        ``positions_um`` ``(N, 2)`` in their order.
 
         Frames without a finite position are left out; returns how many were added.
         ``moments`` (the frames' totals and centroids) are not used: this stitcher
         keeps each patch's own tilt.
         """
-        placed = placed_patches(phase, positions_um, self.patch_shape, amplitude)
+        batches = patch_batches(phase, self.patch_shape)
+        placed = placement(batches, positions_um, self.pixel_size_um, self.patch_shape)
         if placed is None:
             return 0
-        phase, corners, amplitude = (
-            placed.phase,
-            placed.corners(self.pixel_size_um),
-            placed.amplitude,
-        )
-        self._canvas.cover(corners)
-        starts = corners + self._canvas.origin + self._cut_corner
+        amplitudes = matching_batches(amplitude, batches, self.patch_shape)
+        self._canvas.cover(placed.corners)
+        starts = placed.corners + self._canvas.origin + self._cut_corner
         h, w = self._w.shape
-        for i, (r, c) in enumerate(starts):
-            self._add_phase(phase[i][self._cut], np.s_[r : r + h, c : c + w])
-        if self.has_amplitude and amplitude is not None:
-            add_amplitude(self._canvas, self._w, starts, amplitude[(slice(None), *self._cut)])
-        self.frames += len(phase)
-        return len(phase)
+        done = 0
+        for index, (batch, frames) in enumerate(placed.rows):
+            at = starts[done : done + len(frames)]
+            done += len(frames)
+            for i, (r, c) in zip(frames, at, strict=True):
+                self._add_phase(batch[i][self._cut], np.s_[r : r + h, c : c + w])
+            if self.has_amplitude and amplitudes is not None:
+                cut = amplitudes[index][frames][(slice(None), *self._cut)]
+                add_amplitude(self._canvas, self._w, at, cut)
+        self.frames += done
+        return done
 
     def _add_phase(self, patch: np.ndarray, where: tuple[slice, slice]) -> None:
         layers = self._canvas.layers
@@ -170,17 +173,15 @@ class Mosaic:
 
 
 @dataclass(frozen=True)
-class PlacedPatches:
-    """The patches of a batch that have a finite position, as float32 arrays."""
+class Placement:
+    """Where one call's patches go: those with a finite position, batch by batch."""
 
-    phase: np.ndarray
-    positions_um: np.ndarray
-    amplitude: np.ndarray | None
     kept: np.ndarray
-    """Boolean ``(N,)``: which of the batch's frames these are."""
-
-    def corners(self, pixel_size_um: float) -> np.ndarray:
-        return patch_corners(self.positions_um, pixel_size_um, self.phase.shape[1:])
+    """Boolean ``(N,)``: which of the call's frames have a position."""
+    corners: np.ndarray
+    """``(n, 2)`` top-left pixel of each kept patch (:func:`.stitch.patch_corners`)."""
+    rows: list[tuple[np.ndarray, np.ndarray]]
+    """Each batch of patches with the indices of its kept ones, in order."""
 
 
 def patch_batches(patches: Patches, patch_shape: tuple[int, int]) -> list[np.ndarray]:
@@ -193,46 +194,52 @@ def patch_batches(patches: Patches, patch_shape: tuple[int, int]) -> list[np.nda
     ]
 
 
-def _joined(batches: list[np.ndarray]) -> np.ndarray:
-    return batches[0] if len(batches) == 1 else np.concatenate(batches)
-
-
-def kept_rows(batches: list[np.ndarray], kept: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each batch with the indices of its rows that ``kept`` ``(N,)`` (over all
-    batches, in order) keeps."""
-    ends = np.cumsum([len(batch) for batch in batches])
-    return [
-        (batch, np.flatnonzero(kept[end - len(batch) : end]))
-        for batch, end in zip(batches, ends, strict=True)
-    ]
-
-
-def placed_patches(
-    phase: Patches,
+def placement(
+    batches: list[np.ndarray],
     positions_um: np.ndarray,
+    pixel_size_um: float,
     patch_shape: tuple[int, int],
-    amplitude: Patches | None = None,
-) -> PlacedPatches | None:
-    """The patches with a finite position, or ``None`` where none has one.
+) -> Placement | None:
+    """The placement of ``batches`` (from :func:`patch_batches`) at ``positions_um``
+    ``(N, 2)``; ``None`` where no patch has a finite position.
 
     Raises
     ------
     ValueError
         Patches and positions differ in number.
     """
-    phase = _joined(patch_batches(phase, patch_shape))
     positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
-    if len(phase) != len(positions_um):
-        raise ValueError(f"{len(phase)} patches but {len(positions_um)} positions")
+    count = sum(len(batch) for batch in batches)
+    if count != len(positions_um):
+        raise ValueError(f"{count} patches but {len(positions_um)} positions")
     kept = np.isfinite(positions_um).all(axis=1)
     if not kept.any():
         return None
-    if amplitude is not None:
-        amplitude = _joined(patch_batches(amplitude, patch_shape))
-    if not kept.all():
-        phase, positions_um = phase[kept], positions_um[kept]
-        amplitude = None if amplitude is None else amplitude[kept]
-    return PlacedPatches(phase, positions_um, amplitude, kept)
+    corners = patch_corners(positions_um[kept], pixel_size_um, patch_shape)
+    ends = np.cumsum([len(batch) for batch in batches])
+    rows = [
+        (batch, np.flatnonzero(kept[end - len(batch) : end]))
+        for batch, end in zip(batches, ends, strict=True)
+    ]
+    return Placement(kept, corners, rows)
+
+
+def matching_batches(
+    amplitude: Patches | None, batches: list[np.ndarray], patch_shape: tuple[int, int]
+) -> list[np.ndarray] | None:
+    """The amplitude patches as the phase's ``batches`` came (``None`` without them).
+
+    Raises
+    ------
+    ValueError
+        They come in other batches than the phase patches.
+    """
+    if amplitude is None:
+        return None
+    amplitudes = patch_batches(amplitude, patch_shape)
+    if [len(a) for a in amplitudes] != [len(b) for b in batches]:
+        raise ValueError("amplitude patches must come in the phase patches' batches")
+    return amplitudes
 
 
 def support_cut(

@@ -47,8 +47,9 @@ from ptychonn_ophyd.analysis.conjugate_gradients import conjugate_gradients
 from ptychonn_ophyd.analysis.mosaic import (
     Patches,
     check_window,
-    kept_rows,
+    matching_batches,
     patch_batches,
+    placement,
     support_cut,
 )
 from ptychonn_ophyd.analysis.offsets import MAX_STEPS, TOLERANCE
@@ -59,7 +60,7 @@ from ptychonn_ophyd.analysis.patch_kernels import (
     spread_map_sums,
     weigh_by_map,
 )
-from ptychonn_ophyd.analysis.stitch import StitchedImage, patch_corners
+from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import (
     DARKEST,
     MAP_SMOOTHING,
@@ -383,45 +384,29 @@ class SolvedMosaic:
             in the phase patches' batches.
         """
         batches = patch_batches(phase, self.patch_shape)
-        positions_um = np.asarray(positions_um, dtype=np.float64).reshape(-1, 2)
-        count = sum(len(batch) for batch in batches)
-        if count != len(positions_um):
-            raise ValueError(f"{count} patches but {len(positions_um)} positions")
-        kept = np.isfinite(positions_um).all(axis=1)
-        if not kept.any():
+        placed = placement(batches, positions_um, self.pixel_size_um, self.patch_shape)
+        if placed is None:
             return 0
-        totals, gradients = self._frame_facts(moments, kept)
-        corners = patch_corners(positions_um[kept], self.pixel_size_um, self.patch_shape)
+        amplitudes = matching_batches(amplitude, batches, self.patch_shape)
+        totals, gradients = self._frame_facts(moments, placed.kept)
+        corners = placed.corners
         self._canvas.cover(corners)
         starts = corners + self._canvas.origin + self._cut_corner
         sums = np.empty(len(corners))
-        projections = np.zeros(
-            (len(corners), 2, self._tilts.rows.count, self._tilts.cols.count), np.float32
-        )
+        nodes = (self._tilts.rows.count, self._tilts.cols.count)
+        projections = np.zeros((len(corners), 2, *nodes), np.float32)
         places = self._tilts.places(corners)
-        amplitudes = self._amplitude_batches(amplitude, batches)
         done = 0
-        for index, (batch, frames) in enumerate(kept_rows(batches, kept)):
+        for index, (batch, frames) in enumerate(placed.rows):
             at = slice(done, done + len(frames))
             done += len(frames)
             self._add_patches(batch, frames, starts[at], places[at], sums[at], projections[at])
-            if amplitudes is not None:
+            if self.has_amplitude and amplitudes is not None:
                 self._add_amplitude(amplitudes[index], frames, starts[at])
         self._patches.append(corners, sums, totals, gradients, projections)
         self.frames += len(corners)
         self._solved = None
         return len(corners)
-
-    def _amplitude_batches(
-        self, amplitude: Patches | None, batches: list[np.ndarray]
-    ) -> list[np.ndarray] | None:
-        """The amplitude patches in the phase's batches, where this mosaic keeps them."""
-        if amplitude is None or not self.has_amplitude:
-            return None
-        amplitudes = patch_batches(amplitude, self.patch_shape)
-        if [len(a) for a in amplitudes] != [len(b) for b in batches]:
-            raise ValueError("amplitude patches must come in the phase patches' batches")
-        return amplitudes
 
     def _add_patches(
         self,
