@@ -68,7 +68,7 @@ import sys
 
 class NoTiled:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tiled", "bluesky_tiled_plugins"):
+        if name.split(".")[0] in ("tiled", "bluesky_tiled_plugins", "numba", "llvmlite"):
             raise ImportError(f"{name} is not installed here")
 
 sys.meta_path.insert(0, NoTiled())
@@ -77,9 +77,10 @@ from ptychonn_ophyd.session import device, live_view, plans, supplement  # noqa:
 
 
 def test_the_session_imports_without_tiled():
-    """A host with the Bluesky packages but not Tiled's server stack runs scans with
-    the documents going elsewhere (the GPU host's benchmark does); only the catalog
-    and the wiring to it need Tiled."""
+    """A host with the Bluesky packages but not Tiled's server stack (nor numba, too
+    large to carry there) runs scans with the documents going elsewhere (the GPU host's
+    benchmark does); only the catalog and the wiring to it need Tiled, and only the
+    live view's stitching with a probe needs numba."""
     done = subprocess.run(
         [sys.executable, "-c", SESSION_WITHOUT_TILED], capture_output=True, text=True
     )

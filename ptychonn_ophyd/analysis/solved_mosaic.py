@@ -53,13 +53,6 @@ from ptychonn_ophyd.analysis.mosaic import (
     support_cut,
 )
 from ptychonn_ophyd.analysis.offsets import MAX_STEPS, TOLERANCE
-from ptychonn_ophyd.analysis.patch_kernels import (
-    add_patches,
-    add_weighted,
-    apply_map_sums,
-    spread_map_sums,
-    weigh_by_map,
-)
 from ptychonn_ophyd.analysis.stitch import StitchedImage
 from ptychonn_ophyd.analysis.tilt import (
     DARKEST,
@@ -200,11 +193,13 @@ class FrameTilts:
     ) -> np.ndarray:
         """``(n, 2)`` change of each patch's tilt to the one its frame says: the centroid
         ``gradients`` less the probe's share and the patch's own, both weighted by
-        ``I * map``; zero for a frame without statistics.  The map is solved to
-        :data:`MAP_TOLERANCE` when ``final``, else in :data:`MAP_PREVIEW_STEPS` at most
-        (fewer for many frames, :data:`MAP_PREVIEW_WORK`),
-        no step after ``deadline`` (``time.monotonic``), ``between`` called before each;
-        :attr:`converged` says whether it reached the tolerance."""
+        ``I * map``; zero for a frame without statistics.
+
+        The map is solved to :data:`MAP_TOLERANCE` when ``final``, else in
+        :data:`MAP_PREVIEW_STEPS` at most (fewer for many frames,
+        :data:`MAP_PREVIEW_WORK`); no step starts after ``deadline``
+        (``time.monotonic``), and ``between`` is called before each.  :attr:`converged`
+        says whether it reached the tolerance."""
         first = corners + self.corner
         row_node, row_place = _Hats.place(first[:, 0])
         col_node, col_place = _Hats.place(first[:, 1])
@@ -221,6 +216,8 @@ class FrameTilts:
         steps = MAP_MAX_STEPS if final else _steps(MAP_PREVIEW_STEPS, MAP_PREVIEW_WORK, len(blocks))
         fit = _MapFit(blocks[counted], places[counted], totals[counted], origin, shape)
         nodes = self._map_nodes(fit, steps, between, deadline)
+        from ptychonn_ophyd.analysis.patch_kernels import weigh_by_map  # numba: see add
+
         weighed = np.empty((len(totals), 2))
         weigh_by_map(nodes, blocks, places, self._counts, self._probe_share, projections, weighed)
         tilts = gradients - weighed
@@ -241,6 +238,8 @@ class FrameTilts:
         The normal equations are never assembled: their product loops over the frames
         (:mod:`~ptychonn_ophyd.analysis.patch_kernels`), and the fit starts from the last
         one, extended to the grid as the scan has grown it."""
+        from ptychonn_ophyd.analysis.patch_kernels import apply_map_sums, spread_map_sums
+
         blocks, places, shape = fit.blocks, fit.places, fit.shape
         scale = float(np.mean(fit.totals))
         rhs, diagonal = np.zeros(shape), np.zeros(shape)
@@ -377,6 +376,10 @@ class SolvedMosaic:
         patch).  Frames without a finite position are left out; returns how many were
         added.
 
+        The loops over the patches are compiled with numba, imported here rather than
+        with the module, so that a session imports where numba is not installed (a GPU
+        host it is not carried to) and stitches there without a probe.
+
         Raises
         ------
         ValueError
@@ -417,6 +420,8 @@ class SolvedMosaic:
         sums: np.ndarray,
         projections: np.ndarray,
     ) -> None:
+        from ptychonn_ophyd.analysis.patch_kernels import add_patches  # numba: see add
+
         canvas, corner, half = (
             self._canvas.layers["base"],
             self._cut_corner,
@@ -437,6 +442,8 @@ class SolvedMosaic:
         )
 
     def _add_amplitude(self, batch: np.ndarray, frames: np.ndarray, starts: np.ndarray) -> None:
+        from ptychonn_ophyd.analysis.patch_kernels import add_weighted  # numba: see add
+
         canvas = self._canvas.layers["amplitude"]
         add_weighted(canvas, batch, frames, starts, self._cut_corner, self._w32)
 
