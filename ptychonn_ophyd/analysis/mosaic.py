@@ -133,17 +133,14 @@ class Mosaic:
         self._canvas.cover(placed.corners)
         starts = placed.corners + self._canvas.origin + self._cut_corner
         h, w = self._w.shape
-        done = 0
-        for index, (batch, frames) in enumerate(placed.rows):
-            at = starts[done : done + len(frames)]
-            done += len(frames)
-            for i, (r, c) in zip(frames, at, strict=True):
+        for index, (batch, frames, at) in enumerate(placed.rows):
+            for i, (r, c) in zip(frames, starts[at], strict=True):
                 self._add_phase(batch[i][self._cut], np.s_[r : r + h, c : c + w])
             if self.has_amplitude and amplitudes is not None:
                 cut = amplitudes[index][frames][(slice(None), *self._cut)]
-                add_amplitude(self._canvas, self._w, at, cut)
-        self.frames += done
-        return done
+                add_amplitude(self._canvas, self._w, starts[at], cut)
+        self.frames += len(starts)
+        return len(starts)
 
     def _add_phase(self, patch: np.ndarray, where: tuple[slice, slice]) -> None:
         layers = self._canvas.layers
@@ -180,8 +177,9 @@ class Placement:
     """Boolean ``(N,)``: which of the call's frames have a position."""
     corners: np.ndarray
     """``(n, 2)`` top-left pixel of each kept patch (:func:`.stitch.patch_corners`)."""
-    rows: list[tuple[np.ndarray, np.ndarray]]
-    """Each batch of patches with the indices of its kept ones, in order."""
+    rows: list[tuple[np.ndarray, np.ndarray, slice]]
+    """Each batch of patches, the indices of its kept ones, and where those are among
+    the kept (in :attr:`corners`), in order."""
 
 
 def patch_batches(patches: Patches, patch_shape: tuple[int, int]) -> list[np.ndarray]:
@@ -216,11 +214,11 @@ def placement(
     if not kept.any():
         return None
     corners = patch_corners(positions_um[kept], pixel_size_um, patch_shape)
-    ends = np.cumsum([len(batch) for batch in batches])
-    rows = [
-        (batch, np.flatnonzero(kept[end - len(batch) : end]))
-        for batch, end in zip(batches, ends, strict=True)
-    ]
+    rows, end, done = [], 0, 0
+    for batch in batches:
+        frames = np.flatnonzero(kept[end : end + len(batch)])
+        rows.append((batch, frames, slice(done, done + len(frames))))
+        end, done = end + len(batch), done + len(frames)
     return Placement(kept, corners, rows)
 
 

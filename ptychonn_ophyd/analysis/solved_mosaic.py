@@ -399,10 +399,7 @@ class SolvedMosaic:
         nodes = (self._tilts.rows.count, self._tilts.cols.count)
         projections = np.zeros((len(corners), 2, *nodes), np.float32)
         places = self._tilts.places(corners)
-        done = 0
-        for index, (batch, frames) in enumerate(placed.rows):
-            at = slice(done, done + len(frames))
-            done += len(frames)
+        for index, (batch, frames, at) in enumerate(placed.rows):
             self._add_patches(batch, frames, starts[at], places[at], sums[at], projections[at])
             if self.has_amplitude and amplitudes is not None:
                 self._add_amplitude(amplitudes[index], frames, starts[at])
