@@ -48,9 +48,9 @@ def main() -> None:
         use_loopback()
     from ptychonn_ophyd.models.bundled import demo_model_path
     from ptychonn_ophyd.pool import ConsumerPool
-    from ptychonn_ophyd.session.results import ResultMonitor
     from ptychonn_ophyd.settings import PoolConfig
     from ptychonn_ophyd.sim.server import SimDetectorServer
+    from ptychonn_ophyd.store.monitor import ResultMonitor
 
     prefix = f"reconnect{uuid.uuid4().hex[:8]}"
     channel = f"{prefix}:image"

@@ -22,6 +22,9 @@ Access threads and count too, so the figure errs high.
     python benchmarks/scan_rate.py --side 100 --rate 2000                   # 2-core machine
     python benchmarks/scan_rate.py --side 150 --passes 27 --rate 20000 --workers 8 \\
         --catalog none                                                       # H200 host
+
+With ``--store-process`` the results are received and written by the device's store
+process; its CPU is printed apart, and beside the session's.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 
 TICKS = os.sysconf("SC_CLK_TCK")
 """Clock ticks a second: the unit of /proc's CPU times."""
+PVA_THREADS = {"TCP-rx", "TCP-tx"}
+"""PV Access's transport threads, the simulated detector's server's among them."""
 SAMPLER = "scan_rate-sampler"
 """Name of the thread that reads the CPU times."""
 NOT_COUNTED = {  # threads listed but not counted as the session's
@@ -88,6 +93,14 @@ class ThreadCpu:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
             self.cpu[tid] = (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def is_store(process: psutil.Process) -> bool:
+    """Whether ``process`` is the results store (multiprocessing's spawned child)."""
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
 
 
 def workers_cpu(pids: list[int]) -> float:
@@ -159,6 +172,7 @@ def build(args: argparse.Namespace, folder: Path) -> World:
         source=det,
         log_dir=folder / "logs",
         start_timeout=300,
+        store_process=args.store_process,
     )
     RE = RunEngine()
     documents = Documents()
@@ -193,6 +207,11 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=30.0)
     parser.add_argument("--catalog", default="", help="catalog folder, or 'none'")
     parser.add_argument("--assets", default="", help="HDF5 folder with --catalog none")
+    parser.add_argument(
+        "--store-process",
+        action="store_true",
+        help="receive and write the results in a store process (its CPU shown apart)",
+    )
     args = parser.parse_args()
     use_loopback()
 
@@ -248,9 +267,11 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     )
     me = psutil.Process()
     RE(_stage_only(det, inference))  # workers up (kept warm) before the clock starts
-    pids = [child.pid for child in me.children(recursive=True)]
+    children = me.children(recursive=True)
+    pids = [child.pid for child in children if not is_store(child)]
+    stores = [child.pid for child in children if is_store(child)]
     process_before = sum(me.cpu_times()[:2])
-    workers_before = workers_cpu(pids)
+    workers_before, store_before = workers_cpu(pids), workers_cpu(stores)
     threads = ThreadCpu()
     before = dict(threads.cpu)
     t0 = time.perf_counter()
@@ -259,6 +280,7 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     threads.stop()
     process = sum(me.cpu_times()[:2]) - process_before - simulated["cpu"]
     workers = workers_cpu(pids) - workers_before
+    store = workers_cpu(stores) - store_before
 
     acquisition = frames / args.rate
     counted = wall - simulated["wall"]
@@ -290,6 +312,19 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
         f"({session:.2f} s over {counted:.2f} s: {session / counted:.2f} cores); "
         f"workers {1e6 * workers / frames:.1f} us"
     )
+    transport = sum(used for (_, name), used in per_thread.items() if name in PVA_THREADS)
+    rest = session - transport
+    print(
+        f"  of which PV Access's TCP threads {1e6 * transport / frames:.1f} us (with "
+        "--store-process mostly the simulated detector's server sending its frames, which a "
+        f"detector's IOC does in its own process): the rest {1e6 * rest / frames:.1f} us"
+    )
+    if stores:
+        print(
+            f"store process CPU per frame: {1e6 * store / frames:.1f} us "
+            f"({store / counted:.2f} cores); session and store together "
+            f"{1e6 * (session + store) / frames:.1f} us"
+        )
     summary, rows = results(world, uid)
     print(f"rows stored: {rows}; documents: {dict(world.documents.counts)}")
     print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))

@@ -57,6 +57,11 @@ class WorkerDiedError(PtychoNNError, RuntimeError):
     the message names it, and quotes its last log lines or names its host."""
 
 
+class ResultStoreError(PtychoNNError, RuntimeError):
+    """The results store process (``store_process``) did not start, ended, or could not
+    write a run's rows; the message says which, and what it was doing."""
+
+
 class InferenceTimeoutError(PtychoNNError, TimeoutError):
     """Frames the source produced were not inferred in time; ``missing`` holds their ids."""
 

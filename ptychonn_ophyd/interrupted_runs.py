@@ -73,7 +73,7 @@ def close_interrupted_runs(client: Container, assets: Path, recent: int = RECENT
 
 def writer_alive(path: Path) -> bool:
     """Whether a process still holds the HDF5 file at ``path`` open as its writer (it
-    holds a shared ``flock`` on it: :class:`~ptychonn_ophyd.session.writer.InferenceFile`)."""
+    holds a shared ``flock`` on it: :class:`~ptychonn_ophyd.store.file.InferenceFile`)."""
     try:
         with open(path, "rb") as probe:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -133,6 +133,12 @@ def rows_of(batch: ResultBatch) -> dict[str, np.ndarray]:
     return rows
 
 
+def kept_rows(batch: ResultBatch, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of ``batch`` that the boolean ``keep`` (``(N,)``) marks."""
+    rows = rows_of(batch)
+    return rows if keep.all() else {key: values[keep] for key, values in rows.items()}
+
+
 def model_number(model_hash: str) -> int:
     """The ``model`` column's value for a model hash (12 hex digits; 0 for none)."""
     return int(model_hash, 16) if model_hash else 0

@@ -362,7 +362,8 @@ class ResultBatch:
 
     ``frames`` maps each of :data:`BATCH_FRAME_FIELDS` to its ``(N,)`` array;
     ``phase`` and ``amplitude`` (``None`` for phase-only models) are ``(N, H, W)``
-    float32.  ``published`` is the publish time in seconds since the epoch.
+    float32; a batch the store process relays without its images has neither.
+    ``published`` is the publish time in seconds since the epoch.
     """
 
     consumer_id: int
@@ -371,11 +372,11 @@ class ResultBatch:
     frames_before: int
     published: float
     frames: dict[str, np.ndarray]
-    phase: np.ndarray
+    phase: np.ndarray | None
     amplitude: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.phase)
+        return len(self.frames["uniqueId"])
 
     @property
     def unique_ids(self) -> np.ndarray:

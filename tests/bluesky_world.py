@@ -54,6 +54,8 @@ class Beamline:
         pool = self.inference.pool
         if pool is not None and not pool.config.attach:
             self.pids.update(pool.pids)
+        if self.inference.store_pid is not None:
+            self.pids.add(self.inference.store_pid)
 
 
 UNBINNED = DetectorConfig()

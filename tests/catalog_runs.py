@@ -7,7 +7,8 @@ import numpy as np
 from event_model import ComposeStreamResource, compose_run
 
 from ptychonn_ophyd.catalog import catalog_writer
-from ptychonn_ophyd.session.writer import InferenceFile, StreamSpec
+from ptychonn_ophyd.session.writer import StreamSpec
+from ptychonn_ophyd.store.file import InferenceFile
 
 
 def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -> str:
@@ -37,7 +38,7 @@ def write_run(catalog, assets: Path, n: int = 5, metadata: dict | None = None) -
         "input_centroid_y": np.full(n, np.nan),
     }
     spec = StreamSpec("inference", "test", (8, 8), False, {}, {})
-    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", spec)
+    file = InferenceFile(assets / f"{bundle.start_doc['uid']}.h5", spec.layout)
     keys = spec.data_keys()
     inference = bundle.compose_descriptor(name="inference", data_keys=keys)
     writer("descriptor", inference.descriptor_doc)

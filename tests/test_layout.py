@@ -36,6 +36,12 @@ def test_worker_code_imports_nothing_of_the_parent_or_the_session():
             assert not {layer(m) for m in imported} & {"pool", "session"}, module
 
 
+def test_the_store_process_code_imports_nothing_of_the_session_or_the_pool():
+    for module, imported in imports().items():
+        if layer(module) == "store":
+            assert not {layer(m) for m in imported} & {"pool", "session", "worker"}, module
+
+
 def test_only_the_session_and_the_command_line_start_pools():
     for module, imported in imports().items():
         if layer(module) not in ("pool", "session", "cli"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -26,6 +27,7 @@ from ptychonn_ophyd.run_schema import STREAM, frame_accounting, model_hash
 from ptychonn_ophyd.session.ledger import Counts
 from ptychonn_ophyd.session.results import ResultFanout
 from ptychonn_ophyd.session.supplement import ABORTED_WITHOUT_REASON, InferenceSupplement
+from ptychonn_ophyd.store.file import RowLayout, RowWriter
 from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, ResultBatch
 
 SHAPE = (8, 8)
@@ -63,6 +65,9 @@ class FakeInference:
 
     def source_last_id(self) -> int:
         return self.source.last_unique_id if self.source is not None else 0
+
+    def open_rows(self, uid: str, path: Path, layout: RowLayout) -> RowWriter:
+        return RowWriter(uid, path, layout)
 
     def pool_counts(self, since: float | None = None) -> Counts:
         return self.counts

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,9 +32,12 @@ from ptychonn_ophyd.models import open_model
 from ptychonn_ophyd.pool import START_TIMEOUT_S, PoolStats, WorkerPool
 from ptychonn_ophyd.session.ledger import Counts, FrameLedger
 from ptychonn_ophyd.session.results import ResultFanout
+from ptychonn_ophyd.session.store_link import StoreLink
 from ptychonn_ophyd.session.trigger import PointTrigger
 from ptychonn_ophyd.session.workers import Workers
+from ptychonn_ophyd.session.writer import RowSink
 from ptychonn_ophyd.settings import PoolConfig, signal_value
+from ptychonn_ophyd.store.file import RowLayout, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,12 @@ class PtychoNNDetector(_Settings):
         Keep the workers running after :meth:`unstage`, so the next :meth:`stage` with
         the same settings takes them at once instead of starting new ones (seconds of
         imports and CUDA set-up); :meth:`shutdown` stops them.
+    store_process
+        Receive the results and write the runs' rows in a process of their own
+        (:mod:`ptychonn_ophyd.store`), started at staging: the session then handles each
+        batch without its images (unless a live view stitches them), so its Python
+        keeps the detector's pace at rates where receiving and writing 64 KB a frame
+        would hold it back.  Default: in the session's process.
     announce
         Told, one line at a time, when the pool starts, what its start waits for, and
         when it is ready and how long that took, or that workers kept warm take the scan
@@ -135,6 +145,7 @@ class PtychoNNDetector(_Settings):
         trigger_timeout: float = 30.0,
         start_timeout: float = START_TIMEOUT_S,
         keep_warm: bool = False,
+        store_process: bool = False,
         announce: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -150,7 +161,9 @@ class PtychoNNDetector(_Settings):
         self.results = ResultFanout()
         """Every result batch of the staged pool goes here; subscribe to take them."""
         self.announce = announce or log.info
-        self._workers = Workers(name, self.results.on_batch, lambda line: self.announce(line))
+        self._workers = Workers(
+            name, self.results, lambda line: self.announce(line), store_process=store_process
+        )
         self._config: PoolConfig | None = None
         self._trigger: PointTrigger | None = None
         self._watching = threading.Event()
@@ -189,6 +202,12 @@ class PtychoNNDetector(_Settings):
         """The pool's batch channels, which the device reads (empty when not staged)."""
         monitor = self._workers.monitor
         return monitor.batch_channels if monitor else []
+
+    @property
+    def store_pid(self) -> int | None:
+        """The store process's pid (``store_process``, while staged), else ``None``."""
+        receiver = self._workers.monitor
+        return receiver.pid if isinstance(receiver, StoreLink) else None
 
     @property
     def monitor_overruns(self) -> int:
@@ -281,9 +300,35 @@ class PtychoNNDetector(_Settings):
             try:
                 if self.source is not None:
                     self.results.on_source(self.source_last_id(), time.time())
-                trigger.poll(Counts.of(pool.stats()), pool.check_health, self.monitor_overruns)
+                trigger.poll(Counts.of(pool.stats()), self._check_health, self.monitor_overruns)
             except Exception:  # a source that cannot be read now is read again soon
                 log.debug("%s: watching the source and the pool failed", self.name, exc_info=True)
+
+    def _check_health(self) -> None:
+        """Raise if a worker died, or the store process (``store_process``) ended."""
+        self.pool.check_health()
+        self._workers.check_store()
+
+    def open_rows(self, uid: str, path: Path, layout: RowLayout) -> RowSink:
+        """Where run ``uid``'s rows are written: a file of the store process when
+        ``store_process``, else a writing thread of this process.
+
+        Raises
+        ------
+        StreamWiringError
+            ``store_process`` and not staged: the store process starts at staging.
+        StorageFullError
+            The disk has no room for the file.
+        """
+        if not self._workers.store_process:
+            return RowWriter(uid, path, layout)
+        link = self._workers.monitor
+        if link is None:
+            raise StreamWiringError(
+                f"{self.name}: store_process=True stores results only while staged; stage "
+                "it before its run opens"
+            )
+        return link.open_rows(uid, path, layout)
 
     def unstage(self) -> list[object]:
         """Stop the monitor and the pool (the RunEngine calls this on abort and failure too)."""

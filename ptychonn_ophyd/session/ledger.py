@@ -35,17 +35,27 @@ class IdSet:
     def add(self, ids: np.ndarray) -> np.ndarray:
         """Add ``ids``; returns which of them were new (the first of repeats within)."""
         ids = np.asarray(ids, np.int64)
+        chunk, offset = ids >> CHUNK_BITS, ids & ((1 << CHUNK_BITS) - 1)
+        if len(ids) and chunk[0] == chunk[-1] and (np.diff(ids) > 0).all():
+            # A worker's batch: ids rising, none repeated, in one chunk (the usual case).
+            bits = self._bits(int(chunk[0]))
+            new = ~bits[offset]
+            bits[offset] = True
+            return new
         new = np.zeros(len(ids), bool)
         new[np.unique(ids, return_index=True)[1]] = True
-        chunk, offset = ids >> CHUNK_BITS, ids & ((1 << CHUNK_BITS) - 1)
         for c in np.unique(chunk).tolist():
             rows = np.flatnonzero(chunk == c)
-            bits = self._chunks.get(c)
-            if bits is None:
-                bits = self._chunks[c] = np.zeros(1 << CHUNK_BITS, bool)
+            bits = self._bits(c)
             new[rows] &= ~bits[offset[rows]]
             bits[offset[rows]] = True
         return new
+
+    def _bits(self, chunk: int) -> np.ndarray:
+        bits = self._chunks.get(chunk)
+        if bits is None:
+            bits = self._chunks[chunk] = np.zeros(1 << CHUNK_BITS, bool)
+        return bits
 
     def missing(self, first: int, last: int, limit: int) -> list[int]:
         """Up to ``limit`` ids in ``first..last`` not in the set, in order."""
@@ -175,22 +185,28 @@ class FrameLedger:
         """Take a batch's results (uniqueIds, frame times); returns which are new frames
         of the span, the rows to keep."""
         ids = np.asarray(ids, np.int64)
-        which = self._epoch_of(times)
         keep = np.zeros(len(ids), bool)
-        for e in np.unique(which).tolist():
-            epoch = self.epochs[e]
-            rows = np.flatnonzero(which == e)
-            inside = ids[rows] >= epoch.first
+        if len(self.epochs) == 1:  # the source never restarted: no frame times needed
+            self._take_in(self.epochs[0], ids, np.arange(len(ids)), keep)
+        else:
+            which = self._epoch_of(times)
+            for e in np.unique(which).tolist():
+                self._take_in(self.epochs[e], ids, np.flatnonzero(which == e), keep)
+        self.inferred += int(np.count_nonzero(keep))
+        return keep
+
+    def _take_in(self, epoch: Epoch, ids: np.ndarray, rows: np.ndarray, keep: np.ndarray) -> None:
+        """Take the results ``rows`` of ``ids``, of ``epoch``; mark the new ones in ``keep``."""
+        inside = ids[rows] >= epoch.first
+        if not inside.all():
             self.outside += int(np.count_nonzero(~inside))
             rows = rows[inside]
             if not rows.size:
-                continue
-            new = epoch.ids.add(ids[rows])
-            self.duplicates += int(np.count_nonzero(~new))
-            keep[rows[new]] = True
-            epoch.newest = max(epoch.newest, int(ids[rows].max()))
-        self.inferred += int(np.count_nonzero(keep))
-        return keep
+                return
+        new = epoch.ids.add(ids[rows])
+        self.duplicates += len(new) - int(np.count_nonzero(new))
+        keep[rows[new]] = True
+        epoch.newest = max(epoch.newest, int(ids[rows].max()))
 
     def claims(self, ids: np.ndarray, times: np.ndarray) -> int:
         """How many of these results are of frames the span produced (late ones, after

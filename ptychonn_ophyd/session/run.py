@@ -19,7 +19,7 @@ from typing import Any
 
 from bluesky.protocols import Hints
 
-from ptychonn_ophyd.run_schema import NOT_PLOTTED, Rows, rows_of
+from ptychonn_ophyd.run_schema import NOT_PLOTTED, Rows, kept_rows
 from ptychonn_ophyd.session.ledger import Counts, FrameLedger
 from ptychonn_ophyd.session.writer import StreamWriter
 from ptychonn_ophyd.wire import ResultBatch
@@ -81,14 +81,11 @@ class InferenceRun:
             keep = self.ledger.take(ids, times)
             if not keep.any():
                 return
-            rows = rows_of(batch)
             self.models[batch.model_hash] += int(keep.sum())
             self.workers[str(batch.consumer_id)] += int(keep.sum())
-            if not keep.all():
-                rows = {key: values[keep] for key, values in rows.items()}
-            self.writer.append(rows)
+            self.writer.take(batch, keep)
             if self._follow is not None:
-                self._follow(rows)
+                self._follow(kept_rows(batch, keep))
 
     def retire(self) -> int:
         """Log how many results came late, once, as a newer run takes over; return it."""
@@ -131,7 +128,7 @@ class InferenceRun:
         summary.update(
             stored=stored,
             not_stored=summary["inferred"] - stored,
-            file=str(self.writer.file.path),
+            file=str(self.writer.path),
             write_error="" if error is None else f"{type(error).__name__}: {error}",
             models=dict(self.models),
             workers=dict(sorted(self.workers.items(), key=lambda item: int(item[0]))),

@@ -38,6 +38,7 @@ from ptychonn_ophyd.run_schema import (
     MOSAIC_STREAM,
     PIXEL_SIZE_KEY,
     STREAM,
+    stream_file_name,
 )
 from ptychonn_ophyd.session.ledger import FrameLedger
 from ptychonn_ophyd.session.live_view import LiveView, MosaicReading
@@ -113,7 +114,7 @@ class InferenceSupplement:
         self._writing = False
         self._overruns_at_open = 0
         self._collected_at = 0.0
-        device.results.subscribe(self, stores=True)
+        device.results.subscribe(self, stores=True, images=live_view is not None)
 
     def __call__(self, plan: Plan) -> Plan:
         return (yield from plan_mutator(plan, self._insert))
@@ -184,7 +185,8 @@ class InferenceSupplement:
         first_id = device.source_last_id() + 1 if device.source is not None else None
         ledger = FrameLedger(first_id, time.time(), device.pool_counts())
         follow = self._begin_mosaic(uid, msg.kwargs, spec) if self.live_view else None
-        writer = StreamWriter(uid, spec, self.assets_dir)
+        path = self.assets_dir / stream_file_name(uid)
+        writer = StreamWriter(uid, spec, device.open_rows(uid, path, spec.layout))
         if self.run is not None:
             self._late[self.run.uid] = self.run.retire()
         self.run, self._writing = InferenceRun(ledger, writer, follow), True

@@ -16,38 +16,56 @@ from pathlib import Path
 
 from ptychonn_ophyd.errors import WorkerDiedError
 from ptychonn_ophyd.pool import WorkerPool, open_pool
-from ptychonn_ophyd.session.results import ResultMonitor
+from ptychonn_ophyd.session.results import ResultFanout
+from ptychonn_ophyd.session.store_link import StoreLink
 from ptychonn_ophyd.settings import PoolConfig
-from ptychonn_ophyd.wire import ResultBatch
+from ptychonn_ophyd.store.monitor import ResultMonitor
+
+Receiver = ResultMonitor | StoreLink
+"""What receives the pool's batches: a monitor in the session, or the store process."""
 
 
 class Workers:
-    """The pool of a device and its results monitor, with at most one set kept warm.
+    """The pool of a device and what receives its results, with at most one set kept warm.
 
     Parameters
     ----------
     name
         The device's, for messages.
-    on_batch
-        Given every result batch (in a pvapy thread).
+    results
+        Given every result batch (in a pvapy thread, or the store link's).
     announce
         Told when the pool starts, what its start waits for, and when it is ready.
+    store_process
+        Receive the batches in a store process (:class:`StoreLink`), not in this one.
     """
 
     def __init__(
-        self, name: str, on_batch: Callable[[ResultBatch], None], announce: Callable[[str], None]
+        self,
+        name: str,
+        results: ResultFanout,
+        announce: Callable[[str], None],
+        store_process: bool = False,
     ) -> None:
         self.name = name
         self.pool: WorkerPool | None = None
-        self._on_batch = on_batch
+        self.store_process = store_process
+        self._results = results
         self._announce = announce
-        self._monitor: ResultMonitor | None = None
+        self._monitor: Receiver | None = None
         self._config: PoolConfig | None = None
-        self._warm: tuple[PoolConfig, WorkerPool, ResultMonitor] | None = None
+        self._warm: tuple[PoolConfig, WorkerPool, Receiver] | None = None
 
     @property
-    def monitor(self) -> ResultMonitor | None:
+    def monitor(self) -> Receiver | None:
+        """What receives the running pool's batches (``None`` when not started)."""
         return self._monitor
+
+    def check_store(self) -> None:
+        """Raise :class:`~ptychonn_ophyd.errors.ResultStoreError` if the store process
+        ended while the pool runs."""
+        if isinstance(self._monitor, StoreLink):
+            self._monitor.check_health()
 
     def start(self, config: PoolConfig, timeout: float) -> WorkerPool:
         """The running pool for ``config``: the one kept warm when its settings are these,
@@ -69,7 +87,7 @@ class Workers:
         self.pool.start(
             timeout=timeout, progress=lambda line: self._announce(f"{self.name}: {line}")
         )
-        self._monitor = ResultMonitor(self.pool.batch_channels, self._on_batch)
+        self._monitor = self._receiver(self.pool.batch_channels)
         self._monitor.start()
         facts = self.pool.facts()
         where = f" on {_hosts(facts['hosts'])}" if config.attach else ""
@@ -78,6 +96,12 @@ class Workers:
             f"({facts.get('engine') or config.backend})"
         )
         return self.pool
+
+    def _receiver(self, channels: list[str]) -> Receiver:
+        if not self.store_process:
+            return ResultMonitor(channels, self._results.on_batch)
+        self._announce(f"{self.name}: starting the results store process")
+        return StoreLink(channels, self._results.on_batch, images=self._results.needs_images)
 
     def release(self, keep_warm: bool) -> None:
         """Let go of the running pool: kept warm when asked and healthy, else stopped."""
@@ -95,7 +119,7 @@ class Workers:
             _close(*warm[1:])
 
 
-def _close(pool: WorkerPool | None, monitor: ResultMonitor | None) -> None:
+def _close(pool: WorkerPool | None, monitor: Receiver | None) -> None:
     """Stop ``pool``, then ``monitor``."""
     with contextlib.ExitStack() as stopping:
         # Last in, first out: the monitor stops after the pool, because pvapy's

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 28's measurements on a GPU host in one call: the disk's write floor
+# (write_floor.py), a 100 x 100 fly scan at 2 kHz with the results stored in the session
+# and then by the store process, and the fast scan through one session with the store
+# process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8 workers,
+# batch 32).  The copy model runs on the CPUs; --catalog none (no Tiled server stack
+# there), the rows still go to the runs' HDF5 files.  Each step's output goes to
+# DIR/<step>.txt.
+#
+#     bash benchmarks/scan_rate_gpu.sh DIR [SIDE PASSES RATE WORKERS]
+#
+# STEPS (default all) names the steps to run; PYTHON (default python3).
+set -uo pipefail
+out=${1:?output folder}
+side=${2:-150}
+passes=${3:-27}
+rate=${4:-20000}
+workers=${5:-8}
+python=${PYTHON:-python3}
+here=$(dirname "$0")
+mkdir -p "$out"
+scan=("$python" "$here/scan_rate.py" --catalog none)
+
+step() {
+    local name=$1
+    shift
+    [[ " ${STEPS:-all} " == *" all "* || " ${STEPS:-all} " == *" $name "* ]] || return 0
+    echo "== $name: $*" | tee "$out/$name.txt"
+    "$@" 2>&1 | grep -v Warning | tee -a "$out/$name.txt"
+}
+
+step write_floor "$python" "$here/write_floor.py" --rows 32000 --part 1000
+step scan_2khz "${scan[@]}" --side 100 --rate 2000
+step scan_2khz_store "${scan[@]}" --side 100 --rate 2000 --store-process
+step scan_fast_store "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
+    --workers "$workers" --batch-size 32 --store-process
