@@ -275,7 +275,14 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     threads = ThreadCpu()
     before = dict(threads.cpu)
     t0 = time.perf_counter()
-    (uid,) = RE(plan)
+    try:
+        (uid,) = RE(plan)
+    except Exception as error:  # the run's accounting still says what became of each frame
+        threads.stop()
+        summary = inference_summary(RE)
+        print(f"fly scan {side}x{side} x {passes} FAILED: {type(error).__name__}: {error}")
+        print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))
+        raise SystemExit(1) from error
     wall = time.perf_counter() - t0
     threads.stop()
     process = sum(me.cpu_times()[:2]) - process_before - simulated["cpu"]

@@ -53,7 +53,8 @@ class StoreLink:
     ) -> None:
         self.batch_channels = list(batch_channels)
         self._on_batch = on_batch
-        self._images = images
+        self.images = images
+        """Whether the batches come with their images."""
         self._conn: Any = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._reader: threading.Thread | None = None
@@ -85,7 +86,7 @@ class StoreLink:
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=serve,
-            args=(child, self.batch_channels, self._images),
+            args=(child, self.batch_channels, self.images),
             name="ptychonn-store",
             daemon=True,
         )

@@ -71,7 +71,7 @@ class Workers:
         """The running pool for ``config``: the one kept warm when its settings are these,
         else a new one, ready (waits up to ``timeout`` s for every worker)."""
         warm, self._warm = self._warm, None
-        if warm is not None and warm[0] == config and healthy(warm[1]):
+        if warm is not None and warm[0] == config and healthy(warm[1]) and self._fits(warm[2]):
             self._config, self.pool, self._monitor = warm
             self._announce(f"{self.name}: {_workers(config)} kept warm, ready at once")
             return self.pool
@@ -96,6 +96,11 @@ class Workers:
             f"({facts.get('engine') or config.backend})"
         )
         return self.pool
+
+    def _fits(self, receiver: Receiver) -> bool:
+        """Whether a warm ``receiver`` still serves: a store process relays the images
+        only if a subscriber (a live view) needed them when it started."""
+        return not isinstance(receiver, StoreLink) or receiver.images >= self._results.needs_images
 
     def _receiver(self, channels: list[str]) -> Receiver:
         if not self.store_process:
