@@ -96,9 +96,9 @@ class ThreadCpu:
 
 
 def is_store(process: psutil.Process) -> bool:
-    """Whether ``process`` is the results store (multiprocessing's spawned child)."""
+    """Whether ``process`` is the results store (``--store-process``)."""
     try:
-        return "spawn_main" in " ".join(process.cmdline())
+        return "ptychonn_ophyd.store.relay" in process.cmdline()
     except psutil.NoSuchProcess:
         return False
 

@@ -34,7 +34,8 @@ tmp, record = Path({tmp!r}), open({record!r}, "a", buffering=1)
 
 def remember(name, doc):
     if name == "start":
-        print(json.dumps({{"pids": w.inference.pool.pids}}), file=record)
+        store = [w.inference.store_pid] if w.inference.store_pid else []
+        print(json.dumps({{"pids": w.inference.pool.pids + store}}), file=record)
     if name == "stream_datum":
         key = resources[doc["stream_resource"]]
         print(json.dumps({{"key": key, "stop": doc["indices"]["stop"]}}), file=record)
@@ -42,11 +43,12 @@ def remember(name, doc):
         resources[doc["uid"]] = doc["data_key"]
 
 resources = {{}}
-with beamline(tmp, {prefix!r}, Path({model!r})) as w:
+with beamline(tmp, {prefix!r}, Path({model!r}), store_process={store_process!r}) as w:
     w.RE.subscribe(remember)
     w.RE(scan_with_inference(w.det, w.inference, w.sx, -0.5, 0.5, w.sy, 0, 0, num=2000))
 """
-"""A scan far longer than the test lets it run; ``record`` gets the worker pids and,
+"""A scan far longer than the test lets it run; ``record`` gets the worker pids (and the
+store process's) and,
 after the TiledWriter has taken each one, every stream_datum's column and stop."""
 
 
@@ -65,7 +67,9 @@ def stops_by_column(record: list[dict]) -> dict[str, list[int]]:
     return stops
 
 
-def kill_mid_scan(tmp_path: Path, prefix: str, model: Path, collects: int) -> list[dict]:
+def kill_mid_scan(
+    tmp_path: Path, prefix: str, model: Path, collects: int, store_process: bool = False
+) -> list[dict]:
     """Run the scan in a child process and SIGKILL it after ``collects`` collects."""
     record_path = tmp_path / "record.jsonl"
     script = textwrap.dedent(SCAN).format(
@@ -74,6 +78,7 @@ def kill_mid_scan(tmp_path: Path, prefix: str, model: Path, collects: int) -> li
         record=str(record_path),
         prefix=prefix,
         model=str(model),
+        store_process=store_process,
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -93,14 +98,16 @@ def kill_mid_scan(tmp_path: Path, prefix: str, model: Path, collects: int) -> li
     return read_record(record_path)
 
 
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize(
+    ("trial", "store_process"), [(0, False), (1, False), (2, False), (0, True)]
+)
 def test_a_killed_session_s_run_is_closed_with_every_row_of_its_file(
-    tmp_path, channel_prefix, small_phase_onnx, trial
+    tmp_path, channel_prefix, small_phase_onnx, trial, store_process
 ):
-    record = kill_mid_scan(tmp_path, channel_prefix, small_phase_onnx, collects=5 + 3 * trial)
+    record = kill_mid_scan(tmp_path, channel_prefix, small_phase_onnx, 5 + 3 * trial, store_process)
     pids = {pid for entry in record for pid in entry.get("pids", [])}
-    assert pids, record
-    assert_gone(pids)  # the workers noticed their parent died
+    assert len(pids) == 1 + store_process, record
+    assert_gone(pids)  # the workers (and the store) noticed their parent died
     (path,) = (tmp_path / "catalog" / "assets").glob(f"*-{STREAM}.h5")
     in_file = file_rows(path)
 

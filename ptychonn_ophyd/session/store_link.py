@@ -2,7 +2,7 @@
 
 :class:`StoreLink` starts :func:`ptychonn_ophyd.store.relay.serve` at staging in place of
 the session's own batch monitor.  The session then takes every batch without its images
-(a few hundred bytes a frame instead of 64 KB), and its runs answer which rows they keep:
+(about a hundred bytes a frame instead of 64 KB), and its runs answer which rows they keep:
 the images are received, held and written on the store process's GIL, not the session's.
 :class:`LinkedRows` is one run's file in that process, behind the same surface as the
 session's own :class:`~ptychonn_ophyd.store.file.RowWriter`.
@@ -11,11 +11,15 @@ session's own :class:`~ptychonn_ophyd.store.file.RowWriter`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +59,8 @@ class StoreLink:
         self._on_batch = on_batch
         self.images = images
         """Whether the batches come with their images."""
-        self._conn: Any = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._sending = threading.Lock()
         self._overruns = 0
@@ -81,17 +85,25 @@ class StoreLink:
         return self._overruns
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start the store process and wait until its monitors are connected."""
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=serve,
-            args=(child, self.batch_channels, self.images),
-            name="ptychonn-store",
-            daemon=True,
-        )
-        self._process.start()
-        child.close()
+        """Start the store process and wait until its monitors are connected.
+
+        It runs as ``python -m ptychonn_ophyd.store.relay`` in a session of its own, as
+        the workers do: Ctrl-C at the prompt does not reach it, and multiprocessing's
+        ``spawn`` (which would import the user's script again in the child) is not used.
+        Its pipe is a socket pair; when this process dies, the store sees the pipe close
+        and ends.
+        """
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", serve.__module__, str(theirs.fileno())]
+        command += [json.dumps(self.batch_channels), json.dumps(self.images)]
+        with theirs:
+            self._process = subprocess.Popen(
+                command,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._conn = Connection(ours.detach())
         if not self._conn.poll(timeout):
             self.stop()
             raise ResultStoreError(
@@ -112,11 +124,12 @@ class StoreLink:
             return
         with contextlib.suppress(OSError):  # it has ended already
             self.send("stop")
-        process.join(REPLY_TIMEOUT)
-        if process.is_alive():
+        try:
+            process.wait(REPLY_TIMEOUT)
+        except subprocess.TimeoutExpired:
             log.warning("the results store process did not stop in %.0f s: killed", REPLY_TIMEOUT)
             process.kill()
-            process.join()
+            process.wait()
         if self._reader is not None:
             self._reader.join(REPLY_TIMEOUT)
         self._conn.close()
@@ -172,8 +185,9 @@ class StoreLink:
                 log.exception("the results store's %r message failed", kind)
         process = self._process
         if process is not None:  # not stopped: it died
-            process.join(REPLY_TIMEOUT)
-            code = process.exitcode
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(REPLY_TIMEOUT)
+            code = process.returncode
             self.failure = f"the results store process ended (exit code {code}) during the scan"
             log.error(self.failure)
             for rows in self._runs.values():

@@ -100,7 +100,9 @@ class Workers:
     def _fits(self, receiver: Receiver) -> bool:
         """Whether a warm ``receiver`` still serves: a store process relays the images
         only if a subscriber (a live view) needed them when it started."""
-        return not isinstance(receiver, StoreLink) or receiver.images >= self._results.needs_images
+        if not isinstance(receiver, StoreLink):
+            return True
+        return receiver.images or not self._results.needs_images
 
     def _receiver(self, channels: list[str]) -> Receiver:
         if not self.store_process:

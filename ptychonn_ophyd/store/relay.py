@@ -14,7 +14,9 @@ is left running.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -184,3 +186,15 @@ class Relay:
 
     def _release(self, uid: str) -> None:
         self._runs.pop(uid).release()
+
+
+def main(argv: list[str]) -> None:
+    """``python -m ptychonn_ophyd.store.relay FD CHANNELS_JSON IMAGES_JSON``: serve on
+    the socket ``FD`` that the session passed (its ``session.store_link.StoreLink``)."""
+    logging.basicConfig(format="ptychonn store: %(levelname)s %(message)s")
+    fd, channels, images = argv
+    serve(Connection(int(fd)), json.loads(channels), json.loads(images))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
