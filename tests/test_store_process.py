@@ -13,6 +13,7 @@ from ptychonn_ophyd.errors import ResultStoreError
 from ptychonn_ophyd.run_schema import MOSAIC_STREAM, frame_accounting
 from ptychonn_ophyd.session.live_view import LiveView
 from ptychonn_ophyd.session.plans import scan_with_inference
+from ptychonn_ophyd.session.store_link import StoreLink
 
 pytestmark = pytest.mark.processes
 
@@ -84,3 +85,10 @@ def test_a_store_process_that_dies_fails_the_scan_naming_it(
         assert "results store process ended" in stop["reason"]
         summary = frame_accounting(run)
         assert summary["stored"] >= 0 and "ResultStoreError" in summary["write_error"]
+
+
+def test_a_store_process_that_cannot_reach_the_batch_channels_says_which(channel_prefix):
+    link = StoreLink([f"{channel_prefix}:nobody:1:batch"], lambda batch: None)
+    with pytest.raises(ResultStoreError, match=r"did not start: TimeoutError: no connection to "):
+        link.start()
+    assert link.pid is None  # stopped, not left running

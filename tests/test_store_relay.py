@@ -29,7 +29,12 @@ def result_batch(number: int, ids: list[int]) -> ResultBatch:
 def relay():
     session, store = Pipe()
     relay = Relay(store, images=False, overruns=lambda: 3)
-    serving = threading.Thread(target=relay.serve)
+
+    def serve():
+        relay.serve()
+        relay.close_all()
+
+    serving = threading.Thread(target=serve)
     serving.start()
     yield session, relay
     session.send(("stop",))

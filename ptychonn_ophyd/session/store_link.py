@@ -110,7 +110,10 @@ class StoreLink:
                 f"the results store process did not connect to {self.batch_channels} in "
                 f"{timeout:.0f} s"
             )
-        reply = self._conn.recv()
+        try:
+            reply = self._conn.recv()
+        except EOFError:  # it ended before it could say why (its stderr is the session's)
+            reply = ("failed", f"it ended (exit code {self._process.wait(REPLY_TIMEOUT)})")
         if reply[0] != "ready":
             self.stop()
             raise ResultStoreError(f"the results store process did not start: {reply[1]}")

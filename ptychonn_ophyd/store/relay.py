@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
 import threading
 from collections import deque
@@ -33,12 +34,16 @@ from ptychonn_ophyd.wire import ResultBatch
 
 log = logging.getLogger(__name__)
 
+RELAYED_LIMIT = 1024
+"""Most batches held for the session's answer (at most 2 GB of 128 x 128 float32 images
+in batches of 32; a session that keeps up holds a few)."""
+SENDER_TIMEOUT = 10.0
+"""Seconds the ending process gives its sender to pass on the last messages."""
+
 BatchKey = tuple[int, int]
 """A batch's ``(consumer id, batch number)``: unique while the pool runs."""
 ErrorText = tuple[bool, str] | None
 """An error as the pipe carries it: whether the disk is full, and its one line."""
-
-
 Packed = tuple[int, str, int, int, float, np.ndarray, np.ndarray | None, np.ndarray | None]
 """A batch as the pipe carries it: its scalars, the per-frame arrays as one structured
 array (one pickled object instead of nine: half the session's cost to read it), and
@@ -46,6 +51,7 @@ the images or ``None``."""
 
 
 def key_of(batch: ResultBatch) -> BatchKey:
+    """Which batch ``batch`` is, as the session's answers name it."""
     return batch.consumer_id, batch.batch
 
 
@@ -107,25 +113,36 @@ def serve(conn: Connection, batch_channels: Iterable[str], images: bool) -> None
 
 class Relay:
     """The store process's state: the batches relayed and not yet answered, the runs'
-    writers, and the pipe (sent to from pvapy's, the writers' and the main thread).
+    writers, and the messages to the session.
 
-    ``overruns`` says how many results the monitors have lost so far.
+    No thread of it waits on the pipe but its sender's: pvapy's threads, the writers'
+    and the main thread put their messages in an outbox.  (Were the writers to send
+    themselves, a session busy sending answers to a main thread that waits for a writer
+    to finish would wait on it for good.)  At most :data:`RELAYED_LIMIT` batches are
+    held for an answer; beyond that pvapy's thread waits, the monitors' server-side
+    queues fill, and what they lose is counted (``overruns``, which says how many
+    results the monitors have lost so far).
     """
 
     def __init__(self, conn: Connection, images: bool, overruns: Callable[[], int]) -> None:
         self._conn = conn
         self._images = images
         self._overruns = overruns
-        self._sending = threading.Lock()
+        self._outbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._order = threading.Lock()
+        self._room = threading.Semaphore(RELAYED_LIMIT)
         self._relayed: deque[ResultBatch] = deque()
         self._runs: dict[str, RowWriter] = {}
+        self._sender = threading.Thread(target=self._send_all, name="store-sender", daemon=True)
+        self._sender.start()
 
     def relay(self, batch: ResultBatch) -> None:
         """Keep ``batch`` until the session answers, and send it on (a pvapy thread)."""
+        self._room.acquire()
         packed = pack(batch, self._images)
-        with self._sending:
+        with self._order:  # the session answers in the order it was sent
             self._relayed.append(batch)
-            self._conn.send(("batch", packed, self._overruns()))
+            self._outbox.put(("batch", packed, self._overruns()))
 
     def serve(self) -> None:
         """Carry out the session's messages until ``stop`` or the pipe closes."""
@@ -139,17 +156,27 @@ class Relay:
             getattr(self, f"_{kind}")(*args)
 
     def close_all(self) -> None:
-        """Write and close every run still open (the process is ending)."""
+        """Write and close every run still open, and send what is in the outbox (the
+        process is ending)."""
         for writer in self._runs.values():
             writer.close()
         self._runs.clear()
+        self._outbox.put(None)
+        self._sender.join(SENDER_TIMEOUT)
 
     def _send(self, *message: Any) -> None:
-        with self._sending:
-            self._conn.send(message)
+        self._outbox.put(message)
+
+    def _send_all(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self._conn.send(message)
+            except OSError:
+                return  # the session is gone
 
     def _answered(self, key: BatchKey) -> ResultBatch:
         batch = self._relayed.popleft()
+        self._room.release()
         if key_of(batch) != key:
             raise RuntimeError(f"the session answered batch {key} for batch {key_of(batch)}")
         return batch
