@@ -9,7 +9,14 @@
 #
 #     bash benchmarks/scan_rate_gpu.sh DIR [SIDE PASSES RATE WORKERS]
 #
-# STEPS (default all) names the steps to run; PYTHON (default python3).
+# STEPS (default all) names the steps to run; PYTHON (default python3).  A GPU host
+# without a package registry needs these carried as cp312 wheels (the device tool's
+# README says how): pvapy 5.6.0, pydantic 2.14.4, pydantic_core 2.50.5,
+# annotated-types, typing-inspection, typing_extensions, bluesky 1.15.1, ophyd 1.11.2,
+# event-model 1.24.0, historydict, msgpack-numpy, opentelemetry-api,
+# importlib_metadata, zipp, Pint, flexcache, flexparser, platformdirs, jsonschema,
+# jsonschema-specifications, referencing, rpds-py (19 MB); h5py, psutil and numpy are
+# there already.
 set -uo pipefail
 out=${1:?output folder}
 side=${2:-150}
