@@ -279,9 +279,8 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
         (uid,) = RE(plan)
     except Exception as error:  # the run's accounting still says what became of each frame
         threads.stop()
-        summary = inference_summary(RE)
         print(f"fly scan {side}x{side} x {passes} FAILED: {type(error).__name__}: {error}")
-        print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))
+        print_accounting(inference_summary(RE))
         raise SystemExit(1) from error
     wall = time.perf_counter() - t0
     threads.stop()
@@ -334,11 +333,15 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
         )
     summary, rows = results(world, uid)
     print(f"rows stored: {rows}; documents: {dict(world.documents.counts)}")
-    print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))
+    print_accounting(summary)
     world.documents.counts.clear()
     for path in Path(summary["file"]).parent.glob(f"{uid}-*.h5"):
         path.unlink()  # a long soak writes tens of GB
     return Scan(frames, session)
+
+
+def print_accounting(summary: dict) -> None:
+    print("accounting: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "file"))
 
 
 def results(world: World, uid: str) -> tuple[dict, int]:

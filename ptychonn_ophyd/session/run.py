@@ -83,9 +83,10 @@ class InferenceRun:
                 return
             self.models[batch.model_hash] += int(keep.sum())
             self.workers[str(batch.consumer_id)] += int(keep.sum())
-            self.writer.take(batch, keep)
-            if self._follow is not None:
-                self._follow(kept_rows(batch, keep))
+            rows = kept_rows(batch, keep) if self._follow is not None else None
+            self.writer.take(batch, keep, rows)  # made once, for the file and the follower
+            if rows is not None:
+                self._follow(rows)
 
     def retire(self) -> int:
         """Log how many results came late, once, as a newer run takes over; return it."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ptychonn_ophyd.errors import ResultStoreError
+from ptychonn_ophyd.run_schema import Rows
 from ptychonn_ophyd.store.file import RESERVE_BYTES, RowLayout
 from ptychonn_ophyd.store.relay import ErrorText, Packed, error_from, key_of, serve, unpack
 from ptychonn_ophyd.wire import ResultBatch
@@ -241,8 +242,9 @@ class LinkedRows:
         self.closed = threading.Event()
         self._link = link
 
-    def take(self, batch: ResultBatch, keep: np.ndarray) -> None:
-        """The run stores ``batch``'s rows that ``keep`` marks."""
+    def take(self, batch: ResultBatch, keep: np.ndarray, rows: Rows | None = None) -> None:
+        """The run stores ``batch``'s rows that ``keep`` marks (the store process makes
+        them: ``rows`` is not needed)."""
         self._link.keep(self.uid, batch, keep)
 
     def close(self) -> None:

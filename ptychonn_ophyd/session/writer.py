@@ -23,7 +23,7 @@ from bluesky.protocols import Hints
 from event_model import ComposeStreamResource
 
 from ptychonn_ophyd.errors import StorageFullError
-from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, NOT_PLOTTED
+from ptychonn_ophyd.run_schema import COLUMNS, IMAGES, NOT_PLOTTED, Rows
 from ptychonn_ophyd.store.file import RowLayout
 from ptychonn_ophyd.wire import ResultBatch
 
@@ -51,7 +51,7 @@ class StreamSpec:
 
     @property
     def images(self) -> tuple[str, ...]:
-        return ("phase", "amplitude") if self.amplitude else ("phase",)
+        return self.layout.images
 
     @property
     def columns(self) -> list[str]:
@@ -105,8 +105,9 @@ class RowSink(Protocol):
     def error(self) -> BaseException | None:
         """What stopped the writing (later rows are only counted), or ``None``."""
 
-    def take(self, batch: ResultBatch, keep: np.ndarray) -> None:
-        """Write the rows of ``batch`` that ``keep`` marks, after those taken before."""
+    def take(self, batch: ResultBatch, keep: np.ndarray, rows: Rows | None = None) -> None:
+        """Write the rows of ``batch`` that ``keep`` marks, after those taken before
+        (``rows``: those rows, when the caller has made them already)."""
 
     def close(self) -> None:
         """Write every row taken, then close the file."""
@@ -158,9 +159,10 @@ class StreamWriter:
         """What stopped the writing, or ``None``."""
         return self.sink.error
 
-    def take(self, batch: ResultBatch, keep: np.ndarray) -> None:
-        """Store the rows of ``batch`` that ``keep`` marks (from any thread, in order)."""
-        self.sink.take(batch, keep)
+    def take(self, batch: ResultBatch, keep: np.ndarray, rows: Rows | None = None) -> None:
+        """Store the rows of ``batch`` that ``keep`` marks (from any thread, in order;
+        ``rows``: those rows, when the caller has made them already)."""
+        self.sink.take(batch, keep, rows)
 
     def close(self) -> None:
         """Write every row taken, then close the file."""

@@ -165,13 +165,10 @@ class RowWriter:
         """Rows in the file so far."""
         return self.file.rows
 
-    def take(self, batch: ResultBatch, keep: np.ndarray) -> None:
-        """Queue the rows of ``batch`` that ``keep`` marks (from any thread; in order)."""
-        self.append(kept_rows(batch, keep))
-
-    def append(self, rows: Rows) -> None:
-        """Queue ``rows`` for the file (from any thread; rows keep their order)."""
-        self._queue.put(rows)
+    def take(self, batch: ResultBatch, keep: np.ndarray, rows: Rows | None = None) -> None:
+        """Queue the rows of ``batch`` that ``keep`` marks (from any thread; in order;
+        ``rows``: those rows, when the caller has made them already)."""
+        self._queue.put(kept_rows(batch, keep) if rows is None else rows)
 
     def close(self) -> None:
         """Write every row queued, then close the file."""
