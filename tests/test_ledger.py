@@ -57,6 +57,17 @@ def test_a_point_is_done_when_its_frames_have_a_result_or_were_lost():
     assert ledger.settled(Counts(received=108, dropped=3), upto=8)
 
 
+def test_frames_no_worker_received_settle_a_span_and_are_its_missed():
+    ledger = FrameLedger(first_id=1, began=T0, pool=Counts(received=100, missed=7))
+    ledger.observe_source(10, T0 + 1)
+    ledger.take(np.arange(1, 9), at(8))
+    assert not ledger.settled(Counts(received=108, missed=8))
+    now = Counts(received=108, missed=9)
+    assert ledger.settled(now)
+    summary = ledger.accounting(now)
+    assert summary["missed"] == 2 and balanced(summary)
+
+
 def test_pool_counts_before_the_span_do_not_count_in_it():
     """The keep-warm case: the pool's workers ran before this staging, and dropped and
     rejected frames then; those must not finish this staging's points."""

@@ -117,3 +117,17 @@ def test_results_the_monitors_lost_finish_a_point_instead_of_timing_it_out():
     t.poll(Counts(received=4), healthy, overruns=7)
     assert status.done and status.success
     assert t.inferred == 2
+
+
+def test_frames_the_workers_never_received_finish_a_point_instead_of_timing_it_out():
+    """A frame lost between the detector and a worker (a gap in the uniqueIds it saw,
+    pvapy's ``missed``) will bring no result: the point finishes with it counted, as on
+    a 2-core machine where the detector's server queue overflowed and the fly scan
+    waited ``trigger_timeout`` and failed."""
+    t = trigger(pool=Counts(received=2, missed=3))
+    status = t.wait(last_id=6)
+    t.on_batch(batch(1, 2, 5, 6))
+    t.poll(Counts(received=6, missed=4), healthy)
+    assert not status.done  # uniqueId 4 may still be on its way
+    t.poll(Counts(received=6, missed=5), healthy)
+    assert status.done and status.success

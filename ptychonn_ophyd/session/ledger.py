@@ -104,17 +104,20 @@ class PoolCounts(Protocol):
     dropped: int
     rejected: Mapping[str, int]
     dropped_by_reason: Mapping[str, int]
+    missed: int
 
 
 @dataclass(frozen=True)
 class Counts:
     """Frames the pool received, dropped and rejected, as numbers (``rejected`` and
-    ``dropped_by_reason`` by reason; ``dropped`` is the sum)."""
+    ``dropped_by_reason`` by reason; ``dropped`` is the sum), and those its workers
+    never received (``missed``: gaps in the uniqueIds each worker saw)."""
 
     received: int = 0
     dropped: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
     dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
+    missed: int = 0
 
     @classmethod
     def of(cls, stats: PoolCounts | None) -> Counts:
@@ -125,6 +128,7 @@ class Counts:
             int(stats.dropped),
             dict(stats.rejected),
             dict(stats.dropped_by_reason),
+            int(stats.missed),
         )
 
     def since(self, before: Counts) -> Counts:
@@ -133,6 +137,7 @@ class Counts:
             self.dropped - before.dropped,
             _difference(self.rejected, before.rejected),
             _difference(self.dropped_by_reason, before.dropped_by_reason),
+            self.missed - before.missed,
         )
 
     @property
@@ -232,10 +237,13 @@ class FrameLedger:
         """Whether every frame produced (or the first ``upto`` of them) has an outcome.
 
         ``unreceived``: results of the span that the session's monitors lost (inferred
-        by the workers, so they have an outcome, but no batch will bring them).
+        by the workers, so they have an outcome, but no batch will bring them).  Frames
+        a worker saw it never received (``missed``, a gap in its uniqueIds) have their
+        outcome too: no result will come for them.
         """
         target = self.produced(pool) if upto is None else upto
-        return self.inferred + pool.since(self.pool_at_start).lost + unreceived >= target
+        span = pool.since(self.pool_at_start)
+        return self.inferred + span.lost + span.missed + unreceived >= target
 
     def missing(self, limit: int = 20) -> list[int]:
         """Up to ``limit`` uniqueIds of the newest epoch with no result yet."""
