@@ -24,19 +24,27 @@ Access threads and count too, so the figure errs high.
         --catalog none                                                       # H200 host
 
 With ``--store-process`` the results are received and written by the device's store
-process; its CPU is printed apart, and beside the session's.
+process; its CPU is printed apart, and beside the session's.  With ``--catalog serve``
+the runs go to a ``tiled serve`` on loopback configured as
+``examples/tiled-server.yml`` (the README's production set-up), whose CPU is printed
+apart too: the session then only posts the documents.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import secrets
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +111,14 @@ def is_store(process: psutil.Process) -> bool:
         return False
 
 
+def is_tiled(process: psutil.Process) -> bool:
+    """Whether ``process`` is the ``tiled serve`` of ``--catalog serve``."""
+    try:
+        return "serve" in process.cmdline()[1:3]
+    except psutil.NoSuchProcess:
+        return False
+
+
 def workers_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -144,7 +160,47 @@ class World:
     catalog: Any
 
 
-def build(args: argparse.Namespace, folder: Path) -> World:
+SERVER_CONFIG = HERE.parent / "examples" / "tiled-server.yml"
+
+
+@contextlib.contextmanager
+def tiled_serve(folder: Path) -> Iterator[str]:
+    """``tiled serve`` with the README's configuration on a free loopback port, its files
+    in ``folder``; sets the session's ``TILED_API_KEY`` and ``PTYCHONN_ASSETS`` as the
+    README says; yields its URI."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key, assets = secrets.token_hex(16), folder / "assets"
+    os.environ.update(TILED_API_KEY=key, PTYCHONN_ASSETS=str(assets))
+    env = {**os.environ, "TILED_DATA": str(folder / "server")}
+    (folder / "server").mkdir(parents=True)
+    log = (folder / "server.log").open("w")
+    tiled = Path(sys.executable).with_name("tiled")
+    command = [str(tiled), "serve", "config", str(SERVER_CONFIG), "--api-key", key]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    try:
+        while server.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{uri}/api/v1/", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                sys.exit(f"scan_rate: tiled serve did not answer at {uri} within 120 s")
+            time.sleep(0.2)
+        else:
+            sys.exit(f"scan_rate: tiled serve ended: {(folder / 'server.log').read_text()[-2000:]}")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def build(args: argparse.Namespace, folder: Path, uri: str | None = None) -> World:
     """The RunEngine, motors, detector and inference device, wired as ``connect`` does."""
     from bluesky import RunEngine
     from ophyd.sim import SynAxis
@@ -187,7 +243,8 @@ def build(args: argparse.Namespace, folder: Path) -> World:
     else:
         from ptychonn_ophyd.session.wiring import connect
 
-        catalog = connect(RE, inference, args.catalog or folder / "catalog", grace=args.grace)
+        where = uri or args.catalog or folder / "catalog"
+        catalog = connect(RE, inference, where, grace=args.grace)
     return World(RE, sx, sy, det, inference, documents, catalog)
 
 
@@ -205,7 +262,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grace", type=float, default=30.0)
-    parser.add_argument("--catalog", default="", help="catalog folder, or 'none'")
+    parser.add_argument(
+        "--catalog",
+        default="",
+        help="catalog folder, 'serve' (a tiled serve on loopback, its CPU apart) or 'none'",
+    )
     parser.add_argument("--assets", default="", help="HDF5 folder with --catalog none")
     parser.add_argument(
         "--store-process",
@@ -221,14 +282,14 @@ def main() -> None:
     free = shutil.disk_usage(args.assets or folder).free
     if need > free:
         sys.exit(f"scan_rate: {frames} rows need {need / 2**30:.1f} GiB, {free / 2**30:.1f} free")
-    world = build(args, folder)
-    world.inference.keep_warm = True  # the scans are timed without the workers' start
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        uri = stack.enter_context(tiled_serve(folder)) if args.catalog == "serve" else None
+        world = build(args, folder, uri)
+        stack.callback(world.inference.shutdown)
+        world.inference.keep_warm = True  # the scans are timed without the workers' start
         base = scan(world, args.baseline_side, 1, args)
         big = scan(world, args.side, args.passes, args)
-    finally:
-        world.inference.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
     extra = big.frames - base.frames
     print(
         f"marginal session CPU per frame ({args.side}x{args.side} x {args.passes} against "
@@ -268,10 +329,12 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     me = psutil.Process()
     RE(_stage_only(det, inference))  # workers up (kept warm) before the clock starts
     children = me.children(recursive=True)
-    pids = [child.pid for child in children if not is_store(child)]
+    servers = [child.pid for child in children if is_tiled(child)]
+    pids = [child.pid for child in children if not is_store(child) and not is_tiled(child)]
     stores = [child.pid for child in children if is_store(child)]
     process_before = sum(me.cpu_times()[:2])
     workers_before, store_before = workers_cpu(pids), workers_cpu(stores)
+    server_before = workers_cpu(servers)
     threads = ThreadCpu()
     before = dict(threads.cpu)
     t0 = time.perf_counter()
@@ -287,6 +350,7 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     process = sum(me.cpu_times()[:2]) - process_before - simulated["cpu"]
     workers = workers_cpu(pids) - workers_before
     store = workers_cpu(stores) - store_before
+    served = workers_cpu(servers) - server_before
 
     acquisition = frames / args.rate
     counted = wall - simulated["wall"]
@@ -330,6 +394,11 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
             f"store process CPU per frame: {1e6 * store / frames:.1f} us "
             f"({store / counted:.2f} cores); session and store together "
             f"{1e6 * (session + store) / frames:.1f} us"
+        )
+    if servers:
+        print(
+            f"tiled serve CPU per frame: {1e6 * served / frames:.1f} us "
+            f"({served:.2f} s: {served / counted:.2f} cores)"
         )
     summary, rows = results(world, uid)
     print(f"rows stored: {rows}; documents: {dict(world.documents.counts)}")
