@@ -3,7 +3,7 @@
 import numpy as np
 
 from ptychonn_ophyd.run_schema import OUTCOMES
-from ptychonn_ophyd.session.ledger import CHUNK_BITS, Counts, FrameLedger, IdSet
+from ptychonn_ophyd.session.ledger import CHUNK_BITS, LOST_AFTER, Counts, FrameLedger, IdSet
 
 T0 = 1_000.0
 
@@ -66,6 +66,21 @@ def test_frames_no_worker_received_settle_a_span_and_are_its_missed():
     assert ledger.settled(now)
     summary = ledger.accounting(now)
     assert summary["missed"] == 2 and balanced(summary)
+
+
+def test_results_lost_after_the_last_batch_settle_a_span_once_results_stop_coming():
+    """A monitor counts results it lost only when a later batch comes: those lost after
+    a worker's last batch are settled by the workers' counts, once no result came for
+    LOST_AFTER s, and the accounting has them as not in time."""
+    ledger = FrameLedger(first_id=1, began=T0, pool=Counts(received=50, inferred=50))
+    ledger.observe_source(10, T0 + 1)
+    ledger.take(np.arange(1, 7), at(6))
+    now = Counts(received=60, inferred=60)
+    assert not ledger.settled(now, now=ledger.last_result + LOST_AFTER - 0.1)
+    assert ledger.settled(now, now=ledger.last_result + LOST_AFTER)
+    assert not ledger.settled(Counts(received=60, inferred=59), now=ledger.last_result + 60)
+    summary = ledger.accounting(now)
+    assert summary["not_in_time"] == 4 and balanced(summary)
 
 
 def test_pool_counts_before_the_span_do_not_count_in_it():

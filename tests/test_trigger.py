@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ptychonn_ophyd.errors import InferenceTimeoutError, WorkerDiedError
-from ptychonn_ophyd.session.ledger import Counts, FrameLedger
+from ptychonn_ophyd.session.ledger import LOST_AFTER, Counts, FrameLedger
 from ptychonn_ophyd.session.trigger import PointTrigger
 from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, ResultBatch
 
@@ -130,4 +130,20 @@ def test_frames_the_workers_never_received_finish_a_point_instead_of_timing_it_o
     t.poll(Counts(received=6, missed=4), healthy)
     assert not status.done  # uniqueId 4 may still be on its way
     t.poll(Counts(received=6, missed=5), healthy)
+    assert status.done and status.success
+
+
+def test_results_lost_after_the_last_batch_finish_a_point_once_results_stop_coming():
+    """At 20 kHz a store process's monitors lost results after the workers' last batches,
+    which no later batch revealed: the fly scan waited ``trigger_timeout`` and failed.
+    The workers' counts say the frames were inferred: the point finishes."""
+    t = trigger(pool=Counts(received=8, inferred=8))
+    status = t.wait(last_id=4)
+    t.on_batch(batch(1, 2))
+    t.poll(Counts(received=12, inferred=12), healthy)
+    assert not status.done  # results 3 and 4 may still be on their way
+    t.ledger.last_result -= LOST_AFTER
+    t.poll(Counts(received=12, inferred=11), healthy)
+    assert not status.done  # a worker still has one of them
+    t.poll(Counts(received=12, inferred=12), healthy)
     assert status.done and status.success

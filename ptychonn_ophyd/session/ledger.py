@@ -15,6 +15,7 @@ arrive after the restart was seen, and their ids extend it.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,10 +98,19 @@ class Epoch:
         return max(self.last - self.first + 1, 0)
 
 
+LOST_AFTER = 5.0
+"""Seconds without a new result after which frames the workers have an outcome for (by
+their counts) but whose results never came count as settled: a monitor that loses
+results sees the loss only when a later batch comes, so results lost after a worker's
+last batch are never counted as lost, and waiting longer brings none of them.  The run's
+accounting shows them as ``not_in_time``."""
+
+
 class PoolCounts(Protocol):
     """The pool's counters since its workers started (a :class:`~ptychonn_ophyd.pool.PoolStats`)."""
 
     received: int
+    inferred: int
     dropped: int
     rejected: Mapping[str, int]
     dropped_by_reason: Mapping[str, int]
@@ -110,14 +120,16 @@ class PoolCounts(Protocol):
 @dataclass(frozen=True)
 class Counts:
     """Frames the pool received, dropped and rejected, as numbers (``rejected`` and
-    ``dropped_by_reason`` by reason; ``dropped`` is the sum), and those its workers
-    never received (``missed``: gaps in the uniqueIds each worker saw)."""
+    ``dropped_by_reason`` by reason; ``dropped`` is the sum), those its workers never
+    received (``missed``: gaps in the uniqueIds each worker saw), and those they inferred
+    (``inferred``: published, whether or not the results reached this session)."""
 
     received: int = 0
     dropped: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
     dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
     missed: int = 0
+    inferred: int = 0
 
     @classmethod
     def of(cls, stats: PoolCounts | None) -> Counts:
@@ -129,6 +141,7 @@ class Counts:
             dict(stats.rejected),
             dict(stats.dropped_by_reason),
             int(stats.missed),
+            int(stats.inferred),
         )
 
     def since(self, before: Counts) -> Counts:
@@ -138,6 +151,7 @@ class Counts:
             _difference(self.rejected, before.rejected),
             _difference(self.dropped_by_reason, before.dropped_by_reason),
             self.missed - before.missed,
+            self.inferred - before.inferred,
         )
 
     @property
@@ -172,6 +186,8 @@ class FrameLedger:
         """Results of a frame taken already (two workers received it)."""
         self.outside = 0
         """Results of frames produced before the span (not counted in it)."""
+        self.last_result = time.monotonic()
+        """When a result was last taken (``time.monotonic()``; the span's start before)."""
 
     @property
     def restarts(self) -> int:
@@ -198,6 +214,7 @@ class FrameLedger:
             for e in np.unique(which).tolist():
                 self._take_in(self.epochs[e], ids, np.flatnonzero(which == e), keep)
         self.inferred += int(np.count_nonzero(keep))
+        self.last_result = time.monotonic()
         return keep
 
     def _take_in(self, epoch: Epoch, ids: np.ndarray, rows: np.ndarray, keep: np.ndarray) -> None:
@@ -233,17 +250,24 @@ class FrameLedger:
             return pool.since(self.pool_at_start).received - self.duplicates
         return sum(e.produced for e in self.epochs)
 
-    def settled(self, pool: Counts, upto: int | None = None, unreceived: int = 0) -> bool:
+    def settled(
+        self, pool: Counts, upto: int | None = None, unreceived: int = 0, now: float = 0.0
+    ) -> bool:
         """Whether every frame produced (or the first ``upto`` of them) has an outcome.
 
         ``unreceived``: results of the span that the session's monitors lost (inferred
         by the workers, so they have an outcome, but no batch will bring them).  Frames
         a worker saw it never received (``missed``, a gap in its uniqueIds) have their
-        outcome too: no result will come for them.
+        outcome too: no result will come for them.  At ``now`` (``time.monotonic()``)
+        :data:`LOST_AFTER` s or more after the last result, frames the workers inferred
+        count too, whether or not their results came.
         """
         target = self.produced(pool) if upto is None else upto
         span = pool.since(self.pool_at_start)
-        return self.inferred + span.lost + span.missed + unreceived >= target
+        done = span.lost + span.missed
+        if self.inferred + done + unreceived >= target:
+            return True
+        return now - self.last_result >= LOST_AFTER and span.inferred + done >= target
 
     def missing(self, limit: int = 20) -> list[int]:
         """Up to ``limit`` uniqueIds of the newest epoch with no result yet."""

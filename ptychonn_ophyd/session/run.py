@@ -109,7 +109,7 @@ class InferenceRun:
         """Whether every frame the run produced has an outcome (``pool``: its counts now;
         ``unreceived``: the run's results the monitors lost)."""
         with self._lock:
-            return self.ledger.settled(pool, unreceived=unreceived)
+            return self.ledger.settled(pool, unreceived=unreceived, now=time.monotonic())
 
     def seal(self) -> None:
         """Take no more rows: the rows are exactly what the follower saw; later results
@@ -137,8 +137,9 @@ class InferenceRun:
         )
         if summary["not_in_time"]:
             log.warning(
-                "run %s: %d of %d frames had no result by the end of the grace period; "
-                "later arrivals are counted as late",
+                "run %s: %d of %d frames had no result when the run ended (its grace "
+                "period over, or the workers done and no result for a while); later "
+                "arrivals are counted as late",
                 self.uid,
                 summary["not_in_time"],
                 summary["produced"],

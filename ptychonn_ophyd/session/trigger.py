@@ -124,7 +124,7 @@ class PointTrigger:
     def _finish_done(self) -> None:
         waiting = []
         for wait in self._waits:
-            if self.ledger.settled(self._pool, wait.upto, self._unreceived):
+            if self.ledger.settled(self._pool, wait.upto, self._unreceived, time.monotonic()):
                 wait.status.set_finished()
             else:
                 waiting.append(wait)
