@@ -14,6 +14,7 @@ from pvapy.utility.adImageUtility import AdImageUtility
 
 from ptychonn_ophyd.errors import ArgsError, FrameRejected
 from ptychonn_ophyd.settings import parse_args, parse_update
+from ptychonn_ophyd.throttle import Throttle
 from ptychonn_ophyd.wire import (
     BATCH_FRAME_FIELDS,
     FRAME_TAGS,
@@ -32,7 +33,6 @@ from ptychonn_ophyd.worker.batching import BatchQueue
 from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
 from ptychonn_ophyd.worker.output import FrameOutputGate, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
-from ptychonn_ophyd.worker.throttle import Throttle
 
 
 def copy_into(frame: np.ndarray, slot: np.ndarray) -> None:

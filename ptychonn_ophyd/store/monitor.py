@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ptychonn_ophyd.throttle import Throttle
 from ptychonn_ophyd.wire import ResultBatch, parse_result_batch
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ResultMonitor:
         self._lock = threading.Lock()
         self._next_frame: dict[str, int | None] = {}
         self._lost = 0
+        self._throttle = Throttle(log)  # at 20 kHz a slow reader loses results many times a second
 
     def start(self, timeout: float = 10.0) -> None:
         """Monitor the channels; wait up to ``timeout`` s for each to connect.
@@ -82,10 +84,8 @@ class ResultMonitor:
             return
         if batch.frames_before > expected:
             self._lost += batch.frames_before - expected
-            log.warning(
-                "%s: %d results lost before batch %d",
+            self._throttle.warning(
                 name,
-                batch.frames_before - expected,
-                batch.batch,
+                f"{name}: {batch.frames_before - expected} results lost before batch {batch.batch}",
             )
         self._on_batch(batch)

@@ -43,6 +43,7 @@ from ptychonn_ophyd.models import ModelFile, open_model
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.preprocess import Preprocessor
 from ptychonn_ophyd.settings import ProcessorArgs, parse_args, parse_update
+from ptychonn_ophyd.throttle import Throttle
 from ptychonn_ophyd.wire import (
     BATCH_CHANNEL,
     FRAME_TAGS,
@@ -57,7 +58,6 @@ from ptychonn_ophyd.worker.engine_slot import EngineSlot
 from ptychonn_ophyd.worker.frames import NoFrameYet, decode_frame
 from ptychonn_ophyd.worker.output import BatchRecord, FrameOutputGate, OutputRecord, ResultBuilder
 from ptychonn_ophyd.worker.stats import FrameCounts
-from ptychonn_ophyd.worker.throttle import Throttle
 
 IN_FLIGHT_WAIT = 5.0
 """Seconds a stopping worker whose ``stop_drain`` ran out still waits for the batch its
