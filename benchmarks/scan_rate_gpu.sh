@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 28's measurements on a GPU host in one call: the disk's write floor
 # (write_floor.py), a 100 x 100 fly scan at 2 kHz with the results stored in the session
-# and then by the store process, and the fast scan through one session with the store
-# process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8 workers,
-# batch 32).  The copy model runs on the CPUs; --catalog none (no Tiled server stack
+# and then by the store process, the store process at 5 and 10 kHz (100 x 100 x 5 and
+# x 10 passes, 8 workers, batch 32), and the fast scan through one session with the
+# store process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8
+# workers, batch 32).  The copy model runs on the CPUs; --catalog none (no Tiled server stack
 # there), the rows still go to the runs' HDF5 files.  Each step's output goes to
 # DIR/<step>.txt.
 #
@@ -39,5 +40,9 @@ step() {
 step write_floor "$python" "$here/write_floor.py" --rows 32000 --part 1000
 step scan_2khz "${scan[@]}" --side 100 --rate 2000
 step scan_2khz_store "${scan[@]}" --side 100 --rate 2000 --store-process
+for khz in 5 10; do
+    step "scan_${khz}khz_store" "${scan[@]}" --side 100 --passes "$khz" --rate "${khz}000" \
+        --workers 8 --batch-size 32 --store-process
+done
 step scan_fast_store "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
     --workers "$workers" --batch-size 32 --store-process

@@ -4,10 +4,11 @@ floor under any writer of the inference stream.
 Writes ``--rows`` rows of ``--shape`` float32 images to ``--folder``, two ways: plain
 ``f.write`` of the same bytes, and :class:`~ptychonn_ophyd.store.file.InferenceFile`
 appends of ``--part`` rows (what the writing thread gathers in 50 ms at the detector's
-rate) with every column, as a run's file holds.  Prints the CPU and wall time a row
-and the rate each would hold on one core.
+rate) with every column, as a run's file holds, given as one batch and as batches of
+``--batch`` rows (as the writing thread gets them: one a worker's result batch).
+Prints the CPU and wall time a row and the rate each would hold on one core.
 
-    python benchmarks/write_floor.py --rows 16384 --part 1000 --folder /tmp
+    python benchmarks/write_floor.py --rows 16384 --part 1000 --batch 8 --folder /tmp
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def timed(label: str, rows: int, write) -> None:
     write()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(
-        f"{label:<44} {1e6 * cpu / rows:7.1f} us CPU a row, {1e6 * wall / rows:7.1f} us wall "
+        f"{label:<58} {1e6 * cpu / rows:7.1f} us CPU a row, {1e6 * wall / rows:7.1f} us wall "
         f"({rows / max(cpu, 1e-9):,.0f} rows/s on one core)"
     )
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16384)
     parser.add_argument("--part", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=8, help="rows a worker's batch")
     parser.add_argument("--shape", type=int, nargs=2, default=(128, 128))
     parser.add_argument("--folder", default=tempfile.gettempdir())
     parser.add_argument(
@@ -59,18 +61,28 @@ def main() -> None:
             for _ in range(parts):
                 f.write(images)  # the buffer itself, no copy
 
-    def hdf5() -> None:
+    batches = [
+        {key: column[i : i + args.batch] for key, column in rows.items()}
+        for i in range(0, args.part, args.batch)
+    ]
+
+    def hdf5(*given: dict) -> None:
         file = InferenceFile(folder / "run.h5", RowLayout(shape, False))
         for _ in range(parts):
-            file.append(rows)
+            file.append(*given)
         file.close()
         file.release()
 
     for round in range(args.repeats):
         timed(f"{round + 1}: plain f.write", total, plain)
-        timed(f"{round + 1}: InferenceFile.append, {args.part} rows a call", total, hdf5)
-        for path in folder.iterdir():
-            path.unlink()
+        for label, given in (("one batch", [rows]), (f"batches of {args.batch}", batches)):
+            timed(
+                f"{round + 1}: InferenceFile.append, {args.part} rows in {label}",
+                total,
+                lambda given=given: hdf5(*given),
+            )
+            for path in folder.iterdir():
+                path.unlink()
     folder.rmdir()
 
 

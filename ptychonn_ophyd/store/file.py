@@ -13,7 +13,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,16 +88,18 @@ class InferenceFile:
 
     def append(self, *parts: Rows) -> tuple[int, int]:
         """Write ``parts`` (row batches of every column of the file), in order, as one
-        append; returns the ``(start, stop)`` written."""
-        start = stop = self.rows
-        bounds = []
-        for rows in parts:
-            bounds.append((stop, stop + len(rows["unique_id"])))
-            stop = bounds[-1][1]
+        append; returns the ``(start, stop)`` written.
+
+        The parts are joined first: one h5py write a column costs about 40 µs of Python
+        whatever its rows, so writing a batch of 8 rows at a time cost 370 µs a row
+        against 27 for 1,000 rows at once (BENCHMARKS.md, the writer's parts).
+        """
+        rows = parts[0] if len(parts) == 1 else _joined(parts, self._columns)
+        start = self.rows
+        stop = start + len(rows["unique_id"])
         for key, dataset in self._columns.items():
             dataset.resize(stop, axis=0)
-            for rows, (first, last) in zip(parts, bounds, strict=True):
-                dataset[first:last] = rows[key]
+            dataset[start:stop] = rows[key]
         self._file.flush()
         self.rows = stop
         return start, stop
@@ -214,6 +216,11 @@ class RowWriter:
             f"{self.reserve_bytes / 2**20:.2f} MiB kept to close the run): run {self.uid} "
             f"stops with {stored} result(s) stored, {rows} not stored"
         )
+
+
+def _joined(parts: tuple[Rows, ...], keys: Iterable[str]) -> Rows:
+    """The rows of ``parts``, in order, as one batch of columns ``keys``."""
+    return {key: np.concatenate([rows[key] for rows in parts]) for key in keys}
 
 
 def _drain(rows: queue.SimpleQueue[Rows | None]) -> tuple[list[Rows], bool]:
