@@ -258,9 +258,9 @@ class FrameLedger:
         ``unreceived``: results of the span that the session's monitors lost (inferred
         by the workers, so they have an outcome, but no batch will bring them).  Frames
         a worker saw it never received (``missed``, a gap in its uniqueIds) have their
-        outcome too: no result will come for them.  At ``now`` (``time.monotonic()``)
+        outcome too: no result will come for them.  Given ``now`` (``time.monotonic()``)
         :data:`LOST_AFTER` s or more after the last result, frames the workers inferred
-        count too, whether or not their results came.
+        count too, whether or not their results came (without ``now``, they do not).
         """
         target = self.produced(pool) if upto is None else upto
         span = pool.since(self.pool_at_start)
