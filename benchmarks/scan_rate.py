@@ -37,8 +37,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,11 +45,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from ptychonn_ophyd.loopback import use_loopback
+
+if TYPE_CHECKING:  # a host without Tiled's server stack runs --catalog none
+    from ptychonn_ophyd.tiled_server import LoopbackServer
 
 HERE = Path(__file__).resolve().parent
 
@@ -111,14 +112,6 @@ def is_store(process: psutil.Process) -> bool:
         return False
 
 
-def is_tiled(process: psutil.Process) -> bool:
-    """Whether ``process`` is the ``tiled serve`` of ``--catalog serve``."""
-    try:
-        return "serve" in process.cmdline()[1:3]
-    except psutil.NoSuchProcess:
-        return False
-
-
 def workers_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -158,49 +151,27 @@ class World:
     inference: Any
     documents: Documents
     catalog: Any
+    server: LoopbackServer | None
+    """The ``tiled serve`` of ``--catalog serve``."""
 
 
 SERVER_CONFIG = HERE.parent / "examples" / "tiled-server.yml"
 
 
 @contextlib.contextmanager
-def tiled_serve(folder: Path) -> Iterator[str]:
-    """``tiled serve`` with the README's configuration on a free loopback port, its files
-    in ``folder``; sets the session's ``TILED_API_KEY`` and ``PTYCHONN_ASSETS`` as the
-    README says; yields its URI."""
-    import httpx
+def tiled_serve(folder: Path) -> Iterator[LoopbackServer]:
+    """``tiled serve`` with the README's configuration on loopback, its files in
+    ``folder``; sets the session's ``TILED_API_KEY`` and ``PTYCHONN_ASSETS`` as the
+    README says."""
+    from ptychonn_ophyd.tiled_server import serve_on_loopback
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     key, assets = secrets.token_hex(16), folder / "assets"
     os.environ.update(TILED_API_KEY=key, PTYCHONN_ASSETS=str(assets))
-    env = {**os.environ, "TILED_DATA": str(folder / "server")}
-    (folder / "server").mkdir(parents=True)
-    log = (folder / "server.log").open("w")
-    tiled = Path(sys.executable).with_name("tiled")
-    command = [str(tiled), "serve", "config", str(SERVER_CONFIG), "--api-key", key]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-    try:
-        while server.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{uri}/api/v1/", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                sys.exit(f"scan_rate: tiled serve did not answer at {uri} within 120 s")
-            time.sleep(0.2)
-        else:
-            sys.exit(f"scan_rate: tiled serve ended: {(folder / 'server.log').read_text()[-2000:]}")
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
+    with serve_on_loopback(SERVER_CONFIG, folder / "server", assets, key, os.environ) as server:
+        yield server
 
 
-def build(args: argparse.Namespace, folder: Path, uri: str | None = None) -> World:
+def build(args: argparse.Namespace, folder: Path, server: LoopbackServer | None) -> World:
     """The RunEngine, motors, detector and inference device, wired as ``connect`` does."""
     from bluesky import RunEngine
     from ophyd.sim import SynAxis
@@ -243,9 +214,9 @@ def build(args: argparse.Namespace, folder: Path, uri: str | None = None) -> Wor
     else:
         from ptychonn_ophyd.session.wiring import connect
 
-        where = uri or args.catalog or folder / "catalog"
+        where = server.uri if server is not None else args.catalog or folder / "catalog"
         catalog = connect(RE, inference, where, grace=args.grace)
-    return World(RE, sx, sy, det, inference, documents, catalog)
+    return World(RE, sx, sy, det, inference, documents, catalog, server)
 
 
 def main() -> None:
@@ -284,8 +255,8 @@ def main() -> None:
         sys.exit(f"scan_rate: {frames} rows need {need / 2**30:.1f} GiB, {free / 2**30:.1f} free")
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        uri = stack.enter_context(tiled_serve(folder)) if args.catalog == "serve" else None
-        world = build(args, folder, uri)
+        server = stack.enter_context(tiled_serve(folder)) if args.catalog == "serve" else None
+        world = build(args, folder, server)
         stack.callback(world.inference.shutdown)
         world.inference.keep_warm = True  # the scans are timed without the workers' start
         base = scan(world, args.baseline_side, 1, args)
@@ -329,8 +300,8 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     me = psutil.Process()
     RE(_stage_only(det, inference))  # workers up (kept warm) before the clock starts
     children = me.children(recursive=True)
-    servers = [child.pid for child in children if is_tiled(child)]
-    pids = [child.pid for child in children if not is_store(child) and not is_tiled(child)]
+    servers = [world.server.process.pid] if world.server is not None else []
+    pids = [child.pid for child in children if not is_store(child) and child.pid not in servers]
     stores = [child.pid for child in children if is_store(child)]
     process_before = sum(me.cpu_times()[:2])
     workers_before, store_before = workers_cpu(pids), workers_cpu(stores)

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -29,6 +35,67 @@ log = logging.getLogger(__name__)
 PROBE_PREFIX = "_ptychonn_check_"
 """Key prefix of the node :func:`check_server` writes and then deletes."""
 _DATASET = "probe"
+
+
+@dataclass(frozen=True)
+class LoopbackServer:
+    """A ``tiled serve`` started by :func:`serve_on_loopback`."""
+
+    uri: str
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def serve_on_loopback(
+    config: Path,
+    data: Path,
+    assets: Path,
+    api_key: str,
+    env: Mapping[str, str],
+    timeout: float = 120.0,
+) -> Iterator[LoopbackServer]:
+    """``tiled serve config`` on a free loopback port, in the environment ``env`` with
+    ``TILED_DATA=data`` and ``PTYCHONN_ASSETS=assets`` (what ``examples/tiled-server.yml``
+    reads), its log in ``data/server.log``; stopped on leaving.
+
+    Raises
+    ------
+    CatalogError
+        The server ended, or did not answer within ``timeout`` s (with its log's end).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data.mkdir(parents=True, exist_ok=True)
+    tiled = Path(sys.executable).with_name("tiled")
+    command = [str(tiled), "serve", "config", str(config), "--api-key", api_key]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    server_env = {**env, "TILED_DATA": str(data), "PTYCHONN_ASSETS": str(assets)}
+    log_path = data / "server.log"
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, env=server_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while not _answers(uri):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise CatalogError(
+                        f"tiled serve {config} did not answer at {uri}: "
+                        f"{log_path.read_text()[-2000:]}"
+                    )
+                time.sleep(0.2)
+            yield LoopbackServer(uri, server)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def _answers(uri: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{uri}/api/v1/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def check_server(client: Container, assets: Path, uri: str) -> None:

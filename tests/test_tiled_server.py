@@ -8,18 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from bluesky import RunEngine
 from bluesky_world import beamline
-from peers import free_port, user_environment
-from pva_consumers import wait_until
+from peers import user_environment
 
 from ptychonn_ophyd.errors import CatalogError
 from ptychonn_ophyd.session.device import PtychoNNDetector
 from ptychonn_ophyd.session.plans import scan_with_inference
 from ptychonn_ophyd.session.wiring import connect
-from ptychonn_ophyd.tiled_server import PROBE_PREFIX
+from ptychonn_ophyd.tiled_server import PROBE_PREFIX, serve_on_loopback
 
 pytestmark = pytest.mark.processes
 
@@ -30,36 +28,8 @@ API_KEY = "secretforthistest"  # alphanumeric, as Tiled requires
 @contextmanager
 def tiled_serve(config: Path, data: Path, assets: Path) -> Iterator[str]:
     """``tiled serve config`` on loopback with ``config``; yields its URI."""
-    tiled = Path(sys.executable).with_name("tiled")
-    port = free_port()
-    data.mkdir(parents=True, exist_ok=True)
-    env = {"TILED_DATA": str(data), "PTYCHONN_ASSETS": str(assets)}
-    log = (data / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            *(str(tiled), "serve", "config", str(config), "--api-key", API_KEY),
-            *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        env={**user_environment(), **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: _answers(uri) or server.poll() is not None, 120)
-        assert server.poll() is None, (data / "server.log").read_text()[-3000:]
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-
-
-def _answers(uri: str) -> bool:
-    try:
-        return httpx.get(f"{uri}/api/v1/", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with serve_on_loopback(config, data, assets, API_KEY, user_environment()) as server:
+        yield server.uri
 
 
 READER = """
