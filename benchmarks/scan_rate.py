@@ -17,7 +17,9 @@ costs, Tiled's writes of a run's documents above all, are left out).  Everything
 session process spends counts but the simulation and the detector's sending thread
 (which measures itself): the threads of the simulated detector's PV Access server,
 which a real detector runs in its own IOC, cannot be told from the session's own PV
-Access threads and count too, so the figure errs high.
+Access threads and count too, so the figure errs high.  With ``--detector-process`` the
+simulated detector sends from a process of its own, as an IOC does, and its CPU is
+printed apart: the session's figure is then the session's alone.
 
     python benchmarks/scan_rate.py --side 100 --rate 2000                   # 2-core machine
     python benchmarks/scan_rate.py --side 150 --passes 27 --rate 20000 --workers 8 \\
@@ -106,8 +108,18 @@ class ThreadCpu:
 
 def is_store(process: psutil.Process) -> bool:
     """Whether ``process`` is the results store (``--store-process``)."""
+    return _runs(process, "ptychonn_ophyd.store.relay")
+
+
+def is_helper(process: psutil.Process) -> bool:
+    """Whether ``process`` is multiprocessing's resource tracker (started with the
+    ``--detector-process`` child; it idles)."""
+    return _runs(process, "resource_tracker")
+
+
+def _runs(process: psutil.Process, what: str) -> bool:
     try:
-        return "ptychonn_ophyd.store.relay" in process.cmdline()
+        return any(what in part for part in process.cmdline())
     except psutil.NoSuchProcess:
         return False
 
@@ -185,7 +197,9 @@ def build(args: argparse.Namespace, folder: Path, server: LoopbackServer | None)
     prefix = f"scanrate{int(time.time())}"
     sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
     simulation = PtychoSimulation(held_out_object(256), make_probe())
-    det = SimPtychoDetector(simulation, sx, sy, f"{prefix}:image", name="det")
+    det = SimPtychoDetector(
+        simulation, sx, sy, f"{prefix}:image", name="det", server_process=args.detector_process
+    )
     det.fly_rate_hz = args.rate
     inference = PtychoNNDetector(
         name="inference",
@@ -244,6 +258,11 @@ def main() -> None:
         action="store_true",
         help="receive and write the results in a store process (its CPU shown apart)",
     )
+    parser.add_argument(
+        "--detector-process",
+        action="store_true",
+        help="the simulated detector sends from a process of its own (its CPU shown apart)",
+    )
     args = parser.parse_args()
     use_loopback()
 
@@ -279,6 +298,7 @@ class Scan:
 def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan:
     """Fly a ``side`` x ``side`` grid ``passes`` times; print what it took."""
     from ptychonn_ophyd.session.plans import scan_with_inference
+    from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 
     det, inference, RE = world.det, world.inference, world.RE
     frames = side * side * passes
@@ -301,11 +321,17 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     RE(_stage_only(det, inference))  # workers up (kept warm) before the clock starts
     children = me.children(recursive=True)
     servers = [world.server.process.pid] if world.server is not None else []
-    pids = [child.pid for child in children if not is_store(child) and child.pid not in servers]
+    detector = [det.server.process.pid] if isinstance(det.server, SimDetectorProcess) else []
+    apart = {*servers, *detector}
+    pids = [
+        child.pid
+        for child in children
+        if not (is_store(child) or is_helper(child) or child.pid in apart)
+    ]
     stores = [child.pid for child in children if is_store(child)]
     process_before = sum(me.cpu_times()[:2])
     workers_before, store_before = workers_cpu(pids), workers_cpu(stores)
-    server_before = workers_cpu(servers)
+    server_before, detector_before = workers_cpu(servers), workers_cpu(detector)
     threads = ThreadCpu()
     before = dict(threads.cpu)
     t0 = time.perf_counter()
@@ -322,6 +348,7 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     workers = workers_cpu(pids) - workers_before
     store = workers_cpu(stores) - store_before
     served = workers_cpu(servers) - server_before
+    detecting = workers_cpu(detector) - detector_before
 
     acquisition = frames / args.rate
     counted = wall - simulated["wall"]
@@ -338,7 +365,7 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
         if tid == simulated["thread"]:
             used -= simulated["cpu"]
         per_thread[(tid, threads.names.get(tid, "?"))] += used
-    sending = det.server.free_run_cpu
+    sending = 0.0 if detector else det.server.free_run_cpu  # a child's is not ours
     sampling = sum(used for (_, name), used in per_thread.items() if name == SAMPLER)
     unseen = process - sum(per_thread.values())
     session = process - sending - sampling
@@ -355,16 +382,27 @@ def scan(world: World, side: int, passes: int, args: argparse.Namespace) -> Scan
     )
     transport = sum(used for (_, name), used in per_thread.items() if name in PVA_THREADS)
     rest = session - transport
+    whose = (
+        "the session's own: the detector sends from its process"
+        if detector
+        else "with --store-process mostly the simulated detector's server sending its frames, "
+        "which a detector's IOC does in its own process (--detector-process)"
+    )
     print(
-        f"  of which PV Access's TCP threads {1e6 * transport / frames:.1f} us (with "
-        "--store-process mostly the simulated detector's server sending its frames, which a "
-        f"detector's IOC does in its own process): the rest {1e6 * rest / frames:.1f} us"
+        f"  of which PV Access's TCP threads {1e6 * transport / frames:.1f} us ({whose}): "
+        f"the rest {1e6 * rest / frames:.1f} us"
     )
     if stores:
         print(
             f"store process CPU per frame: {1e6 * store / frames:.1f} us "
             f"({store / counted:.2f} cores); session and store together "
             f"{1e6 * (session + store) / frames:.1f} us"
+        )
+    if detector:
+        print(
+            f"simulated detector process CPU per frame: {1e6 * detecting / frames:.1f} us "
+            f"(not the session's; its sending thread {1e6 * det.server.free_run_cpu / frames:.1f}"
+            " us, the rest mostly making the path's NTNDArrays in prepare)"
         )
     if servers:
         print(

@@ -2,11 +2,12 @@
 # Issue 28's measurements on a GPU host in one call: the disk's write floor
 # (write_floor.py), a 100 x 100 fly scan at 2 kHz with the results stored in the session
 # and then by the store process, the store process at 5 and 10 kHz (100 x 100 x 5 and
-# x 10 passes, 8 workers, batch 32), and the fast scan through one session with the
-# store process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8
-# workers, batch 32).  The copy model runs on the CPUs; --catalog none (no Tiled server stack
-# there), the rows still go to the runs' HDF5 files.  Each step's output goes to
-# DIR/<step>.txt.
+# x 10 passes, 8 workers, batch 32), the fast scan through one session with the store
+# process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8 workers,
+# batch 32), and that scan again with the simulated detector sending from a process of
+# its own, as an IOC does (--detector-process).  The copy model runs on the CPUs;
+# --catalog none (no Tiled server stack there), the rows still go to the runs' HDF5
+# files.  Each step's output goes to DIR/<step>.txt.
 #
 #     bash benchmarks/scan_rate_gpu.sh DIR [SIDE PASSES RATE WORKERS]
 #
@@ -46,3 +47,5 @@ for khz in 5 10; do
 done
 step scan_fast_store "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
     --workers "$workers" --batch-size 32 --store-process
+step scan_fast_detector "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
+    --workers "$workers" --batch-size 32 --store-process --detector-process

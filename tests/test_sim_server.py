@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
+import psutil
 import pvaccess as pva
 import pytest
 from ophyd.sim import SynAxis
@@ -20,6 +24,7 @@ from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
 from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 from ptychonn_ophyd.wire import read_attributes
 
 
@@ -55,9 +60,16 @@ class Recorder:
         self.channel.stopMonitor()
 
 
-@pytest.fixture
-def server(channel_prefix):
-    with SimDetectorServer(f"{channel_prefix}:image") as srv:
+SERVER_KINDS = [
+    pytest.param(SimDetectorServer, id="in-process"),
+    pytest.param(SimDetectorProcess, id="own-process", marks=pytest.mark.processes),
+]
+"""The simulated detector sending from this process's threads, and from a child's."""
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server(channel_prefix, request):
+    with request.param(f"{channel_prefix}:image") as srv:
         yield srv
     assert not srv.running
 
@@ -176,17 +188,23 @@ def test_detector_trigger_publishes_frames_at_the_motor_position_and_reads_their
     assert reading["det_stats_centroid_y"]["value"] == pytest.approx(centroid[:, 1].mean())
 
 
-def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix):
+@pytest.mark.parametrize("server_process", [False, pytest.param(True, marks=pytest.mark.processes)])
+def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix, server_process):
     sim = PtychoSimulation(held_out_object(size=192), make_probe(), seed=0)
     det = SimPtychoDetector(
-        sim, SynAxis(name="x"), SynAxis(name="y"), f"{channel_prefix}:fly", name="det"
+        sim,
+        SynAxis(name="x"),
+        SynAxis(name="y"),
+        f"{channel_prefix}:fly",
+        name="det",
+        server_process=server_process,
     )
     det.fly_positions_um = fermat_spiral(0.3, 0.05)
     det.fly_rate_hz = 400
     det.stage()
     try:
-        det.kickoff().wait(5)
-        det.complete().wait(10)
+        det.kickoff().wait(60)
+        det.complete().wait(60)
         assert det.frames_sent.get() == len(det.fly_positions_um)
     finally:
         det.unstage()
@@ -229,3 +247,36 @@ def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_p
     assert len(sim) == 25 and sim.frame_shape == (516, 516)
     assert sim_command.run(args) == 0
     assert "sent 40 frames" in capsys.readouterr().out
+
+
+@pytest.mark.processes
+def test_an_error_in_the_detector_process_is_raised_in_the_session(channel_prefix):
+    with SimDetectorProcess(f"{channel_prefix}:image") as server:
+        with pytest.raises(RuntimeError, match=r"ValueError: .* at least one frame"):
+            server.load_path(np.zeros((0, 8, 8), np.uint16), np.zeros((0, 2)))
+        with pytest.raises(RuntimeError, match="no path loaded"):
+            server.start_path_run(100)
+        assert server.running and not server.free_running
+        process = server.process
+    assert not process.is_alive()
+
+
+@pytest.mark.processes
+def test_the_detector_process_ends_when_its_session_does(channel_prefix, tmp_path):
+    script = tmp_path / "session.py"
+    script.write_text(
+        "import os\n"
+        "from ptychonn_ophyd.sim.server_process import SimDetectorProcess\n"
+        "if __name__ == '__main__':\n"
+        f"    server = SimDetectorProcess({channel_prefix + ':image'!r}).start()\n"
+        "    print(server.process.pid, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    session = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert session.stdout.strip(), session.stderr
+    child = psutil.Process(int(session.stdout.split()[0]))
+    with contextlib.suppress(psutil.NoSuchProcess):
+        child.wait(timeout=60)  # a zombie left to a container's init counts as ended
+        assert child.status() == psutil.STATUS_ZOMBIE

@@ -23,7 +23,8 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.server import SimDetectorServer, encode_path
+from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 
 DEFAULT_CHANNEL = "sim:det:image"
 
@@ -84,6 +85,10 @@ class SimPtychoDetector(Device):
         PV name of the image channel.
     frames_per_point
         Frames published per ``trigger()``.
+    server_process
+        Serve the frames from a process of its own, as a detector's IOC does, instead of
+        from threads of this one (:mod:`~ptychonn_ophyd.sim.server_process`): a benchmark
+        of the session then leaves the sending out.
 
     Components
     ----------
@@ -118,6 +123,7 @@ class SimPtychoDetector(Device):
         frames_per_point: int = 1,
         *,
         name: str,
+        server_process: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(name=name, **kwargs)
@@ -130,15 +136,16 @@ class SimPtychoDetector(Device):
         self.y_motor = y_motor
         self.channel.put(channel)
         self.frames_per_point.put(frames_per_point)
-        self.server: SimDetectorServer | None = None
+        self.server_process = server_process
+        self.server: SimDetectorServer | SimDetectorProcess | None = None
         """The PVA server: started at the first staging, up until :meth:`close`."""
         self.fly_positions_um: np.ndarray | None = None
         self.fly_rate_hz = 100.0
         self.fly_passes = 1
         """Times a fly scan's path is flown (a long run at a high rate need not simulate
         every frame: the frames of a pass repeat)."""
-        self._fly_frames: tuple[object, list | None] = (None, None)
-        """The path :meth:`prepare` simulated, and its frames as NTNDArrays."""
+        self._loaded_path: object = None
+        """The path the server has loaded (:meth:`prepare` loads the scan's)."""
         self._point = 0
         self._unread = False
         """Whether the last ``trigger()``'s frames were not read yet (a pause then makes
@@ -153,7 +160,9 @@ class SimPtychoDetector(Device):
             self.close()
         if self.server is None:
             first_id = int(self.last_unique_id.get()) + 1
-            self.server = SimDetectorServer(channel, first_id).start()
+            kind = SimDetectorProcess if self.server_process else SimDetectorServer
+            self.server = kind(channel, first_id).start()
+            self._loaded_path = None
         self.frames_sent.rebase()
         self._point = 0
         self._unread = False
@@ -229,15 +238,15 @@ class SimPtychoDetector(Device):
 
     def prepare(self, points: list[dict]) -> StatusBase:
         """Take a fly path: the scan's points, ``{motor: position}`` each, and simulate
-        its frames now, so that :meth:`kickoff` starts sending at once.
+        its frames now and load them on the server, so that :meth:`kickoff` starts
+        sending at once.
 
         The frames' positions are the ``x_motor`` and ``y_motor`` values of each point;
         a motor the scan does not move stays where it is.
         """
         axes = (self.x_motor, self.y_motor)
         self.fly_positions_um = [tuple(float(p.get(m, m.position)) for m in axes) for p in points]
-        frames = self.simulation.frames_at(self.fly_positions_um)
-        self._fly_frames = (self.fly_positions_um, encode_path(frames, self.fly_positions_um))
+        self._load(self._require_server(), self.fly_positions_um)
         return _finished()
 
     def kickoff(self) -> StatusBase:
@@ -245,14 +254,17 @@ class SimPtychoDetector(Device):
         times over."""
         if self.fly_positions_um is None:
             raise RuntimeError("set fly_positions_um (and fly_rate_hz) before kickoff")
-        positions = self.fly_positions_um
-        path, cache = self._fly_frames
-        if path is not positions:  # set by hand since prepare
-            cache = encode_path(self.simulation.frames_at(positions), positions)
-        n_frames = len(positions) * self.fly_passes
-        self._require_server().start_encoded_run(cache, self.fly_rate_hz, n_frames)
-        self._fly_frames = (None, None)
+        positions, server = self.fly_positions_um, self._require_server()
+        if self._loaded_path is not positions:  # set by hand since prepare
+            self._load(server, positions)
+        server.start_path_run(self.fly_rate_hz, len(positions) * self.fly_passes)
+        self._loaded_path = None
         return _finished()
+
+    def _load(self, server: SimDetectorServer | SimDetectorProcess, positions) -> None:
+        """Simulate the frames of ``positions`` and load them on ``server``."""
+        server.load_path(self.simulation.frames_at(positions), positions)
+        self._loaded_path = positions
 
     def complete(self) -> StatusBase:
         """A status that finishes when the free run has sent all its frames."""
@@ -266,7 +278,7 @@ class SimPtychoDetector(Device):
         threading.Thread(target=wait, name=f"{self.name}-complete", daemon=True).start()
         return status
 
-    def _require_server(self) -> SimDetectorServer:
+    def _require_server(self) -> SimDetectorServer | SimDetectorProcess:
         if self.server is None or self._staged != Staged.yes:
             raise RuntimeError(f"{self.name} is not staged")
         return self.server

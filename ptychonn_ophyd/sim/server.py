@@ -8,7 +8,8 @@ attributes :data:`~ptychonn_ophyd.wire.POSITION_ATTRIBUTES` (``x``, ``y`` in mic
 
 Two ways to send: :meth:`SimDetectorServer.publish` sends given frames now (step scans),
 and :meth:`SimDetectorServer.start_free_run` sends pre-built frames from a background
-thread at a set rate, cycling through them (fly scans, rate tests).  As in pvapy's
+thread at a set rate, cycling through them (fly scans, rate tests; ``load_path`` and
+``start_path_run`` are its two halves).  As in pvapy's
 ``pvapy-ad-sim-server``, every NTNDArray is built once and only its ``uniqueId`` and time
 stamps change per send, so Python keeps up with high rates.
 """
@@ -84,6 +85,7 @@ class SimDetectorServer:
         self._last_unique_id = first_unique_id - 1
         self._frames_sent = 0
         self._thread: threading.Thread | None = None
+        self._path: list[pva.NtNdArray] = []
         self._stop_run = threading.Event()
         self.free_run_rate = 0.0
         """Frames per second the last free run actually sent (0 before one ends)."""
@@ -187,20 +189,40 @@ class SimDetectorServer:
         as fast as possible.  Frames due while the thread was busy are sent at once, so
         the average rate holds as long as the machine keeps up.
         """
-        self.start_encoded_run(encode_path(frames, positions_um), rate_hz, n_frames)
+        self.load_path(frames, positions_um)
+        self.start_path_run(rate_hz, n_frames)
 
-    def start_encoded_run(
-        self, cache: Sequence[pva.NtNdArray], rate_hz: float, n_frames: int | None = None
+    def load_path(
+        self, frames: np.ndarray, positions_um: np.ndarray | Sequence[Sequence[float]]
     ) -> None:
-        """:meth:`start_free_run` with frames made already (:func:`encode_path`)."""
+        """Make a path's NTNDArrays now, for :meth:`start_path_run`: tens of thousands of
+        frames take seconds, which a fly scan spends in its ``prepare``, before its
+        kickoff.
+
+        Raises
+        ------
+        ValueError
+            The path has no frames, or not one position a frame.
+        """
+        if len(frames) == 0:
+            raise ValueError(f"a path for {self.channel} needs at least one frame")
+        self._path = encode_path(frames, positions_um)
+
+    def start_path_run(self, rate_hz: float, n_frames: int | None = None) -> None:
+        """:meth:`start_free_run` along the path :meth:`load_path` took."""
         self._require_server()
         if self.free_running:
             raise RuntimeError("a free run is already going")
-        if rate_hz < 0 or len(cache) == 0 or (n_frames is not None and n_frames < 0):
-            raise ValueError("need rate >= 0, at least one frame and n_frames >= 0")
+        if not self._path:
+            raise RuntimeError(f"no path loaded on {self.channel}: call load_path first")
+        if rate_hz < 0 or (n_frames is not None and n_frames < 0):
+            raise ValueError("need rate >= 0 and n_frames >= 0")
         self._stop_run.clear()
         self._thread = threading.Thread(
-            target=self._free_run, args=(cache, rate_hz, n_frames), name="sim-free-run", daemon=True
+            target=self._free_run,
+            args=(self._path, rate_hz, n_frames),
+            name="sim-free-run",
+            daemon=True,
         )
         self._thread.start()
 
