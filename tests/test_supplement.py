@@ -69,8 +69,15 @@ class FakeInference:
     def open_rows(self, uid: str, path: Path, layout: RowLayout) -> RowWriter:
         return RowWriter(uid, path, layout)
 
+    reported: Counts | None = None
+    """The counts as the workers' last status posted them (``None``: always current):
+    ``pool_counts`` returns them unless asked for counts made after a moment."""
+
     def pool_counts(self, since: float | None = None) -> Counts:
-        return self.counts
+        return self.counts if self.reported is None or since is not None else self.reported
+
+    def span_counts(self) -> Counts:
+        return self.pool_counts(since=self.results.last_published or None)
 
     def produce(self, n: int) -> None:
         """The detector publishes ``n`` frames; the pool receives them."""
@@ -126,6 +133,27 @@ def run_with(inference: FakeInference, body) -> object:
 
 def stored_ids(client, uid: str) -> list[int]:
     return client[uid][STREAM]["unique_id"].read().tolist()
+
+
+def test_a_run_begun_right_after_another_does_not_count_the_other_s_frames(session):
+    """Workers post their counts every status period: a run opened within one of the last
+    run's results counts from counts made after it, not from the last ones posted."""
+    RE, inference, _, client, _ = session
+    inference.reported = Counts()  # posted before the first run's frames, not since
+
+    def first(f):
+        f.produce(4)
+        f.emit([1, 2, 3, 4])
+
+    def second(f):
+        f.reported = None  # the workers post their counts now, in the second run
+        f.produce(2)
+        f.emit([5, 6])
+
+    RE(run_with(inference, first))
+    (uid,) = RE(run_with(inference, second))
+    accounting = frame_accounting(client[uid])
+    assert (accounting["produced"], accounting["received"], accounting["stored"]) == (2, 2, 2)
 
 
 def test_a_run_stores_each_frame_once_and_valid_documents(session):

@@ -232,6 +232,16 @@ class PtychoNNDetector(_Settings):
         """Frames the pool received, dropped and rejected since it started."""
         return Counts.of(self.pool_stats(since))
 
+    def span_counts(self) -> Counts:
+        """The pool's counts to count a new span from (a staging's, a run's).
+
+        They are made after the newest result taken, so that a scan begun right after
+        another does not count the other's last frames as its own.  Workers post their
+        counts every ``status_period`` (1 s), so this waits for that at most, and only
+        when a result came within it.
+        """
+        return self.pool_counts(since=self.results.last_published or None)
+
     def facts(self) -> dict[str, Any]:
         """Model, backend, engine and pool facts for run metadata (pool running or not)."""
         facts = {key: getattr(self, key).get() for key in SETTINGS}
@@ -280,7 +290,7 @@ class PtychoNNDetector(_Settings):
     def _begin_watch(self) -> None:
         """Start the staging's trigger and its watch thread."""
         first_id = self.source_last_id() + 1 if self.source is not None else None
-        ledger = FrameLedger(first_id, time.time(), self.pool_counts())
+        ledger = FrameLedger(first_id, time.time(), self.span_counts())
         self._trigger = PointTrigger(self.name, ledger, self.trigger_timeout, self.monitor_overruns)
         self.results.subscribe(self._trigger)
         self._watching = threading.Event()

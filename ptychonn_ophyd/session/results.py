@@ -30,6 +30,10 @@ class ResultFanout:
     """
 
     def __init__(self) -> None:
+        self.last_published = 0.0
+        """When the newest batch taken was published (the workers' ``time.time()``; 0
+        before the first): counts a new span starts from must be newer
+        (``PtychoNNDetector.span_counts``)."""
         self._sinks: tuple[BatchSink, ...] = ()
         self._storing: set[int] = set()
         self._seeing: set[int] = set()
@@ -61,6 +65,8 @@ class ResultFanout:
         return bool(self._seeing)
 
     def on_batch(self, batch: ResultBatch) -> None:
+        if batch.published > self.last_published:
+            self.last_published = batch.published
         for sink in self._sinks:
             try:
                 sink.on_batch(batch)

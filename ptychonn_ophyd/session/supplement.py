@@ -183,7 +183,7 @@ class InferenceSupplement:
             configuration_keys=device.describe_configuration(),
         )
         first_id = device.source_last_id() + 1 if device.source is not None else None
-        ledger = FrameLedger(first_id, time.time(), device.pool_counts())
+        ledger = FrameLedger(first_id, time.time(), device.span_counts())
         follow = self._begin_mosaic(uid, msg.kwargs, spec) if self.live_view else None
         path = self.assets_dir / stream_file_name(uid)
         writer = StreamWriter(uid, spec, device.open_rows(uid, path, spec.layout))
