@@ -27,6 +27,7 @@ from ptychonn_ophyd.wire import (
     read_frame_tags,
     read_result_descriptor,
     sibling_channel,
+    stamp,
     write_result_batch,
 )
 from ptychonn_ophyd.worker.batching import BatchQueue
@@ -119,6 +120,16 @@ class TestFrames:
         with pytest.raises(FrameRejected, match="do not match") as raised:
             decode_frame(array)
         assert raised.value.reason == "shape"
+
+    def test_stamp_sets_the_id_and_both_times_and_leaves_the_image(self):
+        array = ntnda(np.arange(12, dtype=np.float32).reshape(3, 4), unique_id=1)
+        stamp(array, 42, when=1_700_000_000.25)
+        assert array["uniqueId"] == 42
+        for field in ("timeStamp", "dataTimeStamp"):
+            assert array[field]["secondsPastEpoch"] == 1_700_000_000
+            assert array[field]["nanoseconds"] == 250_000_000
+        frame, _ = decode_frame(array)
+        np.testing.assert_array_equal(frame, np.arange(12, dtype=np.float32).reshape(3, 4))
 
 
 class TestBatchQueue:
