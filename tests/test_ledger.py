@@ -26,6 +26,27 @@ def test_id_set_reports_new_ids_and_first_of_repeats():
     assert s.add(ids(6, 7)).tolist() == [False, True]
 
 
+def test_id_set_agrees_with_a_set_whatever_the_batches_look_like():
+    edge = 1 << CHUNK_BITS
+    shapes = [
+        lambda r, k: np.arange(k, k + 8),  # consecutive
+        lambda r, k: np.sort(r.choice(np.arange(k, k + 40), 8, replace=False)),  # rising, gaps
+        lambda r, k: r.integers(k, k + 6, 8),  # repeats, any order
+        lambda r, k: np.arange(edge - 4, edge + 4),  # across a chunk's end
+        lambda r, k: np.array([k]),
+        lambda r, k: np.array([], np.int64),
+    ]
+    rng = np.random.default_rng(3)
+    s, seen = IdSet(), set()
+    for round_ in range(400):
+        batch = shapes[round_ % len(shapes)](rng, int(rng.integers(1, 3 * edge))).astype(np.int64)
+        expected = []
+        for i in batch.tolist():
+            expected.append(i not in seen)
+            seen.add(i)
+        assert s.add(batch).tolist() == expected
+
+
 def test_id_set_lists_missing_ids_across_chunks_in_order():
     s = IdSet()
     edge = 1 << CHUNK_BITS

@@ -25,6 +25,7 @@ import numpy as np
 
 CHUNK_BITS = 16
 """uniqueIds per bitmap chunk: ``2**16`` (64 KiB a chunk, allocated where ids fall)."""
+_OFFSET = (1 << CHUNK_BITS) - 1
 
 
 class IdSet:
@@ -36,13 +37,18 @@ class IdSet:
     def add(self, ids: np.ndarray) -> np.ndarray:
         """Add ``ids``; returns which of them were new (the first of repeats within)."""
         ids = np.asarray(ids, np.int64)
-        chunk, offset = ids >> CHUNK_BITS, ids & ((1 << CHUNK_BITS) - 1)
-        if len(ids) and chunk[0] == chunk[-1] and (np.diff(ids) > 0).all():
-            # A worker's batch: ids rising, none repeated, in one chunk (the usual case).
-            bits = self._bits(int(chunk[0]))
-            new = ~bits[offset]
-            bits[offset] = True
-            return new
+        if len(ids) and (len(ids) == 1 or (ids[1:] > ids[:-1]).all()):
+            first, last = int(ids[0]), int(ids[-1])
+            if first >> CHUNK_BITS == last >> CHUNK_BITS:
+                # A worker's batch: ids rising, none repeated, in one chunk (the usual
+                # case), and most often consecutive: a slice of the bitmap.
+                bits = self._bits(first >> CHUNK_BITS)
+                start = first & _OFFSET
+                where = slice(start, start + len(ids)) if last - first < len(ids) else ids & _OFFSET
+                new = ~bits[where]
+                bits[where] = True
+                return new
+        chunk, offset = ids >> CHUNK_BITS, ids & _OFFSET
         new = np.zeros(len(ids), bool)
         new[np.unique(ids, return_index=True)[1]] = True
         for c in np.unique(chunk).tolist():
@@ -213,22 +219,24 @@ class FrameLedger:
             which = self._epoch_of(times)
             for e in np.unique(which).tolist():
                 self._take_in(self.epochs[e], ids, np.flatnonzero(which == e), keep)
-        self.inferred += int(np.count_nonzero(keep))
         self.last_result = time.monotonic()
         return keep
 
     def _take_in(self, epoch: Epoch, ids: np.ndarray, rows: np.ndarray, keep: np.ndarray) -> None:
         """Take the results ``rows`` of ``ids``, of ``epoch``; mark the new ones in ``keep``."""
-        inside = ids[rows] >= epoch.first
+        mine = ids[rows]
+        inside = mine >= epoch.first
         if not inside.all():
             self.outside += int(np.count_nonzero(~inside))
-            rows = rows[inside]
+            rows, mine = rows[inside], mine[inside]
             if not rows.size:
                 return
-        new = epoch.ids.add(ids[rows])
-        self.duplicates += len(new) - int(np.count_nonzero(new))
+        new = epoch.ids.add(mine)
+        added = int(np.count_nonzero(new))
+        self.inferred += added
+        self.duplicates += len(new) - added
         keep[rows[new]] = True
-        epoch.newest = max(epoch.newest, int(ids[rows].max()))
+        epoch.newest = max(epoch.newest, int(mine.max()))
 
     def claims(self, ids: np.ndarray, times: np.ndarray) -> int:
         """How many of these results are of frames the span produced (late ones, after
