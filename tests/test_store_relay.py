@@ -10,7 +10,16 @@ import pytest
 
 from ptychonn_ophyd.errors import ResultStoreError, StorageFullError
 from ptychonn_ophyd.store.file import RowLayout
-from ptychonn_ophyd.store.relay import Relay, error_from, error_text, key_of, pack, unpack
+from ptychonn_ophyd.store.relay import (
+    Relay,
+    each,
+    error_from,
+    error_text,
+    joined,
+    key_of,
+    pack,
+    unpack,
+)
 from ptychonn_ophyd.wire import BATCH_FRAME_FIELDS, ResultBatch
 
 LAYOUT = RowLayout((4, 4), False)
@@ -25,9 +34,32 @@ def result_batch(number: int, ids: list[int]) -> ResultBatch:
     return ResultBatch(2, "0123456789ab", number, 0, 1e9, frames, phase)
 
 
+class Session:
+    """The session's end of the pipe: what it sends, and the store's messages one by one
+    (those that came as one ``many`` taken apart)."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self._pending: list[tuple] = []
+
+    def send(self, *messages: tuple) -> None:
+        self.conn.send(joined(list(messages)))
+
+    def replies(self, until: str) -> list[tuple]:
+        """Messages from the store up to and including the first of kind ``until``."""
+        got = []
+        while not got or got[-1][0] != until:
+            if not self._pending:
+                assert self.conn.poll(10), f"no {until!r} from the store"
+                self._pending.extend(each(self.conn.recv()))
+            got.append(self._pending.pop(0))
+        return got
+
+
 @pytest.fixture
 def relay():
-    session, store = Pipe()
+    conn, store = Pipe()
+    session = Session(conn)
     relay = Relay(store, images=False, overruns=lambda: 3)
 
     def serve():
@@ -42,35 +74,28 @@ def relay():
     assert not serving.is_alive()
 
 
-def replies(session, until: str) -> list[tuple]:
-    """Messages from the store up to and including the first of kind ``until``."""
-    got = []
-    while not got or got[-1][0] != until:
-        assert session.poll(10), f"no {until!r} from the store"
-        got.append(session.recv())
-    return got
-
-
 def test_the_store_writes_the_rows_its_run_keeps_and_relays_batches_without_images(relay, tmp_path):
     session, store = relay
     path = tmp_path / "run.h5"
     session.send(("open", "run", path, LAYOUT, 0))
-    assert replies(session, "opened")[-1] == ("opened", "run", None)
+    assert session.replies("opened")[-1] == ("opened", "run", None)
     first, second, third = result_batch(1, [1, 2, 3]), result_batch(2, [4, 5]), result_batch(3, [7])
     for batch in (first, second, third):
         store.relay(batch)
-    relayed = [replies(session, "batch")[-1] for _ in range(3)]
+    relayed = [session.replies("batch")[-1] for _ in range(3)]
     for (_, packed, overruns), sent in zip(relayed, (first, second, third), strict=True):
         got = unpack(packed)
         assert got.phase is None and overruns == 3
         assert key_of(got) == key_of(sent)
         np.testing.assert_array_equal(got.unique_ids, sent.unique_ids)
         np.testing.assert_array_equal(got.frames["x"], sent.frames["x"])
-    session.send(("keep", "run", key_of(first), np.array([True, False, True])))
-    session.send(("drop", key_of(second)))
-    session.send(("keep", "run", key_of(third), np.array([True])))
+    session.send(  # as the session answers the batches of one pipe message: at once
+        ("keep", "run", key_of(first), np.array([True, False, True])),
+        ("drop", key_of(second)),
+        ("keep", "run", key_of(third), np.array([True])),
+    )
     session.send(("close", "run"))
-    assert replies(session, "closed")[-1] == ("closed", "run", 3, None)
+    assert session.replies("closed")[-1] == ("closed", "run", 3, None)
 
     with h5py.File(path, "r") as file:
         assert file["unique_id"][:].tolist() == [1, 3, 7]
@@ -83,7 +108,7 @@ def test_the_store_writes_the_rows_its_run_keeps_and_relays_batches_without_imag
 def test_a_run_the_disk_has_no_room_for_is_refused_as_a_full_disk(relay, tmp_path):
     session, _ = relay
     session.send(("open", "run", tmp_path / "run.h5", LAYOUT, 1 << 62))
-    (_, uid, text) = replies(session, "opened")[-1]
+    (_, uid, text) = session.replies("opened")[-1]
     error = error_from(text)
     assert uid == "run" and isinstance(error, StorageFullError)
     assert "disk full" in str(error) and "run run stops with 0 result(s) stored" in str(error)

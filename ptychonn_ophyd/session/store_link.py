@@ -28,7 +28,16 @@ import numpy as np
 from ptychonn_ophyd.errors import ResultStoreError
 from ptychonn_ophyd.run_schema import Rows
 from ptychonn_ophyd.store.file import RESERVE_BYTES, RowLayout
-from ptychonn_ophyd.store.relay import ErrorText, Packed, error_from, key_of, serve, unpack
+from ptychonn_ophyd.store.relay import (
+    ErrorText,
+    Packed,
+    each,
+    error_from,
+    joined,
+    key_of,
+    serve,
+    unpack,
+)
 from ptychonn_ophyd.wire import ResultBatch
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,7 @@ class StoreLink:
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._sending = threading.Lock()
+        self._answers: list[tuple] = []
         self._overruns = 0
         self._answered: str | None = None
         self._runs: dict[str, LinkedRows] = {}
@@ -162,31 +172,51 @@ class StoreLink:
 
     def keep(self, uid: str, batch: ResultBatch, mask: np.ndarray) -> None:
         """Run ``uid`` stores ``batch``'s rows that ``mask`` marks (called while this link
-        hands ``batch`` on).  The answer is sent at once, so it reaches the store process
-        before the run's ``close``: a run takes rows under its lock, and seals under it."""
+        hands ``batch`` on).  The answer goes with the others to the batches of the same
+        pipe message, or before any message another thread sends: so it reaches the store
+        process before the run's ``close``, as a run takes rows under its lock, and seals
+        under it."""
         key = key_of(batch)
         if self._answered is not None:
             raise ResultStoreError(f"batch {key} kept twice (runs {self._answered} and {uid})")
         self._answered = uid
-        self.send("keep", uid, key, mask)
+        self._answer("keep", uid, key, mask)
 
     def send(self, *message: Any) -> None:
-        """Send ``message`` to the store process (from any thread)."""
+        """Send ``message`` to the store process (from any thread), after the answers
+        not yet sent."""
         with self._sending:
+            self._send_answers()
             self._conn.send(message)
+
+    def _answer(self, *message: Any) -> None:
+        with self._sending:
+            self._answers.append(message)
+
+    def _flush(self) -> None:
+        with self._sending:
+            self._send_answers()
+
+    def _send_answers(self) -> None:
+        if self._answers:
+            answers, self._answers = self._answers, []
+            self._conn.send(joined(answers))
 
     # -- the reading thread --------------------------------------------------------
 
     def _read(self) -> None:
         while True:
             try:
-                kind, *args = self._conn.recv()
+                message = self._conn.recv()
             except (EOFError, OSError):
                 break
-            try:
-                getattr(self, f"_{kind}")(*args)
-            except Exception:  # one message gone wrong; the next is read all the same
-                log.exception("the results store's %r message failed", kind)
+            for kind, *args in each(message):
+                try:
+                    getattr(self, f"_{kind}")(*args)
+                except Exception:  # one message gone wrong; the next is read all the same
+                    log.exception("the results store's %r message failed", kind)
+            with contextlib.suppress(OSError):  # the store ended: seen at the next recv
+                self._flush()
         process = self._process
         if process is not None:  # not stopped: it died
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -206,7 +236,7 @@ class StoreLink:
             self._on_batch(batch)
         finally:
             if self._answered is None:
-                self.send("drop", key_of(batch))
+                self._answer("drop", key_of(batch))
 
     def _opened(self, uid: str, error: ErrorText) -> None:
         rows = self._runs[uid]

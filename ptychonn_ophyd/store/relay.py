@@ -8,8 +8,11 @@ rows, error)`` for the runs (an error is ``(storage_full, text)`` or ``None``). 
 the session: for every batch relayed, in the same order, exactly one ``("keep", uid,
 key, mask)`` (the run ``uid`` stores the rows ``mask`` marks) or ``("drop", key)``; and
 ``("open", uid, path, layout, reserve_bytes)``, ``("close", uid)``, ``("release",
-uid)``, ``("stop",)``.  A closed pipe (the session gone) ends the process too: nothing
-is left running.
+uid)``, ``("stop",)``.  Either side may send several messages as one, ``("many",
+[message, ...])`` (:func:`each`): the store gathers what it has to send for
+:data:`GATHER_S`, and the session answers all the batches of one pipe message at once,
+so at high rates a system call and a wake-up carry several batches.  A closed pipe (the
+session gone) ends the process too: nothing is left running.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
@@ -37,6 +41,10 @@ log = logging.getLogger(__name__)
 RELAYED_LIMIT = 1024
 """Most batches held for the session's answer (at most 2 GB of 128 x 128 float32 images
 in batches of 32; a session that keeps up holds a few)."""
+GATHER_S = 0.005
+"""Seconds the store's sender gathers messages into one pipe message after the first:
+5 ms more latency for the session, against a system call and a wake-up on each side for
+every batch (most of the session's CPU a batch: BENCHMARKS.md)."""
 SENDER_TIMEOUT = 10.0
 """Seconds the ending process gives its sender to pass on the last messages."""
 
@@ -48,6 +56,16 @@ Packed = tuple[int, str, int, int, float, np.ndarray, np.ndarray | None, np.ndar
 """A batch as the pipe carries it: its scalars, the per-frame arrays as one structured
 array (one pickled object instead of nine: half the session's cost to read it), and
 the images or ``None``."""
+
+
+def each(message: tuple) -> list[tuple]:
+    """The messages one pipe message carries: itself, or those of ``("many", [...])``."""
+    return message[1] if message[0] == "many" else [message]
+
+
+def joined(messages: list[tuple]) -> tuple:
+    """``messages`` as one pipe message (:func:`each` takes them apart)."""
+    return messages[0] if len(messages) == 1 else ("many", messages)
 
 
 def key_of(batch: ResultBatch) -> BatchKey:
@@ -148,12 +166,13 @@ class Relay:
         """Carry out the session's messages until ``stop`` or the pipe closes."""
         while True:
             try:
-                kind, *args = self._conn.recv()
+                message = self._conn.recv()
             except (EOFError, OSError):
                 return  # the session is gone
-            if kind == "stop":
-                return
-            getattr(self, f"_{kind}")(*args)
+            for kind, *args in each(message):
+                if kind == "stop":
+                    return
+                getattr(self, f"_{kind}")(*args)
 
     def close_all(self) -> None:
         """Write and close every run still open, and send what is in the outbox (the
@@ -168,11 +187,25 @@ class Relay:
         self._outbox.put(message)
 
     def _send_all(self) -> None:
-        while (message := self._outbox.get()) is not None:
+        """Send the outbox's messages, those of :data:`GATHER_S` after the first as one,
+        until the ``None`` that ends it."""
+        while (first := self._outbox.get()) is not None:
+            messages, ending = [first], False
+            deadline = time.monotonic() + GATHER_S
+            while not ending and (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = self._outbox.get(timeout=left)
+                except queue.Empty:
+                    break
+                ending = message is None
+                if not ending:
+                    messages.append(message)
             try:
-                self._conn.send(message)
+                self._conn.send(joined(messages))
             except OSError:
                 return  # the session is gone
+            if ending:
+                return
 
     def _answered(self, key: BatchKey) -> ResultBatch:
         batch = self._relayed.popleft()
