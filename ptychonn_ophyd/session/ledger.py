@@ -37,17 +37,17 @@ class IdSet:
     def add(self, ids: np.ndarray) -> np.ndarray:
         """Add ``ids``; returns which of them were new (the first of repeats within)."""
         ids = np.asarray(ids, np.int64)
-        if len(ids) and (len(ids) == 1 or (ids[1:] > ids[:-1]).all()):
-            first, last = int(ids[0]), int(ids[-1])
-            if first >> CHUNK_BITS == last >> CHUNK_BITS:
-                # A worker's batch: ids rising, none repeated, in one chunk (the usual
-                # case), and most often consecutive: a slice of the bitmap.
-                bits = self._bits(first >> CHUNK_BITS)
-                start = first & _OFFSET
-                where = slice(start, start + len(ids)) if last - first < len(ids) else ids & _OFFSET
-                new = ~bits[where]
-                bits[where] = True
-                return new
+        n = len(ids)
+        first, last = (int(ids[0]), int(ids[-1])) if n else (0, -1)
+        if n and first >> CHUNK_BITS == last >> CHUNK_BITS and (ids[1:] > ids[:-1]).all():
+            # A worker's batch: ids rising, none repeated, in one chunk (the usual case),
+            # and most often consecutive: a slice of the bitmap.
+            bits = self._bits(first >> CHUNK_BITS)
+            start = first & _OFFSET
+            where = slice(start, start + n) if last - first < n else ids & _OFFSET
+            new = ~bits[where]
+            bits[where] = True
+            return new
         chunk, offset = ids >> CHUNK_BITS, ids & _OFFSET
         new = np.zeros(len(ids), bool)
         new[np.unique(ids, return_index=True)[1]] = True

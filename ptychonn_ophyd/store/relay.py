@@ -190,22 +190,26 @@ class Relay:
         """Send the outbox's messages, those of :data:`GATHER_S` after the first as one,
         until the ``None`` that ends it."""
         while (first := self._outbox.get()) is not None:
-            messages, ending = [first], False
-            deadline = time.monotonic() + GATHER_S
-            while not ending and (left := deadline - time.monotonic()) > 0:
-                try:
-                    message = self._outbox.get(timeout=left)
-                except queue.Empty:
-                    break
-                ending = message is None
-                if not ending:
-                    messages.append(message)
+            messages = self._gather(first)
+            ending = messages[-1] is None
             try:
-                self._conn.send(joined(messages))
+                self._conn.send(joined(messages[:-1] if ending else messages))
             except OSError:
                 return  # the session is gone
             if ending:
                 return
+
+    def _gather(self, first: tuple) -> list[tuple | None]:
+        """``first`` and what the outbox takes in the next :data:`GATHER_S`, up to and
+        including a ``None``."""
+        messages = [first]
+        deadline = time.monotonic() + GATHER_S
+        while messages[-1] is not None and (left := deadline - time.monotonic()) > 0:
+            try:
+                messages.append(self._outbox.get(timeout=left))
+            except queue.Empty:
+                break
+        return messages
 
     def _answered(self, key: BatchKey) -> ResultBatch:
         batch = self._relayed.popleft()
