@@ -12,6 +12,8 @@ databroker 2.x is this Tiled client: ``open_catalog()[uid]["primary"].read()``.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import copy
 import fcntl
@@ -128,11 +130,12 @@ def _open_embedded(folder: Path) -> Container:
     _check_writable(folder)
     database = folder / "catalog.db"
     with _locked(folder / LOCK_FILE):
+        if not database.exists():
+            _create_catalog_tables(f"sqlite+aiosqlite:///{database}")
         adapter = from_uri(
             f"sqlite:///{database}",
             writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
             readable_storage=[folder / "assets"],
-            init_if_not_exists=not database.exists(),
             specs=[RUNS_SPEC],
         )
         _wait_for_other_writers(adapter)
@@ -140,6 +143,37 @@ def _open_embedded(folder: Path) -> Container:
         client = from_context(Context.from_app(app))
         close_interrupted_runs(client, folder / "assets")
         return client
+
+
+def _create_catalog_tables(uri: str) -> None:
+    """Make a new catalog database's tables and stamp its schema, as ``tiled catalog
+    init`` does, in this process.
+
+    Tiled's ``from_uri(init_if_not_exists=True)`` runs that command as a new Python
+    process, which spends 4-5 s of a 2-core machine importing Tiled again before the
+    first scan into a new folder.  Both steps run their own event loop
+    (``asyncio.run``), so they run in a thread of their own: never inside a caller's
+    running loop (Jupyter, queueserver).
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, "catalog-init") as thread:
+        thread.submit(_create_tables_and_stamp, uri).result()
+
+
+def _create_tables_and_stamp(uri: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import initialize_database
+
+    async def create() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+    stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
 
 
 BLUESKY_RUN_SPEC = "BlueskyRun"
@@ -244,10 +278,14 @@ def _quiet_tiled() -> None:
 
     The in-process server logs ``Tiled version ...`` at INFO through a handler of its own
     (twice once the root logger has one too), and Tiled's use of Starlette's test client
-    warns that ``httpx`` is deprecated there: neither is anything a user can act on.
-    ``tiled.server.app`` sets its level when imported, so this runs after that import.
+    warns that ``httpx`` is deprecated there: neither is anything a user can act on.  Nor
+    is Alembic's stamping of a new catalog: its INFO lines, and its warning that Tiled's
+    ``alembic.ini`` template has no ``path_separator``.  ``tiled.server.app`` sets its
+    level when imported, so this runs after that import.
     """
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="No path_separator found", module=r"alembic\.")
     warnings.filterwarnings(
         "ignore",
         message=r"Using `httpx` with `starlette\.testclient` is deprecated",

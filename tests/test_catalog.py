@@ -24,6 +24,33 @@ from ptychonn_ophyd.errors import CatalogError
 pytestmark = pytest.mark.processes
 
 
+def test_a_new_embedded_catalog_is_made_in_this_process_at_tiled_s_schema_head(
+    tmp_path, monkeypatch
+):
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import check_database
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a new catalog started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    folder = tmp_path / "catalog"
+    open_catalog(folder).context.close()
+    open_catalog(folder).context.close()
+
+    async def check() -> None:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{folder / 'catalog.db'}")
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(check())
+
+
 def test_embedded_catalog_is_made_in_a_folder_and_read_from_another_process(tmp_path):
     folder = tmp_path / "catalog"
     catalog = open_catalog(folder)
