@@ -129,11 +129,12 @@ def _open_embedded(folder: Path) -> Container:
     folder = folder.resolve()
     _check_writable(folder)
     database = folder / "catalog.db"
+    uri = f"sqlite:///{database}"
     with _locked(folder / LOCK_FILE):
         if not database.exists():
-            _create_catalog_tables(f"sqlite+aiosqlite:///{database}")
+            _create_catalog_tables(uri)
         adapter = from_uri(
-            f"sqlite:///{database}",
+            uri,
             writable_storage=[folder / "data", f"sqlite:///{folder / 'tables.db'}"],
             readable_storage=[folder / "assets"],
             specs=[RUNS_SPEC],
@@ -164,6 +165,9 @@ def _create_tables_and_stamp(uri: str) -> None:
     from tiled.alembic_utils import stamp_head
     from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
     from tiled.catalog.core import initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(uri)
 
     async def create() -> None:
         engine = create_async_engine(uri)
