@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychonn_ophyd.errors import ModelError
+from ptychonn_ophyd.models.onnx_wire import ValueInfo, WireError, read_graph
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,12 @@ def read_onnx(path: Path, data: bytes) -> OnnxGraph:
     ModelError
         Not a readable ONNX model, or not one-channel 2-D frames in and out.
     """
-    import onnx
-    from onnx import numpy_helper
-
     try:
-        model = onnx.load_model_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as err:  # protobuf and the checker raise several types
+        graph = read_graph(data)
+    except (WireError, UnicodeDecodeError) as err:
         raise ModelError(path, f"not a valid ONNX model ({err})") from None
-    graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in weights]
+    weights = set(graph.initializers)
+    inputs = [i for i in graph.inputs if i.name not in weights]
     if len(inputs) != 1:
         raise ModelError(path, f"expected one input, found {len(inputs)}")
     batch, shape = _frame_input(path, inputs[0])
@@ -65,16 +61,13 @@ def read_onnx(path: Path, data: bytes) -> OnnxGraph:
         input_name=inputs[0].name,
         input_shape=shape,
         static_batch=batch,
-        output_heads=_output_heads(path, [o.name for o in graph.output]),
-        initializers={i.name: numpy_helper.to_array(i) for i in graph.initializer},
+        output_heads=_output_heads(path, [o.name for o in graph.outputs]),
+        initializers=graph.initializers,
     )
 
 
-def _frame_input(path: Path, value_info) -> tuple[int | None, tuple[int, int]]:
-    dims = [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in value_info.type.tensor_type.shape.dim
-    ]
+def _frame_input(path: Path, value_info: ValueInfo) -> tuple[int | None, tuple[int, int]]:
+    dims = value_info.dims
     if len(dims) != 4 or dims[1] != 1 or None in dims[2:]:
         raise ModelError(
             path,
