@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import to_jsonable_python
 
@@ -224,7 +226,11 @@ class PoolConfig(PoolShape, InferenceSettings):
     workers, so CPU workers do not fight over cores.
     """
 
-    input_channel: str = Field(description="the detector's NTNDArray channel")
+    input_channel: str = Field(
+        description="the detector's NTNDArray channel, or several separated by commas "
+        "(a detector that scatters its frames over them): n_workers / channels workers "
+        "read each"
+    )
     output_prefix: str = Field(
         "inference", description="worker k publishes <prefix>:<k>:output and its siblings"
     )
@@ -268,6 +274,47 @@ class PoolConfig(PoolShape, InferenceSettings):
             value = (value,)
         return value
 
+    @field_validator("input_channel")
+    @classmethod
+    def _channel_names(cls, value: str) -> str:
+        names = value.split(",")
+        if not all(name.strip() for name in names):
+            raise ValueError(f"{value!r} has an empty channel name")
+        return ",".join(name.strip() for name in names)
+
+    @model_validator(mode="after")
+    def _workers_per_channel(self) -> PoolConfig:
+        k = len(self.input_channels)
+        if self.n_workers % k:
+            raise ValueError(
+                f"n_workers ({self.n_workers}) is not a multiple of the {k} input channels: "
+                "each channel needs as many workers"
+            )
+        return self
+
+    @property
+    def input_channels(self) -> tuple[str, ...]:
+        """The input channels, in the order the detector scatters its frames over them.
+
+        The frames must reach each channel in runs of :attr:`scatter_run` (or one at a
+        time, with ``distributor_updates`` 1, as areaDetector's ``NDPluginScatter``
+        sends them), so that each worker sees its frames' uniqueIds step as on one
+        channel and counts the ones it missed.
+        """
+        return tuple(self.input_channel.split(","))
+
+    @property
+    def scatter_run(self) -> int:
+        """Frames a detector scattering over :attr:`input_channels` sends to each in
+        turn: one run of ``distributor_updates`` for each of the channel's workers."""
+        return self.n_workers // len(self.input_channels) * self.distributor_updates
+
+    def channel_of(self, consumer_id: int) -> str:
+        """The input channel of worker ``consumer_id``: the workers ``1..n/k`` read the
+        first of ``k`` channels, the next ``n/k`` the second, and so on."""
+        channels = self.input_channels
+        return channels[(consumer_id - 1) // (self.n_workers // len(channels))]
+
     def processor_args(self, consumer_id: int, parent_pid: int) -> dict[str, object]:
         """The ``--processor-args`` of worker ``consumer_id``."""
         shared = self.model_dump(mode="json", include=set(ProcessorArgs.model_fields))
@@ -281,8 +328,15 @@ class PoolConfig(PoolShape, InferenceSettings):
             "parent_pid": parent_pid,
         }
 
-    def consumer_options(self) -> dict[str, object]:
-        """pvapy options beyond the channels and the processor."""
+    def consumer_options(self, consumer_id: int) -> dict[str, object]:
+        """pvapy options of worker ``consumer_id`` beyond the channels and the processor.
+
+        The workers of each input channel are a distributor group of their own, named
+        for the channel: pvDatabase's distributor deals a record's updates over every
+        client of a group, whichever record they watch, so workers of two channels of
+        one IOC (or of two pools) in one group would each lose the updates dealt to the
+        others.
+        """
         options: dict[str, object] = {
             "report-period": self.status_period,
             "report-stats": "user",
@@ -292,6 +346,7 @@ class PoolConfig(PoolShape, InferenceSettings):
         if self.receiver_queue_size:
             options["receiver-queue-size"] = self.receiver_queue_size
         if self.n_workers > 1:
+            options["distributor-group"] = re.sub(r"\W", "_", self.channel_of(consumer_id))
             options["distributor-updates"] = self.distributor_updates
             options["oid-offset"] = (self.n_workers - 1) * self.distributor_updates + 1
         return options
@@ -386,14 +441,17 @@ def describe(err: ValidationError, model: type[BaseModel]) -> str:
     problems = []
     unknown = False
     for error in err.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "arguments"
-        if error["type"] == "extra_forbidden":
+        where = ".".join(str(part) for part in error["loc"])
+        why = error["msg"].removeprefix("Value error, ")
+        if not where:  # a check of several settings together names them itself
+            problems.append(why)
+        elif error["type"] == "extra_forbidden":
             unknown = True
             problems.append(f"unknown key {where!r}")
         elif error["type"] == "missing":
             problems.append(f"{where!r} is required")
         else:
-            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+            problems.append(f"{where}: {why}")
     message = "; ".join(problems)
     if unknown:
         message += f" (known keys: {', '.join(model.model_fields)})"

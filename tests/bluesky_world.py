@@ -72,24 +72,31 @@ def make_devices(
     model: Path,
     frames_per_point: int = 1,
     detector: DetectorConfig = UNBINNED,
+    channels: int = 1,
     **kw: Any,
 ) -> tuple[SynAxis, SynAxis, SimPtychoDetector, PtychoNNDetector]:
-    """Motors, the simulated detector on ``<prefix>:image`` and a CPU inference device."""
+    """Motors, the simulated detector on ``<prefix>:image`` (scattering its frames over
+    ``<prefix>:image1,<prefix>:image2,...`` with several ``channels``) and a CPU inference
+    device."""
     sx, sy = SynAxis(name="sx"), SynAxis(name="sy")
+    channel = f"{prefix}:image"
+    if channels > 1:
+        channel = ",".join(f"{prefix}:image{k}" for k in range(1, channels + 1))
     det = SimPtychoDetector(
-        make_simulation(detector), sx, sy, f"{prefix}:image", frames_per_point, name="det"
+        make_simulation(detector), sx, sy, channel, frames_per_point, name="det"
     )
     inference = PtychoNNDetector(
         name="inference",
         model=str(model),
         backend="onnxruntime",
-        input_channel=f"{prefix}:image",
+        input_channel=channel,
         output_prefix=f"{prefix}:inference",
         source=det,
         threads=1,
         log_dir=tmp_path / "logs",
         **kw,
     )
+    det.scatter_run = inference.pool_config().scatter_run
     return sx, sy, det, inference
 
 

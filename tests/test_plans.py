@@ -87,8 +87,11 @@ def test_step_scan_writes_one_row_per_frame_into_the_run(
         assert 0 < max(seen_during_scan) < 18  # rows were readable while the scan ran
 
 
-def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_phase_onnx):
-    with beamline(tmp_path, channel_prefix, small_phase_onnx, n_workers=2) as w:
+@pytest.mark.parametrize("channels", [1, 2], ids=["one-channel", "scattered-over-two"])
+def test_fly_scan_rows_carry_the_path_positions(
+    tmp_path, channel_prefix, small_phase_onnx, channels
+):
+    with beamline(tmp_path, channel_prefix, small_phase_onnx, n_workers=2, channels=channels) as w:
         w.det.fly_rate_hz = 200
         (uid,) = w.RE(
             scan_with_inference(
@@ -107,6 +110,7 @@ def test_fly_scan_rows_carry_the_path_positions(tmp_path, channel_prefix, small_
         assert run.metadata["start"]["mode"] == "fly"
         assert FRAME_STATISTICS_KEY not in run.metadata["start"]  # no point recorded any
         assert frame_accounting(run)["stored"] == 25
+        assert frame_accounting(run)["missed"] == 0
         validate_all(w.documents)
 
 

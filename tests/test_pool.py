@@ -22,6 +22,7 @@ from pva_consumers import Consumer, connected, consumer_args, process_gone, stat
 from pva_source import ntnda
 
 from ptychonn_ophyd.errors import PoolStartError, WorkerDiedError
+from ptychonn_ophyd.sim.scatter import ScatteredServer
 from ptychonn_ophyd.wire import parse_final_counts
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
@@ -65,6 +66,41 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     facts = pool.facts()
     assert facts["backend"] == "onnxruntime" and facts["n_workers"] == 2
     assert facts["model_hash"] == collector.results[0].model_hash
+
+
+@pytest.mark.parametrize(
+    ("updates", "run"),
+    [(2, "scatter_run"), (1, 1)],
+    ids=["runs-of-scatter_run", "one-frame-at-a-time-as-NDPluginScatter"],
+)
+def test_a_pool_on_scattered_channels_infers_every_frame_once_and_counts_none_missed(
+    make_pool, channel_prefix, updates, run
+):
+    pool = make_pool(
+        input_channel=f"{channel_prefix}:a,{channel_prefix}:b",
+        n_workers=4,
+        distributor_updates=updates,
+    )
+    config = pool.config
+    run = config.scatter_run if run == "scatter_run" else run
+    frames, positions = poisson_frames(12, seed=4), np.zeros((12, 2))
+    with ScatteredServer(config.input_channels, run) as detector:
+        pool.start(timeout=60)
+        collector = Collector(pool.output_channels)
+        detector.start_free_run(frames, positions, rate_hz=150, n_frames=240)
+        assert detector.wait_free_run(timeout=60)
+        assert collector.wait_for(240, timeout=30)
+        assert wait_until(lambda: pool.stats().inferred == 240, 30)
+        stats = pool.stats()
+    counts = collector.ids()
+    assert sorted(counts) == list(range(1, 241)) and set(counts.values()) == {1}
+    for result in collector.results:  # worker k reads channel a for k <= 2, else b
+        consumer = pool.output_channels.index(result.channel) + 1
+        assert (result.unique_id - 1) // run % 2 == (consumer - 1) // 2
+        assert result.attributes["point"] == (result.unique_id - 1) % 12
+    assert stats.received == 240 and stats.missed == 0 and stats.dropped == 0
+    assert all(w["inferred"] > 0 for w in stats.per_worker)
+    assert pool.facts()["input_channel"] == config.input_channel
 
 
 def test_stats_since_a_moment_count_every_frame_received_before_it(make_pool, source):

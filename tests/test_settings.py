@@ -38,6 +38,39 @@ def test_a_cli_option_and_a_device_signal_come_from_each_setting(small_phase_onn
     assert set(PoolConfig.model_fields) <= set(device.configuration_attrs)
 
 
+def test_workers_are_dealt_to_several_input_channels_in_equal_groups(small_phase_onnx):
+    config = PoolConfig(
+        model=small_phase_onnx, input_channel="det:a, det:b", n_workers=4, distributor_updates=2
+    )
+    assert config.input_channels == ("det:a", "det:b")
+    assert [config.channel_of(k) for k in (1, 2, 3, 4)] == ["det:a", "det:a", "det:b", "det:b"]
+    options = config.consumer_options(3)
+    assert options["oid-offset"] == 7  # as for 4 workers on one channel
+    assert (
+        options["distributor-group"] == "det_b" != config.consumer_options(2)["distributor-group"]
+    )
+    command = consumer_command(3, config.channel_of(3), "p", {}, {})
+    assert command[command.index("--input-channel") + 1] == "det:b"
+
+
+@pytest.mark.parametrize(
+    ("channels", "workers", "why"),
+    [
+        ("det:a,det:b", 3, r"^n_workers \(3\) is not a multiple of the 2 input channels"),
+        ("det:a,,det:b", 2, r"^input_channel: 'det:a,,det:b' has an empty channel name$"),
+    ],
+)
+def test_input_channels_that_workers_cannot_share_are_refused_in_one_line(
+    small_phase_onnx, channels, workers, why
+):
+    device = PtychoNNDetector(
+        name="inference", model=str(small_phase_onnx), input_channel=channels, n_workers=workers
+    )
+    with pytest.raises(ArgsError, match=why) as error:
+        device.pool_config()
+    assert "\n" not in str(error.value)
+
+
 def test_a_bad_setting_is_named_in_one_line(small_phase_onnx):
     device = PtychoNNDetector(name="inference", model=str(small_phase_onnx), input_channel="x")
     device.gpus.put("zero")
@@ -60,7 +93,7 @@ def test_the_receiver_queue_option_reaches_pvapy_and_frames_flow(
         log_dir=tmp_path,
     )
     command = consumer_command(
-        1, config.input_channel, channel_prefix, {}, config.consumer_options()
+        1, config.input_channel, channel_prefix, {}, config.consumer_options(1)
     )
     assert command[command.index("--receiver-queue-size") + 1] == "256"
     with FrameSource(config.input_channel) as source, ConsumerPool(config) as pool:

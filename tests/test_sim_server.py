@@ -23,7 +23,8 @@ from ptychonn_ophyd.physics.objects import held_out_object
 from ptychonn_ophyd.physics.probe import make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral
 from ptychonn_ophyd.sim.detector import SimPtychoDetector
-from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.sim.scatter import ScatteredServer
+from ptychonn_ophyd.sim.server import Share, SimDetectorServer
 from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 from ptychonn_ophyd.wire import read_attributes
 
@@ -118,6 +119,38 @@ def test_stop_free_run_ends_an_endless_run(server):
     sent = server.frames_sent
     time.sleep(0.1)
     assert not server.free_running and server.frames_sent == sent > 10
+
+
+@pytest.mark.parametrize(("of", "run"), [(1, 1), (2, 3), (3, 1), (4, 16)])
+def test_the_shares_of_a_scattered_run_take_each_frame_once_in_runs_in_turn(of, run):
+    shares = [Share(k, of, run) for k in range(of)]
+    for n in (0, 1, run, 5 * of * run + 2):
+        taken = sorted(s.frame(j) for s in shares for j in range(s.count(n)))
+        assert taken == list(range(n))
+    assert [shares[-1].frame(j) for j in range(run)] == list(range((of - 1) * run, of * run))
+
+
+def test_a_scattered_detector_sends_runs_in_turn_with_one_uniqueid_sequence(channel_prefix):
+    channels = [f"{channel_prefix}:a", f"{channel_prefix}:b"]
+    with ScatteredServer(channels, run=3) as detector:
+        recorders = [Recorder(channel) for channel in channels]
+        assert all(r.connected.wait(timeout=30) for r in recorders)
+        frames = np.arange(7 * 4 * 4, dtype=np.int16).reshape(7, 4, 4)
+        assert detector.publish(frames, [[0.5, 1.0]], points=range(7)) == 7
+        detector.start_free_run(frames, np.zeros((7, 2)), rate_hz=400, n_frames=60)
+        assert detector.wait_free_run(timeout=30)
+        a, b = (r.wait_for(n) for r, n in zip(recorders, (4 + 30, 3 + 30), strict=True))
+        for recorder in recorders:
+            recorder.close()
+    assert [u[0] for u in a[:4]] == [1, 2, 3, 7] and [u[0] for u in b[:3]] == [4, 5, 6]
+    for unique_id, attributes, pixels in a[:4] + b[:3]:
+        np.testing.assert_array_equal(pixels.reshape(4, 4), frames[unique_id - 1])
+        assert attributes["point"] == unique_id - 1
+    run_ids = sorted(u[0] for u in a[4:] + b[3:])
+    assert run_ids == list(range(8, 68)) and detector.last_unique_id == 67
+    assert all((u[0] - 8) // 3 % 2 == 0 for u in a[4:])  # the run's first 3 frames went to a
+    assert all(u[1]["point"] == (u[0] - 8) % 7 for u in a[4:] + b[3:])
+    assert detector.frames_sent == 67 and not detector.running
 
 
 def test_a_point_triggered_again_after_a_pause_keeps_its_number(channel_prefix):

@@ -289,7 +289,7 @@ class WorkerPool(ABC, Generic[M]):
         if not status.ready:
             return status.error or "engine not ready"
         if self.config.wait_for_input and not status.connected:
-            return f"not connected to input channel {self.config.input_channel}"
+            return f"not connected to input channel {self.config.channel_of(worker.consumer_id)}"
         return ""
 
     def _wait_status_after(self, moment: float) -> None:

@@ -41,9 +41,11 @@ engine and make pvapy's last report) before it kills it."""
 
 
 class ConsumerPool(WorkerPool[Worker]):
-    """``n_workers`` PtychoNN consumer processes on one input channel, or the share
+    """``n_workers`` PtychoNN consumer processes on the input channel, or the share
     ``consumer_ids`` of them that runs on this host (pvapy's distributor shares the
-    frames among the workers of every host that connect).
+    frames among the workers of every host that connect).  Several input channels
+    (:attr:`~ptychonn_ophyd.settings.PoolConfig.input_channels`) each get an equal group
+    of the workers.
 
     Workers stop on :meth:`stop`, on leaving a ``with`` block (Ctrl-C included), when
     the pool is garbage-collected or the interpreter exits, and, should the parent be
@@ -194,10 +196,10 @@ class ConsumerPool(WorkerPool[Worker]):
         config = self.config
         command = consumer_command(
             consumer_id,
-            config.input_channel,
+            config.channel_of(consumer_id),
             config.output_prefix,
             config.processor_args(consumer_id, os.getpid()),
-            config.consumer_options(),
+            config.consumer_options(consumer_id),
         )
         log_path = log_dir / f"worker-{consumer_id}.log"
         channels = self._channels[self.consumer_ids.index(consumer_id)]

@@ -137,7 +137,7 @@ class RemotePool(WorkerPool[RemoteWorker]):
         status = worker.status()
         if status is None:
             return
-        wrong = mismatches(self.config, status.settings)
+        wrong = mismatches(self.config, worker.consumer_id, status.settings)
         if wrong:
             raise PoolStartError(
                 f"{worker.name} does not make the pool this session asks for: "
@@ -170,12 +170,14 @@ class RemotePool(WorkerPool[RemoteWorker]):
             raise PoolStartError(f"cannot swap to model {self.config.model}: {err}") from None
 
 
-def mismatches(config: PoolConfig, reported: dict[str, object]) -> list[str]:
-    """Each :data:`CHECKED` setting where a worker's ``reported`` settings (its status's
-    ``settings``) differ from ``config``, in words; empty when they agree."""
+def mismatches(config: PoolConfig, consumer_id: int, reported: dict[str, object]) -> list[str]:
+    """Each :data:`CHECKED` setting where the ``reported`` settings of worker
+    ``consumer_id`` (its status's ``settings``) differ from ``config``, in words; empty
+    when they agree.  Its input channel is its own of ``config``'s channels."""
     if not reported:
         return ["it publishes no settings (a ptychonn-ophyd older than this session's?)"]
     asked = config.model_dump(mode="json", include=set(CHECKED))
+    asked["input_channel"] = config.channel_of(consumer_id)
     return [
         f"{key} is {reported.get(key)!r} there, {asked[key]!r} here"
         for key in CHECKED

@@ -23,10 +23,15 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
+from ptychonn_ophyd.sim.scatter import ScatteredServer
 from ptychonn_ophyd.sim.server import SimDetectorServer
 from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 
 DEFAULT_CHANNEL = "sim:det:image"
+
+Server = SimDetectorServer | SimDetectorProcess | ScatteredServer
+"""What serves the detector's frames: the same methods, from here, from a process of
+its own, or scattered over several channels."""
 
 
 class _ServerCounter(SignalRO):
@@ -82,13 +87,19 @@ class SimPtychoDetector(Device):
     x_motor, y_motor
         Positioners in micrometres (e.g. ``ophyd.sim.SynAxis``).
     channel
-        PV name of the image channel.
+        PV name of the image channel, or several separated by commas: the frames are
+        then scattered over them in runs of ``scatter_run``, as areaDetector's
+        ``NDPluginScatter`` feeds several PVA plugins
+        (:class:`~ptychonn_ophyd.sim.scatter.ScatteredServer`).
     frames_per_point
         Frames published per ``trigger()``.
     server_process
         Serve the frames from a process of its own, as a detector's IOC does, instead of
         from threads of this one (:mod:`~ptychonn_ophyd.sim.server_process`): a benchmark
-        of the session then leaves the sending out.
+        of the session then leaves the sending out.  Each of several channels gets one.
+    scatter_run
+        Frames each of several channels sends in turn: a pool's
+        :attr:`~ptychonn_ophyd.settings.PoolConfig.scatter_run`.
 
     Components
     ----------
@@ -124,6 +135,7 @@ class SimPtychoDetector(Device):
         *,
         name: str,
         server_process: bool = False,
+        scatter_run: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(name=name, **kwargs)
@@ -137,7 +149,8 @@ class SimPtychoDetector(Device):
         self.channel.put(channel)
         self.frames_per_point.put(frames_per_point)
         self.server_process = server_process
-        self.server: SimDetectorServer | SimDetectorProcess | None = None
+        self.scatter_run = scatter_run
+        self.server: Server | None = None
         """The PVA server: started at the first staging, up until :meth:`close`."""
         self.fly_positions_um: np.ndarray | None = None
         self.fly_rate_hz = 100.0
@@ -159,14 +172,21 @@ class SimPtychoDetector(Device):
         if self.server is not None and (not self.server.running or self.server.channel != channel):
             self.close()
         if self.server is None:
-            first_id = int(self.last_unique_id.get()) + 1
-            kind = SimDetectorProcess if self.server_process else SimDetectorServer
-            self.server = kind(channel, first_id).start()
+            self.server = self._make_server(channel, int(self.last_unique_id.get()) + 1).start()
             self._loaded_path = None
         self.frames_sent.rebase()
         self._point = 0
         self._unread = False
         return staged
+
+    def _make_server(self, channel: str, first_id: int) -> Server:
+        channels = channel.split(",")
+        if len(channels) > 1:
+            return ScatteredServer(
+                channels, self.scatter_run, first_id, process=self.server_process
+            )
+        kind = SimDetectorProcess if self.server_process else SimDetectorServer
+        return kind(channel, first_id)
 
     def unstage(self) -> list[object]:
         """Stop any free run; the channel stays up, as an IOC's does between scans."""
@@ -261,7 +281,7 @@ class SimPtychoDetector(Device):
         self._loaded_path = None
         return _finished()
 
-    def _load(self, server: SimDetectorServer | SimDetectorProcess, positions) -> None:
+    def _load(self, server: Server, positions) -> None:
         """Simulate the frames of ``positions`` and load them on ``server``."""
         server.load_path(self.simulation.frames_at(positions), positions)
         self._loaded_path = positions
@@ -278,7 +298,7 @@ class SimPtychoDetector(Device):
         threading.Thread(target=wait, name=f"{self.name}-complete", daemon=True).start()
         return status
 
-    def _require_server(self) -> SimDetectorServer | SimDetectorProcess:
+    def _require_server(self) -> Server:
         if self.server is None or self._staged != Staged.yes:
             raise RuntimeError(f"{self.name} is not staged")
         return self.server

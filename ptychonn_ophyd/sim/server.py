@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pvaccess as pva
@@ -57,6 +58,31 @@ def encode_path(
 
 
 DESCRIPTOR = "ptychonn_ophyd simulated ptychography frame"
+
+
+@dataclass(frozen=True)
+class Share:
+    """The frames of a run that one of ``of`` channels sends when a detector scatters
+    its frames over them in runs of ``run`` frames, in turn: this channel takes the
+    ``index``-th run (from 0) of every ``of``."""
+
+    index: int = 0
+    of: int = 1
+    run: int = 1
+
+    def frame(self, j: int) -> int:
+        """The index in the whole run of this share's ``j``-th frame."""
+        cycle, offset = divmod(j, self.run)
+        return (cycle * self.of + self.index) * self.run + offset
+
+    def count(self, n: int) -> int:
+        """How many of the whole run's first ``n`` frames are this share's."""
+        cycle, rest = divmod(n, self.of * self.run)
+        return cycle * self.run + min(max(rest - self.index * self.run, 0), self.run)
+
+
+WHOLE = Share()
+"""Every frame: a detector on one channel."""
 
 
 class SimDetectorServer:
@@ -147,8 +173,10 @@ class SimDetectorServer:
         frames: np.ndarray,
         positions_um: np.ndarray | Sequence[Sequence[float]],
         points: Sequence[int] | np.ndarray,
+        unique_ids: Sequence[int] | np.ndarray | None = None,
     ) -> int:
-        """Send frames now, one NTNDArray each, with consecutive ``uniqueId``.
+        """Send frames now, one NTNDArray each, with consecutive ``uniqueId`` (or
+        ``unique_ids``, when this channel is one of several a detector scatters over).
 
         Parameters
         ----------
@@ -158,6 +186,8 @@ class SimDetectorServer:
             ``(n, 2)`` positions ``(x, y)`` in micrometres (or one row for all frames).
         points
             Scan point index of each frame.
+        unique_ids
+            The ``uniqueId`` of each frame (rising); default: on from the last.
 
         Returns
         -------
@@ -170,8 +200,12 @@ class SimDetectorServer:
         n = len(frames)
         positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
         points = np.broadcast_to(np.asarray(points, int), (n,))
-        for frame, (x, y), point in zip(frames, positions, points, strict=True):
-            self._send(make_frame(frame, x, y, point))
+        if unique_ids is None:
+            unique_ids = range(self._last_unique_id + 1, self._last_unique_id + 1 + n)
+        for frame, (x, y), point, unique_id in zip(
+            frames, positions, points, unique_ids, strict=True
+        ):
+            self._send(make_frame(frame, x, y, point), int(unique_id))
         return self._last_unique_id
 
     def start_free_run(
@@ -208,8 +242,20 @@ class SimDetectorServer:
             raise ValueError(f"a path for {self.channel} needs at least one frame")
         self._path = encode_path(frames, positions_um)
 
-    def start_path_run(self, rate_hz: float, n_frames: int | None = None) -> None:
-        """:meth:`start_free_run` along the path :meth:`load_path` took."""
+    def start_path_run(
+        self,
+        rate_hz: float,
+        n_frames: int | None = None,
+        share: Share = WHOLE,
+        first_unique_id: int | None = None,
+    ) -> None:
+        """:meth:`start_free_run` along the path :meth:`load_path` took.
+
+        Frame ``k`` of the run has ``uniqueId`` ``first_unique_id + k`` (default: on
+        from the last frame sent) and is due ``k / rate_hz`` s after the start; this
+        channel sends the frames of ``share`` only, so that several channels, each with
+        its share, send the run together.
+        """
         self._require_server()
         if self.free_running:
             raise RuntimeError("a free run is already going")
@@ -217,10 +263,11 @@ class SimDetectorServer:
             raise RuntimeError(f"no path loaded on {self.channel}: call load_path first")
         if rate_hz < 0 or (n_frames is not None and n_frames < 0):
             raise ValueError("need rate >= 0 and n_frames >= 0")
+        first = self._last_unique_id + 1 if first_unique_id is None else first_unique_id
         self._stop_run.clear()
         self._thread = threading.Thread(
             target=self._free_run,
-            args=(self._path, rate_hz, n_frames),
+            args=(self._path, rate_hz, n_frames, share, first),
             name="sim-free-run",
             daemon=True,
         )
@@ -239,32 +286,40 @@ class SimDetectorServer:
             self._thread.join()
             self._thread = None
 
-    def _free_run(self, cache: list[pva.NtNdArray], rate_hz: float, n_frames: int | None) -> None:
-        """Send every frame that is due, then sleep until the next one is."""
+    def _free_run(
+        self,
+        cache: list[pva.NtNdArray],
+        rate_hz: float,
+        n_frames: int | None,
+        share: Share,
+        first_unique_id: int,
+    ) -> None:
+        """Send every frame of ``share`` that is due, then sleep until the next one is."""
         period = 1.0 / rate_hz if rate_hz > 0 else 0.0
-        limit = math.inf if n_frames is None else n_frames
+        limit = math.inf if n_frames is None else share.count(n_frames)
         sent = 0
         start = time.perf_counter()
         while sent < limit and not self._stop_run.is_set():
             if period:
-                due = min(limit, int((time.perf_counter() - start) / period) + 1)
+                due = min(limit, share.count(int((time.perf_counter() - start) / period) + 1))
             else:
                 due = min(limit, sent + len(cache))
             while sent < due:
-                self._send(cache[sent % len(cache)])
+                k = share.frame(sent)
+                self._send(cache[k % len(cache)], first_unique_id + k)
                 sent += 1
             if period and sent < limit:
-                self._stop_run.wait(max(0.0, start + sent * period - time.perf_counter()))
+                next_due = start + share.frame(sent) * period
+                self._stop_run.wait(max(0.0, next_due - time.perf_counter()))
         elapsed = time.perf_counter() - start
         self.free_run_rate = sent / elapsed if elapsed > 0 else 0.0
         self.free_run_cpu = time.thread_time()
         log.info("free run sent %d frames at %.0f Hz", sent, self.free_run_rate)
 
-    def _send(self, array: pva.NtNdArray) -> None:
-        """Stamp the next ``uniqueId`` and the time on ``array`` and publish it."""
+    def _send(self, array: pva.NtNdArray, unique_id: int) -> None:
+        """Stamp ``unique_id`` and the time on ``array`` and publish it."""
         server = self._require_server()
         with self._lock:
-            unique_id = self._last_unique_id + 1
             stamp(array, unique_id)
             server.updateUnchecked(self.channel, array)
             self._last_unique_id = unique_id

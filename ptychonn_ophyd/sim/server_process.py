@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.sim.server import WHOLE, Share, SimDetectorServer
 
 START_TIMEOUT = 60.0
 """Seconds the child may take to import pvaccess and serve its channel (a loaded
@@ -48,8 +48,8 @@ class _SharingServer(SimDetectorServer):
         super().__init__(channel, first_unique_id, announce)
         self._shared = shared
 
-    def _send(self, array) -> None:
-        super()._send(array)
+    def _send(self, array, unique_id: int) -> None:
+        super()._send(array, unique_id)
         self._shared[_LAST_ID] = self.last_unique_id
         self._shared[_SENT] = self.frames_sent
 
@@ -175,10 +175,12 @@ class SimDetectorProcess:
         frames: np.ndarray,
         positions_um: np.ndarray | Sequence[Sequence[float]],
         points: Sequence[int] | np.ndarray,
+        unique_ids: Sequence[int] | np.ndarray | None = None,
     ) -> int:
         """Send frames now (as ``SimDetectorServer.publish``); returns the last
         ``uniqueId``."""
-        return self._call("publish", np.asarray(frames), positions_um, np.asarray(points))
+        ids = None if unique_ids is None else np.asarray(unique_ids)
+        return self._call("publish", np.asarray(frames), positions_um, np.asarray(points), ids)
 
     def start_free_run(
         self,
@@ -198,9 +200,16 @@ class SimDetectorProcess:
         """Hand a path's frames to the child, which makes their NTNDArrays."""
         self._call("load_path", np.asarray(frames), np.asarray(positions_um, float))
 
-    def start_path_run(self, rate_hz: float, n_frames: int | None = None) -> None:
-        """Start a free run along the loaded path in the child."""
-        self._call("start_path_run", rate_hz, n_frames)
+    def start_path_run(
+        self,
+        rate_hz: float,
+        n_frames: int | None = None,
+        share: Share = WHOLE,
+        first_unique_id: int | None = None,
+    ) -> None:
+        """Start a free run along the loaded path in the child (as
+        ``SimDetectorServer.start_path_run``)."""
+        self._call("start_path_run", rate_hz, n_frames, share, first_unique_id)
         self._runs_started += 1
 
     def wait_free_run(self, timeout: float | None = None) -> bool:
