@@ -4,12 +4,14 @@
 # and then by the store process, the store process at 5 and 10 kHz (100 x 100 x 5 and
 # x 10 passes, 8 workers, batch 32), the fast scan through one session with the store
 # process (default 150 x 150 x 27 passes = 607,500 frames at 20 kHz: 30 s, 8 workers,
-# batch 32), and that scan again with the simulated detector sending from a process of
-# its own, as an IOC does (--detector-process).  The copy model runs on the CPUs;
+# batch 32), that scan again with the simulated detector sending from a process of
+# its own, as an IOC does (--detector-process), and once more with the detector
+# scattering its frames over CHANNELS channels (default 2), each from a process of its
+# own and read by WORKERS / CHANNELS workers (--channels).  The copy model runs on the CPUs;
 # --catalog none (no Tiled server stack there), the rows still go to the runs' HDF5
 # files.  Each step's output goes to DIR/<step>.txt.
 #
-#     bash benchmarks/scan_rate_gpu.sh DIR [SIDE PASSES RATE WORKERS]
+#     bash benchmarks/scan_rate_gpu.sh DIR [SIDE PASSES RATE WORKERS CHANNELS]
 #
 # STEPS (default all) names the steps to run; PYTHON (default python3).  A GPU host
 # without a package registry needs these carried as cp312 wheels (the device tool's
@@ -25,6 +27,7 @@ side=${2:-150}
 passes=${3:-27}
 rate=${4:-20000}
 workers=${5:-8}
+channels=${6:-2}
 python=${PYTHON:-python3}
 here=$(dirname "$0")
 mkdir -p "$out"
@@ -49,3 +52,6 @@ step scan_fast_store "${scan[@]}" --side "$side" --passes "$passes" --rate "$rat
     --workers "$workers" --batch-size 32 --store-process
 step scan_fast_detector "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
     --workers "$workers" --batch-size 32 --store-process --detector-process
+step scan_fast_scattered "${scan[@]}" --side "$side" --passes "$passes" --rate "$rate" \
+    --workers "$workers" --batch-size 32 --store-process --detector-process \
+    --channels "$channels"
