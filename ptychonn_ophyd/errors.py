@@ -35,6 +35,12 @@ class FrameRejected(PtychoNNError, ValueError):
         self.reason = reason
 
 
+class OnnxWireError(PtychoNNError, ValueError):
+    """Bytes that are not an ONNX model's protobuf message, as
+    :mod:`~ptychonn_ophyd.models.onnx_wire` reads it (``open_model`` turns it into a
+    :class:`ModelError` naming the file)."""
+
+
 class BackendUnavailable(PtychoNNError, RuntimeError):
     """An inference backend cannot run here (library missing, no GPU, ...)."""
 

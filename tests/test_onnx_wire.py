@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ptychonn_ophyd.errors import OnnxWireError
 from ptychonn_ophyd.models.bundled import demo_model_path
-from ptychonn_ophyd.models.onnx_wire import WireError, read_graph
+from ptychonn_ophyd.models.onnx_wire import read_graph
 
 
 def _onnx_reading(data: bytes) -> tuple[dict, list, list]:
@@ -81,7 +82,7 @@ def test_weights_of_each_numeric_type_and_layout_read_as_the_onnx_package_reads_
     ],
 )
 def test_bytes_that_are_no_onnx_model_say_what_is_wrong(data, why):
-    with pytest.raises(WireError, match=why):
+    with pytest.raises(OnnxWireError, match=why):
         read_graph(data)
 
 
@@ -89,7 +90,7 @@ def test_weights_stored_outside_the_file_are_refused_by_name():
     weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
     weight.data_location = TensorProto.EXTERNAL
     graph = helper.make_graph([], "g", [], [], [weight])
-    with pytest.raises(WireError, match="weight w is stored outside the file"):
+    with pytest.raises(OnnxWireError, match="weight w is stored outside the file"):
         read_graph(helper.make_model(graph).SerializeToString())
 
 

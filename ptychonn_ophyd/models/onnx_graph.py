@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychonn_ophyd.errors import ModelError
-from ptychonn_ophyd.models.onnx_wire import ValueInfo, WireError, read_graph
+from ptychonn_ophyd.errors import ModelError, OnnxWireError
+from ptychonn_ophyd.models.onnx_wire import ValueInfo, read_graph
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def read_onnx(path: Path, data: bytes) -> OnnxGraph:
     """
     try:
         graph = read_graph(data)
-    except (WireError, UnicodeDecodeError) as err:
+    except (OnnxWireError, UnicodeDecodeError) as err:
         raise ModelError(path, f"not a valid ONNX model ({err})") from None
     weights = set(graph.initializers)
     inputs = [i for i in graph.inputs if i.name not in weights]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptychonn_ophyd.errors import OnnxWireError
+
 MODEL_GRAPH = 7
 GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT = 5, 11, 12
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW_DATA = 1, 2, 8, 9
@@ -50,10 +52,6 @@ VARINT_DATA = {6: 5, 7: 7, 13: 11, 2: 5, 3: 5, 4: 5, 5: 5, 9: 5, 10: 5, 12: 5}
 booleans and float16 (as its bits)."""
 
 
-class WireError(ValueError):
-    """The bytes are not a protobuf message of the shape read here."""
-
-
 @dataclass(frozen=True)
 class ValueInfo:
     """A graph input or output: its name and dimensions (``None`` for a named one)."""
@@ -76,7 +74,7 @@ def read_graph(data: bytes) -> Graph:
 
     Raises
     ------
-    WireError
+    OnnxWireError
         ``data`` is not a protobuf message, has no graph, or holds weights that cannot be
         read here (stored outside the file, or of a type numpy lacks).
     """
@@ -108,9 +106,9 @@ def _fields(message: memoryview) -> Iterator[tuple[int, int | memoryview]]:
                 size, pos = _varint(message, pos)
             value, pos = message[pos : pos + size], pos + size
             if pos > end:
-                raise WireError(f"field {number} runs past the end of its message")
+                raise OnnxWireError(f"field {number} runs past the end of its message")
         else:
-            raise WireError(f"wire type {wire} (field {number}) is not protobuf's")
+            raise OnnxWireError(f"wire type {wire} (field {number}) is not protobuf's")
         yield number, value
 
 
@@ -118,7 +116,7 @@ def _varint(message: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(message):
-            raise WireError("a number runs past the end of its message")
+            raise OnnxWireError("a number runs past the end of its message")
         byte = message[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -126,19 +124,19 @@ def _varint(message: memoryview, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise WireError("a number longer than 64 bits")
+            raise OnnxWireError("a number longer than 64 bits")
 
 
 def _only(fields: Iterator[tuple[int, int | memoryview]], number: int, what: str) -> memoryview:
     for found, value in fields:
         if found == number and isinstance(value, memoryview):
             return value
-    raise WireError(f"no {what}")
+    raise OnnxWireError(f"no {what}")
 
 
 def _text(value: int | memoryview) -> str:
     if not isinstance(value, memoryview):
-        raise WireError("a name that is not text")
+        raise OnnxWireError("a name that is not text")
     return bytes(value).decode()
 
 
@@ -175,18 +173,18 @@ def _tensor(message: memoryview) -> tuple[str, np.ndarray]:
         elif number == TENSOR_RAW_DATA:
             raw = value
         elif number == TENSOR_DATA_LOCATION and value == 1:
-            raise WireError(f"weight {name or '?'} is stored outside the file")
+            raise OnnxWireError(f"weight {name or '?'} is stored outside the file")
         else:
             typed[number] = value
     if data_type not in DTYPES:
-        raise WireError(f"weight {name!r} has ONNX data type {data_type}, which numpy lacks")
+        raise OnnxWireError(f"weight {name!r} has ONNX data type {data_type}, which numpy lacks")
     dtype = np.dtype(DTYPES[data_type])
     if raw is not None:
         array = np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype)
     else:
         array = _typed_values(typed, data_type, dtype)
     if array.size != int(np.prod(dims)):
-        raise WireError(f"weight {name!r} holds {array.size} values for dimensions {dims}")
+        raise OnnxWireError(f"weight {name!r} holds {array.size} values for dimensions {dims}")
     return name, array.reshape(dims)
 
 
