@@ -168,7 +168,7 @@ class SimPtychoDetector(Device):
         """Serve the channel (from the first staging on; again if ``channel`` changed);
         ``frames_sent`` and the scan point index count from 0, ``uniqueId`` runs on."""
         staged = super().stage()
-        channel = self.channel.get()
+        channel = ",".join(name.strip() for name in self.channel.get().split(","))
         if self.server is not None and (not self.server.running or self.server.channel != channel):
             self.close()
         if self.server is None:
