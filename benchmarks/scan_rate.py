@@ -222,6 +222,8 @@ def build(args: argparse.Namespace, folder: Path, server: LoopbackServer | None)
         log_dir=folder / "logs",
         start_timeout=300,
         store_process=args.store_process,
+        server_queue_size=args.server_queue_size,
+        receiver_queue_size=args.receiver_queue_size,
     )
     det.scatter_run = inference.pool_config().scatter_run
     RE = RunEngine()
@@ -256,6 +258,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument(
+        "--server-queue-size",
+        type=int,
+        default=100,
+        help="frames the detector's server queues for each worker (the device's default)",
+    )
+    parser.add_argument(
+        "--receiver-queue-size",
+        type=int,
+        default=0,
+        help="frames each worker's pvapy queues in C++ before process() (0: none, the default)",
+    )
     parser.add_argument(
         "--catalog",
         default="",
