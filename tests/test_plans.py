@@ -41,8 +41,9 @@ def primary_positions(run):
     return np.stack([primary["sx"].values, primary["sy"].values], axis=1)
 
 
+@pytest.mark.parametrize("channels", [1, 2], ids=["one-channel", "scattered-over-two"])
 def test_step_scan_writes_one_row_per_frame_into_the_run(
-    tmp_path, channel_prefix, small_phase_onnx
+    tmp_path, channel_prefix, small_phase_onnx, channels
 ):
     seen_during_scan = []
     with beamline(
@@ -51,6 +52,7 @@ def test_step_scan_writes_one_row_per_frame_into_the_run(
         small_phase_onnx,
         n_workers=2,
         frames_per_point=2,
+        channels=channels,
     ) as w:
 
         def look(name, doc):

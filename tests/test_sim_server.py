@@ -122,15 +122,22 @@ def test_stop_free_run_ends_an_endless_run(server):
 
 
 @pytest.mark.parametrize(("of", "run"), [(1, 1), (2, 3), (3, 1), (4, 16)])
-def test_the_shares_of_a_scattered_run_take_each_frame_once_in_runs_in_turn(of, run):
-    shares = [Share(k, of, run) for k in range(of)]
+@pytest.mark.parametrize("offset", [0, 1, 7])
+def test_the_shares_of_a_scattered_run_take_each_frame_once_in_turns_from_the_first(
+    of, run, offset
+):
+    shares = [Share(k, of, run, offset) for k in range(of)]
     for n in (0, 1, run, 5 * of * run + 2):
         taken = sorted(s.frame(j) for s in shares for j in range(s.count(n)))
         assert taken == list(range(n))
-    assert [shares[-1].frame(j) for j in range(run)] == list(range((of - 1) * run, of * run))
+    for share in shares:  # the detector's frame offset + k is in turn (offset + k) // run
+        turns = {(offset + share.frame(j)) // run % of for j in range(share.count(50))}
+        assert turns <= {share.index}
 
 
-def test_a_scattered_detector_sends_runs_in_turn_with_one_uniqueid_sequence(channel_prefix):
+def test_a_scattered_detector_takes_turns_across_step_frames_and_runs_with_one_uniqueid_sequence(
+    channel_prefix,
+):
     channels = [f"{channel_prefix}:a", f"{channel_prefix}:b"]
     with ScatteredServer(channels, run=3) as detector:
         recorders = [Recorder(channel) for channel in channels]
@@ -148,7 +155,8 @@ def test_a_scattered_detector_sends_runs_in_turn_with_one_uniqueid_sequence(chan
         assert attributes["point"] == unique_id - 1
     run_ids = sorted(u[0] for u in a[4:] + b[3:])
     assert run_ids == list(range(8, 68)) and detector.last_unique_id == 67
-    assert all((u[0] - 8) // 3 % 2 == 0 for u in a[4:])  # the run's first 3 frames went to a
+    assert all((u[0] - 1) // 3 % 2 == 0 for u in a)  # turns of 3 from the first frame
+    assert all((u[0] - 1) // 3 % 2 == 1 for u in b)
     assert all(u[1]["point"] == (u[0] - 8) % 7 for u in a[4:] + b[3:])
     assert detector.frames_sent == 67 and not detector.running
 

@@ -57,9 +57,10 @@ class ScatteredServer:
             )
         kind = SimDetectorProcess if process else SimDetectorServer
         self.servers = [kind(channel, first_unique_id, announce) for channel in channels]
-        self.shares = [Share(k, len(channels), run) for k in range(len(channels))]
+        self.run = run
         self.channel = ",".join(channels)
         """The channels as a pool's ``input_channel`` names them."""
+        self._first_unique_id = first_unique_id
 
     @property
     def last_unique_id(self) -> int:
@@ -120,7 +121,7 @@ class ScatteredServer:
         positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
         points = np.broadcast_to(np.asarray(points, int), (n,))
         first = self._next_unique_id()
-        for server, share in zip(self.servers, self.shares, strict=True):
+        for server, share in zip(self.servers, self._shares(first), strict=True):
             mine = np.array([share.frame(j) for j in range(share.count(n))], int)
             if len(mine):
                 server.publish(frames[mine], positions[mine], points[mine], first + mine)
@@ -151,7 +152,7 @@ class ScatteredServer:
         first = self._next_unique_id()
         started = []
         try:
-            for server, share in zip(self.servers, self.shares, strict=True):
+            for server, share in zip(self.servers, self._shares(first), strict=True):
                 server.start_path_run(rate_hz, n_frames, share, first)
                 started.append(server)
         except BaseException:
@@ -174,3 +175,10 @@ class ScatteredServer:
 
     def _next_unique_id(self) -> int:
         return self.last_unique_id + 1
+
+    def _shares(self, unique_id: int) -> list[Share]:
+        """Each channel's share of frames from ``unique_id`` on: the turns go on from
+        the detector's first frame, across step frames and runs alike."""
+        offset = unique_id - self._first_unique_id
+        k = len(self.servers)
+        return [Share(index, k, self.run, offset) for index in range(k)]

@@ -64,20 +64,31 @@ DESCRIPTOR = "ptychonn_ophyd simulated ptychography frame"
 class Share:
     """The frames of a run that one of ``of`` channels sends when a detector scatters
     its frames over them in runs of ``run`` frames, in turn: this channel takes the
-    ``index``-th run (from 0) of every ``of``."""
+    ``index``-th run (from 0) of every ``of``.  The turns count from the detector's
+    first frame: a run that starts at its ``offset``-th frame goes on where the last
+    ended."""
 
     index: int = 0
     of: int = 1
     run: int = 1
+    offset: int = 0
 
     def frame(self, j: int) -> int:
-        """The index in the whole run of this share's ``j``-th frame."""
-        cycle, offset = divmod(j, self.run)
-        return (cycle * self.of + self.index) * self.run + offset
+        """The index in the run of this share's ``j``-th frame of it."""
+        return self._position(self._before(self.offset) + j) - self.offset
 
     def count(self, n: int) -> int:
-        """How many of the whole run's first ``n`` frames are this share's."""
-        cycle, rest = divmod(n, self.of * self.run)
+        """How many of the run's first ``n`` frames are this share's."""
+        return self._before(self.offset + n) - self._before(self.offset)
+
+    def _position(self, j: int) -> int:
+        """The detector's frame (from its first) that is this share's ``j``-th."""
+        cycle, within = divmod(j, self.run)
+        return (cycle * self.of + self.index) * self.run + within
+
+    def _before(self, position: int) -> int:
+        """How many of the detector's first ``position`` frames are this share's."""
+        cycle, rest = divmod(position, self.of * self.run)
         return cycle * self.run + min(max(rest - self.index * self.run, 0), self.run)
 
 
