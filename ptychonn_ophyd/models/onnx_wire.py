@@ -25,6 +25,8 @@ TENSOR_DATA_LOCATION = 14
 VALUE_NAME, VALUE_TYPE = 1, 2
 TYPE_TENSOR, TENSOR_TYPE_SHAPE, SHAPE_DIM, DIM_VALUE = 1, 2, 1, 1
 """Field numbers of ``onnx.proto``."""
+FIXED_SIZE = {1: 8, 5: 4}
+"""Bytes of protobuf's fixed-size wire types (1: 64-bit, 5: 32-bit)."""
 
 DTYPES = {
     1: np.float32,
@@ -101,8 +103,8 @@ def _fields(message: memoryview) -> Iterator[tuple[int, int | memoryview]]:
         if wire == 0:
             value, pos = _varint(message, pos)
         elif wire in (1, 2, 5):
-            size = {1: 8, 5: 4}.get(wire)
-            if size is None:
+            size = FIXED_SIZE.get(wire)
+            if size is None:  # length-delimited: the length comes first
                 size, pos = _varint(message, pos)
             value, pos = message[pos : pos + size], pos + size
             if pos > end:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ptychonn_ophyd.sim.server import Share, SimDetectorServer
+from ptychonn_ophyd.sim.server import Share, SimDetectorServer, per_frame
 from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 
 
@@ -118,8 +118,7 @@ class ScatteredServer:
         """Send frames now, each on the channel whose turn it is; returns the last
         ``uniqueId``."""
         n = len(frames)
-        positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
-        points = np.broadcast_to(np.asarray(points, int), (n,))
+        positions, points = per_frame(positions_um, points, n)
         first = self._next_unique_id()
         for server, share in zip(self.servers, self._shares(first), strict=True):
             mine = np.array([share.frame(j) for j in range(share.count(n))], int)

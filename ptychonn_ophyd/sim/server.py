@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pvaccess as pva
@@ -57,6 +58,17 @@ def encode_path(
     ]
 
 
+def per_frame(
+    positions_um: np.ndarray | Sequence[Sequence[float]],
+    points: Sequence[int] | np.ndarray,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 2)`` positions and ``n`` point indices for ``n`` frames, from one row or
+    value for all of them or one a frame."""
+    positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
+    return positions, np.broadcast_to(np.asarray(points, int), (n,))
+
+
 DESCRIPTOR = "ptychonn_ophyd simulated ptychography frame"
 
 
@@ -75,11 +87,16 @@ class Share:
 
     def frame(self, j: int) -> int:
         """The index in the run of this share's ``j``-th frame of it."""
-        return self._position(self._before(self.offset) + j) - self.offset
+        return self._position(self._taken_before + j) - self.offset
 
     def count(self, n: int) -> int:
         """How many of the run's first ``n`` frames are this share's."""
-        return self._before(self.offset + n) - self._before(self.offset)
+        return self._before(self.offset + n) - self._taken_before
+
+    @cached_property
+    def _taken_before(self) -> int:
+        """This share's frames before the run (a free run asks :meth:`frame` a frame)."""
+        return self._before(self.offset)
 
     def _position(self, j: int) -> int:
         """The detector's frame (from its first) that is this share's ``j``-th."""
@@ -209,8 +226,7 @@ class SimDetectorServer:
         if self.free_running:
             raise RuntimeError("stop the free run before publishing step frames")
         n = len(frames)
-        positions = np.broadcast_to(np.asarray(positions_um, float).reshape(-1, 2), (n, 2))
-        points = np.broadcast_to(np.asarray(points, int), (n,))
+        positions, points = per_frame(positions_um, points, n)
         if unique_ids is None:
             unique_ids = range(self._last_unique_id + 1, self._last_unique_id + 1 + n)
         for frame, (x, y), point, unique_id in zip(
