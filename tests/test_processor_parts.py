@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -140,9 +141,9 @@ class TestBatchQueue:
         buffer, n = q.take()
         assert n == 4 and q.meta[buffer] == ["meta0", "meta1", "meta2", "meta3"]
         np.testing.assert_array_equal(q.frames[buffer, :, 0, 0], [0, 1, 2, 3])
-        assert q.depth() == 4
+        assert q.depth() == 0
         q.release(buffer, n)
-        assert q.depth() == 0 and q.meta[buffer] == [None] * 4
+        assert q.meta[buffer] == [None] * 4
 
     def test_partial_batch_waits_for_its_timeout(self):
         q = queue(timeout=0.2)
@@ -216,10 +217,46 @@ class TestFrameCounts:
         counts.received = 7
         counts.rejected["codec"] = 2
         counts.dropped["queue_full"] = 1
-        stats = counts.user_stats(queue_depth=4)
+        counts.take(3)
+        stats = counts.user_stats(queued=lambda: 4)
         assert stats["rejected"] == 2 and stats["rejectedCodec"] == 2
         assert stats["dropped"] == 1 and stats["droppedQueueFull"] == 1
-        assert stats["queueDepth"] == 4 and set(stats) <= set(STATS_PVA_TYPES)
+        assert stats["queueDepth"] == 7 and set(stats) <= set(STATS_PVA_TYPES)
+
+    def test_a_reading_never_counts_a_frame_twice_while_frames_move_on(self):
+        counts, q = FrameCounts(), queue(n_buffers=4, batch=2, timeout=0.001)
+
+        def monitor():
+            for _ in range(20_000):
+                counts.received += 1
+                if not q.put(np.zeros((2, 2)), None, time.perf_counter()):
+                    counts.dropped["queue_full"] += 1
+            q.close()
+
+        def infer():
+            while (batch := q.take()) is not None:
+                counts.take(batch[1])
+                counts.record_batch(np.zeros(batch[1]))
+                q.release(*batch)
+
+        def counted(stats):
+            return stats["inferred"] + stats["dropped"] + stats["rejected"] + stats["queueDepth"]
+
+        threads = [threading.Thread(target=monitor), threading.Thread(target=infer)]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # let the threads interleave between any two reads
+        try:
+            for thread in threads:
+                thread.start()
+            while threads[1].is_alive():
+                stats = counts.user_stats(q.depth)
+                assert counted(stats) <= stats["received"]
+        finally:
+            sys.setswitchinterval(interval)
+            for thread in threads:
+                thread.join(30)
+        stats = counts.user_stats(q.depth)
+        assert counted(stats) == stats["received"] == 20_000
 
     def test_rate_over_a_window(self):
         counts = FrameCounts(rate_window=0.05)

@@ -50,7 +50,6 @@ class BatchQueue:
         self._open = -1
         self._count = 0
         self._opened_at = 0.0
-        self._taken = 0
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
 
@@ -92,13 +91,13 @@ class BatchQueue:
         with self._cond:
             while True:
                 if self._full:
-                    return self._hand_out(*self._full.popleft())
+                    return self._full.popleft()
                 if self._count:
                     wait = self._opened_at + self.timeout - perf_counter()
                     if wait <= 0 or self._closed:
                         batch = self._open, self._count
                         self._open, self._count = -1, 0
-                        return self._hand_out(*batch)
+                        return batch
                     self._cond.wait(wait)
                 elif self._closed:
                     return None
@@ -113,13 +112,12 @@ class BatchQueue:
         """Give a buffer from :meth:`take` back for new frames."""
         self.meta[buffer][:n_frames] = [None] * n_frames
         with self._cond:
-            self._taken -= n_frames
             self._free.append(buffer)
 
     def depth(self) -> int:
-        """Frames queued or being inferred."""
+        """Frames queued and not yet taken."""
         with self._cond:
-            return sum(n for _, n in self._full) + self._count + self._taken
+            return sum(n for _, n in self._full) + self._count
 
     def close(self) -> None:
         """Stop waiting for frames: :meth:`take` hands out what is left, then ``None``."""
@@ -137,7 +135,3 @@ class BatchQueue:
             self._full.clear()
             self._open, self._count = -1, 0
         return n
-
-    def _hand_out(self, buffer: int, n_frames: int) -> tuple[int, int]:
-        self._taken += n_frames
-        return buffer, n_frames

@@ -263,8 +263,8 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         left = self._queue.discard()
         self._counts.dropped["stopped"] += left
         inference.join(IN_FLIGHT_WAIT)
-        in_flight = self._queue.depth() if inference.is_alive() else 0
-        self._counts.dropped["stopped"] += in_flight
+        in_flight = self._counts.in_flight if inference.is_alive() else 0
+        self._counts.drop_batch("stopped", in_flight)
         self.logger.warning(
             "consumer %s: stop_drain (%g s) ran out: %s queued frame(s) dropped%s",
             self.consumer_id,
@@ -283,7 +283,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         """``userStats`` for the status channel (see :data:`STATS_PVA_TYPES`)."""
         engine = self._slot.engine
         model = engine.model if engine is not None else self._model
-        stats = self._counts.user_stats(self._queue.depth())
+        stats = self._counts.user_stats(self._queue.depth)
         stats.update(
             ready=self._slot.ready.is_set(),
             queueCapacity=self._queue.capacity,
@@ -313,6 +313,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             return
         while (batch := self._queue.take()) is not None:
             buffer, n = batch
+            self._counts.take(n)
             try:
                 if self._queue.newest_wait(buffer, n) > self.args.max_wait:
                     self._drop_stale(n)
@@ -324,7 +325,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
     def _drop_stale(self, n: int) -> None:
         """Count a batch whose every frame waited over ``max_wait``: dropping the oldest
         keeps the worker's latency and memory bounded when it cannot keep up."""
-        self._counts.dropped["stale"] += n
+        self._counts.drop_batch("stale", n)
         self._throttle.warning(
             "stale",
             f"batch of {n} frames dropped: each waited over max_wait ({self.args.max_wait:g} "
@@ -358,7 +359,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
         try:
             prediction = engine.infer(inputs)
         except Exception:  # count the batch and keep the stream going
-            self._counts.dropped["error"] += n
+            self._counts.drop_batch("error", n)
             self._throttle.warning("infer", f"batch of {n} frames dropped", exc_info=True)
             return
         self._publish(buffer, n, prediction, moments)
@@ -379,7 +380,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
             if self._batches is not None:
                 self._batches.publish(self._batch(buffer, n, prediction, moments, now))
         except Exception:  # as for inference: count what is lost and go on
-            self._counts.dropped["error"] += n
+            self._counts.drop_batch("error", n)
             self._throttle.warning("publish", f"batch of {n} results lost", exc_info=True)
             return
         self._counts.record_batch(self._latencies[:n])
@@ -482,7 +483,7 @@ class InferPtychoNNImageProcessor(AdImageProcessor):
                 return
 
     def _fatal(self, message: str) -> None:
-        queued = self._queue.depth()
+        queued = self._queue.depth() + self._counts.in_flight
         print(
             f"InferPtychoNNImageProcessor {self.consumer_id}: {message}; exiting with "
             f"{queued} queued frames not inferred ({self._counts.received} received, "

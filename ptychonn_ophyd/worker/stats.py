@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 
 import numpy as np
@@ -12,13 +13,17 @@ from ptychonn_ophyd.wire import DROP_REASONS, REJECT_REASONS, FinalCounts, drop_
 class FrameCounts:
     """Counts of every frame a worker received, and where each one went.
 
-    ``received == inferred + dropped + rejected + queue depth`` at every moment the
-    counts are read between frames.  Each counter is written by one thread only.
+    ``received == inferred + dropped + rejected + in_flight + queued`` once no frame is
+    on its way.  Each counter is written by one thread only: ``received``, ``rejected``
+    and the monitor's drops by the monitor thread; ``in_flight``, ``inferred`` and the
+    batches' drops by the inference thread, which takes a batch off the queue before it
+    counts it in flight, and out of flight before it counts where it went.
     """
 
     def __init__(self, latency_window: int = 8192, rate_window: float = 1.0) -> None:
         self._latencies = np.zeros(latency_window)
         self._rate_window = rate_window
+        self.in_flight = 0  # not reset: the inference thread may hold a batch then
         self.reset()
 
     def reset(self) -> None:
@@ -32,9 +37,19 @@ class FrameCounts:
         self._rate = 0.0
         self._rate_mark = (perf_counter(), 0)
 
+    def take(self, n_frames: int) -> None:
+        """Count a batch of ``n_frames`` taken off the queue for inference."""
+        self.in_flight += n_frames
+
+    def drop_batch(self, reason: str, n_frames: int) -> None:
+        """Count a taken batch of ``n_frames`` as dropped for ``reason``."""
+        self.in_flight -= n_frames
+        self.dropped[reason] += n_frames
+
     def record_batch(self, latencies: np.ndarray) -> None:
         """Count one inferred batch whose frames waited ``latencies`` seconds."""
         n = len(latencies)
+        self.in_flight -= n
         window = len(self._latencies)
         start = self._n_latencies % window
         if n >= window:
@@ -72,20 +87,31 @@ class FrameCounts:
             consumer_id, self.received, self.inferred, dict(self.dropped), dict(self.rejected)
         )
 
-    def user_stats(self, queue_depth: int) -> dict[str, object]:
-        """The counting part of ``userStats`` (see :data:`~ptychonn_ophyd.wire.STATS_PVA_TYPES`)."""
+    def user_stats(self, queued: Callable[[], int]) -> dict[str, object]:
+        """The counting part of ``userStats`` (see :data:`~ptychonn_ophyd.wire.STATS_PVA_TYPES`).
+
+        The counts are read from the last stage a frame reaches back to the first, and
+        ``queued()`` in between, so that a frame moving on while they are read is missed
+        by this reading, never counted twice: ``queueDepth`` is frames queued or in flight.
+        """
+        inferred, batches = self.inferred, self.batches
+        dropped = dict(self.dropped)
+        rejected = dict(self.rejected)
+        in_flight = self.in_flight
+        depth = in_flight + queued()
+        received = self.received
         p50, p99 = self.latency_percentiles()
         stats: dict[str, object] = {
-            "received": self.received,
-            "inferred": self.inferred,
-            "batches": self.batches,
-            "dropped": sum(self.dropped.values()),
-            "rejected": sum(self.rejected.values()),
-            "queueDepth": queue_depth,
+            "received": received,
+            "inferred": inferred,
+            "batches": batches,
+            "dropped": sum(dropped.values()),
+            "rejected": sum(rejected.values()),
+            "queueDepth": depth,
             "inferenceRate": self.rate(),
             "latencyP50": p50,
             "latencyP99": p99,
         }
-        stats.update({drop_key(reason): n for reason, n in self.dropped.items()})
-        stats.update({reject_key(reason): n for reason, n in self.rejected.items()})
+        stats.update({drop_key(reason): n for reason, n in dropped.items()})
+        stats.update({reject_key(reason): n for reason, n in rejected.items()})
         return stats
