@@ -296,9 +296,10 @@ class PoolConfig(PoolShape, InferenceSettings):
     def input_channels(self) -> tuple[str, ...]:
         """The input channels, in the order the detector scatters its frames over them.
 
-        The frames must reach each channel in runs of :attr:`scatter_run`, so that
-        each worker sees its frames' uniqueIds step as on one channel and counts the
-        ones it missed.
+        The frames must reach each channel in runs of :attr:`scatter_run` (or one at a
+        time, with ``distributor_updates`` 1, as areaDetector's ``NDPluginScatter``
+        sends them), so that each worker sees its frames' uniqueIds step as on one
+        channel and counts the ones it missed.
         """
         return tuple(self.input_channel.split(","))
 

@@ -68,7 +68,11 @@ def test_every_unique_id_comes_back_exactly_once_from_two_workers(make_pool, sou
     assert facts["model_hash"] == collector.results[0].model_hash
 
 
-@pytest.mark.parametrize(("updates", "run"), [(2, "scatter_run")], ids=["runs-of-scatter_run"])
+@pytest.mark.parametrize(
+    ("updates", "run"),
+    [(2, "scatter_run"), (1, 1)],
+    ids=["runs-of-scatter_run", "one-frame-at-a-time-as-NDPluginScatter"],
+)
 def test_a_pool_on_scattered_channels_infers_every_frame_once_and_counts_none_missed(
     make_pool, channel_prefix, updates, run
 ):

@@ -5,10 +5,11 @@ host one channel with eight monitors (eight workers) sent at most 20,000 frames 
 (BENCHMARKS.md).  A beamline past that rate does what areaDetector offers:
 ``NDPluginScatter`` hands the frames in turn to several ``NDPluginPva`` plugins, each
 with its own channel and its own group of workers.  :class:`ScatteredServer` does the
-same with a server for each channel (in a process of its own with ``process=True``),
-and offers the methods of one :class:`~ptychonn_ophyd.sim.server.SimDetectorServer`:
-``uniqueId`` still rises by one per frame over the detector, and each channel sends its
-runs of ``run`` frames (:class:`~ptychonn_ophyd.sim.server.Share`).
+same, its channels served by one server as one IOC serves them (or each by a process of
+its own with ``process=True``, so that they send in parallel), and offers the methods
+of one :class:`~ptychonn_ophyd.sim.server.SimDetectorServer`: ``uniqueId`` still rises
+by one per frame over the detector, and each channel sends its runs of ``run`` frames
+(:class:`~ptychonn_ophyd.sim.server.Share`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from ptychonn_ophyd.sim.server_process import SimDetectorProcess
 
 
 class ScatteredServer:
-    """Frames in runs of ``run`` over ``channels`` in turn, each channel served by its
-    own server.
+    """Frames in runs of ``run`` over ``channels`` in turn.
 
     Parameters
     ----------
@@ -61,6 +61,7 @@ class ScatteredServer:
         self.channel = ",".join(channels)
         """The channels as a pool's ``input_channel`` names them."""
         self._first_unique_id = first_unique_id
+        self._process = process
 
     @property
     def last_unique_id(self) -> int:
@@ -90,17 +91,30 @@ class ScatteredServer:
         return sum(server.free_run_cpu for server in self.servers)
 
     def start(self) -> ScatteredServer:
-        """Serve every channel."""
+        """Serve every channel.
+
+        Served from this process, the channels share the first channel's server, as one
+        IOC serves its plugins' channels: every ``PvaServer`` of a process serves one
+        record database, so with a server each a client could reach a channel through
+        another channel's server, and on that server's stop reconnect and take the
+        channel's last frame again.
+        """
+        first, *others = self.servers
         try:
-            for server in self.servers:
-                server.start()
+            first.start()
+            for server in others:
+                if self._process:
+                    server.start()
+                else:
+                    server.start(host=first)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for server in self.servers:
+        """Stop every channel; served from this process, all go off the air at once."""
+        for server in reversed(self.servers):
             server.stop()
 
     def __enter__(self) -> ScatteredServer:

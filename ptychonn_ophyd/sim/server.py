@@ -135,6 +135,7 @@ class SimDetectorServer:
         self.channel = channel
         self.announce = announce
         self._server: pva.PvaServer | None = None
+        self._hosted = False
         self._lock = threading.Lock()
         self._last_unique_id = first_unique_id - 1
         self._frames_sent = 0
@@ -165,28 +166,37 @@ class SimDetectorServer:
     def free_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> SimDetectorServer:
+    def start(self, host: SimDetectorServer | None = None) -> SimDetectorServer:
         """Start serving the channel (an empty NTNDArray until the first frame).
 
         Clients on this host that lost the channel are told at once (see
         :func:`~ptychonn_ophyd.loopback.announce_server`), so they reconnect within a
         fraction of a second, as they do when a beamline IOC restarts.
+
+        With ``host``, a started server, the channel is served by that server, as one
+        IOC serves its several plugins' channels, and goes off the air when it stops.
         """
         if self._server is None:
-            server = pva.PvaServer()
-            server.addRecord(self.channel, pva.NtNdArray(), None)
-            server.start()
-            self._server = server
-            if self.announce:
+            if host is None:
+                server = pva.PvaServer()
+                server.addRecord(self.channel, pva.NtNdArray(), None)
+                server.start()
+            else:
+                server = host._require_server()
+                server.addRecord(self.channel, pva.NtNdArray(), None)
+            self._server, self._hosted = server, host is not None
+            if self.announce and host is None:
                 announce_server()
             log.info("serving %s", self.channel)
         return self
 
     def stop(self) -> None:
-        """Stop any free run and the server; the channel disappears."""
+        """Stop any free run and the server; the channel disappears (with a ``host``,
+        when the host stops)."""
         self.stop_free_run()
         if self._server is not None:
-            self._server.stop()
+            if not self._hosted:
+                self._server.stop()
             self._server = None
             log.info("stopped %s after %d frames", self.channel, self._frames_sent)
 
