@@ -290,6 +290,33 @@ def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_p
     assert "sent 40 frames" in capsys.readouterr().out
 
 
+def sim_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sim_command.add_parser(parser.add_subparsers())
+    return parser.parse_args(["sim", *argv])
+
+
+def test_sim_command_scatters_the_frames_over_channels_in_runs(channel_prefix, capsys):
+    channels = f"{channel_prefix}:a,{channel_prefix}:b"
+    args = sim_args("--channel", channels, "--scatter-run", "2", "--rate", "400", "--frames", "12")
+    assert sim_command.run(args) == 0
+    out = capsys.readouterr().out
+    assert f"serving {channels} in runs of 2 at 400 Hz" in out and "sent 12 frames" in out
+    assert f"{channel_prefix}:a 6, {channel_prefix}:b 6" in out
+
+
+@pytest.mark.parametrize(
+    ("channel", "run", "said"),
+    [
+        ("sim:a,", "1", "--channel 'sim:a,' has an empty channel name"),
+        ("sim:a,sim:b", "0", "--scatter-run must be 1 frame or more, not 0"),
+    ],
+)
+def test_sim_command_refuses_bad_channels_in_one_line(capsys, channel, run, said):
+    assert sim_command.run(sim_args("--channel", channel, "--scatter-run", run)) == 2
+    assert capsys.readouterr().err == f"error: {said}\n"
+
+
 @pytest.mark.processes
 def test_an_error_in_the_detector_process_is_raised_in_the_session(channel_prefix):
     with SimDetectorProcess(f"{channel_prefix}:image") as server:

@@ -3,7 +3,9 @@
 Simulates one scan of a sample (by default the held-out demo object) and free-runs the
 frames at a fixed rate on an NTNDArray channel, cycling over the scan, with the scan
 position in the ``x``/``y`` (micrometres) and ``point`` attributes.  Runs until Ctrl-C or
-until ``--frames`` frames have been sent.
+until ``--frames`` frames have been sent.  Several channels, separated by commas, take
+the frames in turn, ``--scatter-run`` at a time, as areaDetector's ``NDPluginScatter``
+hands them to several ``NDPluginPva`` plugins of one IOC.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ptychonn_ophyd.physics.objects import (
 )
 from ptychonn_ophyd.physics.probe import PATCH_SIZE, make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral, raster_scan
+from ptychonn_ophyd.sim.scatter import ScatteredServer
+from ptychonn_ophyd.sim.server import SimDetectorServer
 
 LARGE_FRAME = 4 * PATCH_SIZE + 4
 """516: a frame that a 2-pixel crop and 4x4 binning turn into the model's 128x128 input."""
@@ -32,7 +36,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "sim", help="serve simulated detector frames over PVA", description=__doc__
     )
-    parser.add_argument("--channel", default="sim:det:image", help="NTNDArray PV name")
+    parser.add_argument(
+        "--channel",
+        default="sim:det:image",
+        help="NTNDArray PV name, or several separated by commas to scatter the frames over",
+    )
+    parser.add_argument(
+        "--scatter-run",
+        type=int,
+        default=1,
+        metavar="N",
+        help="frames each of several channels sends in turn: 1 as NDPluginScatter sends "
+        "them (read by a pool with --distributor-updates 1), or the pool's scatter_run "
+        "(its workers per channel times --distributor-updates)",
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="frames/s (0: flat out)")
     parser.add_argument("--frames", type=int, default=0, help="stop after N frames (0: never)")
     parser.add_argument(
@@ -83,22 +100,40 @@ def build_simulation(args: argparse.Namespace) -> PtychoSimulation:
     return PtychoSimulation(obj, make_probe(), positions, detector, seed=args.seed)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ptychonn_ophyd.sim.server import SimDetectorServer
+def make_server(channel: str, scatter_run: int) -> SimDetectorServer | ScatteredServer:
+    """The server of ``--channel``: one channel's, or one scattering over several.
 
+    Raises
+    ------
+    ValueError
+        A channel name is empty, or the run is shorter than one frame.
+    """
+    channels = [name.strip() for name in channel.split(",")]
+    if not all(channels):
+        raise ValueError(f"--channel {channel!r} has an empty channel name")
+    if len(channels) == 1:
+        return SimDetectorServer(channels[0])
+    if scatter_run < 1:
+        raise ValueError(f"--scatter-run must be 1 frame or more, not {scatter_run}")
+    return ScatteredServer(channels, scatter_run)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
+        server = make_server(args.channel, args.scatter_run)
         sim = build_simulation(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     frames = sim.frames()
+    runs = f" in runs of {args.scatter_run}" if isinstance(server, ScatteredServer) else ""
     print(
         f"{sim.obj.name}: {len(sim)} scan points, frames {frames.shape[1]}x{frames.shape[2]} "
-        f"{frames.dtype}, pixel {sim.obj.pixel_size_um * 1e3:g} nm; serving {args.channel} "
-        f"at {args.rate:g} Hz (Ctrl-C stops)"
+        f"{frames.dtype}, pixel {sim.obj.pixel_size_um * 1e3:g} nm; serving {server.channel}"
+        f"{runs} at {args.rate:g} Hz (Ctrl-C stops)"
     )
     n_frames = args.frames or None
-    with SimDetectorServer(args.channel) as server:
+    with server:
         server.start_free_run(frames, sim.positions_um, args.rate, n_frames)
         start = time.monotonic()
         try:
@@ -109,4 +144,6 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - start
     rate = server.frames_sent / elapsed if elapsed > 0 else math.nan
     print(f"sent {server.frames_sent} frames in {elapsed:.1f} s ({rate:.0f} frames/s)")
+    if isinstance(server, ScatteredServer):
+        print(", ".join(f"{s.channel} {s.frames_sent}" for s in server.servers))
     return 0
