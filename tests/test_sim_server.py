@@ -262,38 +262,21 @@ def test_detector_fly_scan_streams_the_path_and_completes(channel_prefix, server
     assert det.server is None and not server.running
 
 
-def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_prefix, capsys):
+def sim_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     sim_command.add_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        [
-            "sim",
-            "--channel",
-            f"{channel_prefix}:cli",
-            "--rate",
-            "400",
-            "--frames",
-            "40",
-            "--frame-size",
-            "516",
-            "--scan",
-            "raster",
-            "--radius",
-            "0.5",
-            "--step",
-            "0.25",
-        ]
+    return parser.parse_args(["sim", *argv])
+
+
+def test_sim_command_builds_large_frames_and_sends_the_requested_count(channel_prefix, capsys):
+    args = sim_args(
+        *("--channel", f"{channel_prefix}:cli", "--rate", "400", "--frames", "40"),
+        *("--frame-size", "516", "--scan", "raster", "--radius", "0.5", "--step", "0.25"),
     )
     sim = sim_command.build_simulation(args)
     assert len(sim) == 25 and sim.frame_shape == (516, 516)
     assert sim_command.run(args) == 0
     assert "sent 40 frames" in capsys.readouterr().out
-
-
-def sim_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    sim_command.add_parser(parser.add_subparsers())
-    return parser.parse_args(["sim", *argv])
 
 
 def test_sim_command_scatters_the_frames_over_channels_in_runs(channel_prefix, capsys):

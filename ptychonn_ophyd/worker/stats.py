@@ -17,7 +17,8 @@ class FrameCounts:
     on its way.  Each counter is written by one thread only: ``received``, ``rejected``
     and the monitor's drops by the monitor thread; ``in_flight``, ``inferred`` and the
     batches' drops by the inference thread, which takes a batch off the queue before it
-    counts it in flight, and out of flight before it counts where it went.
+    counts it in flight, and out of flight before it counts where it went (a stopping
+    worker whose inference thread hangs counts that thread's batch as dropped itself).
     """
 
     def __init__(self, latency_window: int = 8192, rate_window: float = 1.0) -> None:
