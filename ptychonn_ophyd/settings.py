@@ -57,6 +57,21 @@ FrameOutputs = Literal["every", "preview", "none"]
 Gpus = Literal["auto"] | tuple[int, ...]
 
 
+def channel_names(value: str) -> tuple[str, ...]:
+    """The PV names of a channel list separated by commas, as pvapy's list options take
+    them, without the spaces around each.
+
+    Raises
+    ------
+    ValueError
+        A name is empty; the message names the list.
+    """
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names):
+        raise ValueError(f"{value!r} has an empty channel name")
+    return names
+
+
 class InferenceSettings(BaseModel):
     """What every worker does with the frames it receives."""
 
@@ -277,10 +292,7 @@ class PoolConfig(PoolShape, InferenceSettings):
     @field_validator("input_channel")
     @classmethod
     def _channel_names(cls, value: str) -> str:
-        names = value.split(",")
-        if not all(name.strip() for name in names):
-            raise ValueError(f"{value!r} has an empty channel name")
-        return ",".join(name.strip() for name in names)
+        return ",".join(channel_names(value))
 
     @model_validator(mode="after")
     def _workers_per_channel(self) -> PoolConfig:

@@ -25,8 +25,8 @@ from ptychonn_ophyd.physics.objects import (
 )
 from ptychonn_ophyd.physics.probe import PATCH_SIZE, make_probe
 from ptychonn_ophyd.physics.scan import fermat_spiral, raster_scan
-from ptychonn_ophyd.sim.scatter import ScatteredServer
-from ptychonn_ophyd.sim.server import SimDetectorServer
+from ptychonn_ophyd.settings import channel_names
+from ptychonn_ophyd.sim.scatter import ScatteredServer, Server, make_server
 
 LARGE_FRAME = 4 * PATCH_SIZE + 4
 """516: a frame that a 2-pixel crop and 4x4 binning turn into the model's 128x128 input."""
@@ -100,27 +100,26 @@ def build_simulation(args: argparse.Namespace) -> PtychoSimulation:
     return PtychoSimulation(obj, make_probe(), positions, detector, seed=args.seed)
 
 
-def make_server(channel: str, scatter_run: int) -> SimDetectorServer | ScatteredServer:
-    """The server of ``--channel``: one channel's, or one scattering over several.
+def server_of(args: argparse.Namespace) -> Server:
+    """The server of ``--channel`` and ``--scatter-run``.
 
     Raises
     ------
     ValueError
-        A channel name is empty, or the run is shorter than one frame.
+        A channel name is empty, or several channels' run is shorter than one frame.
     """
-    channels = [name.strip() for name in channel.split(",")]
-    if not all(channels):
-        raise ValueError(f"--channel {channel!r} has an empty channel name")
-    if len(channels) == 1:
-        return SimDetectorServer(channels[0])
-    if scatter_run < 1:
-        raise ValueError(f"--scatter-run must be 1 frame or more, not {scatter_run}")
-    return ScatteredServer(channels, scatter_run)
+    try:
+        names = channel_names(args.channel)
+    except ValueError as err:
+        raise ValueError(f"--channel {err}") from None
+    if len(names) > 1 and args.scatter_run < 1:
+        raise ValueError(f"--scatter-run must be 1 frame or more, not {args.scatter_run}")
+    return make_server(names, args.scatter_run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        server = make_server(args.channel, args.scatter_run)
+        server = server_of(args)
         sim = build_simulation(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,15 +23,10 @@ from ophyd.status import StatusBase
 
 from ptychonn_ophyd.moments import frame_moments
 from ptychonn_ophyd.physics.diffraction import PtychoSimulation
-from ptychonn_ophyd.sim.scatter import ScatteredServer
-from ptychonn_ophyd.sim.server import SimDetectorServer
-from ptychonn_ophyd.sim.server_process import SimDetectorProcess
+from ptychonn_ophyd.settings import channel_names
+from ptychonn_ophyd.sim.scatter import Server, make_server
 
 DEFAULT_CHANNEL = "sim:det:image"
-
-Server = SimDetectorServer | SimDetectorProcess | ScatteredServer
-"""What serves the detector's frames: the same methods, from here, from a process of
-its own, or scattered over several channels."""
 
 
 class _ServerCounter(SignalRO):
@@ -168,25 +163,19 @@ class SimPtychoDetector(Device):
         """Serve the channel (from the first staging on; again if ``channel`` changed);
         ``frames_sent`` and the scan point index count from 0, ``uniqueId`` runs on."""
         staged = super().stage()
-        channel = ",".join(name.strip() for name in self.channel.get().split(","))
+        names = channel_names(self.channel.get())
+        channel = ",".join(names)
         if self.server is not None and (not self.server.running or self.server.channel != channel):
             self.close()
         if self.server is None:
-            self.server = self._make_server(channel, int(self.last_unique_id.get()) + 1).start()
+            first_id = int(self.last_unique_id.get()) + 1
+            server = make_server(names, self.scatter_run, first_id, self.server_process)
+            self.server = server.start()
             self._loaded_path = None
         self.frames_sent.rebase()
         self._point = 0
         self._unread = False
         return staged
-
-    def _make_server(self, channel: str, first_id: int) -> Server:
-        channels = channel.split(",")
-        if len(channels) > 1:
-            return ScatteredServer(
-                channels, self.scatter_run, first_id, process=self.server_process
-            )
-        kind = SimDetectorProcess if self.server_process else SimDetectorServer
-        return kind(channel, first_id)
 
     def unstage(self) -> list[object]:
         """Stop any free run; the channel stays up, as an IOC's does between scans."""

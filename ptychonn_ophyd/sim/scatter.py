@@ -195,3 +195,20 @@ class ScatteredServer:
         offset = unique_id - self._first_unique_id
         k = len(self.servers)
         return [Share(index, k, self.run, offset) for index in range(k)]
+
+
+Server = SimDetectorServer | SimDetectorProcess | ScatteredServer
+"""What serves the detector's frames: the same methods, from here, from a process of
+its own, or scattered over several channels."""
+
+
+def make_server(
+    channels: Sequence[str], run: int, first_unique_id: int = 1, process: bool = False
+) -> Server:
+    """The server of ``channels``: one channel's, or one scattering the frames over
+    several in runs of ``run``; with ``process``, each channel sends from a process of
+    its own."""
+    if len(channels) > 1:
+        return ScatteredServer(channels, run, first_unique_id, process=process)
+    kind = SimDetectorProcess if process else SimDetectorServer
+    return kind(channels[0], first_unique_id)

@@ -177,13 +177,10 @@ class SimDetectorServer:
         IOC serves its several plugins' channels, and goes off the air when it stops.
         """
         if self._server is None:
+            server = pva.PvaServer() if host is None else host._require_server()
+            server.addRecord(self.channel, pva.NtNdArray(), None)
             if host is None:
-                server = pva.PvaServer()
-                server.addRecord(self.channel, pva.NtNdArray(), None)
                 server.start()
-            else:
-                server = host._require_server()
-                server.addRecord(self.channel, pva.NtNdArray(), None)
             self._server, self._hosted = server, host is not None
             if self.announce and host is None:
                 announce_server()
