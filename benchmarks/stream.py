@@ -490,6 +490,7 @@ class Trial:
     sustained_hz: float
     latency_p50_ms: float
     latency_p99_ms: float
+    latency_p99_ms_by_second: list[float]
     worker_latency_p99_ms: float
     worker_cpu_ms: float
     source_cpu_ms: float
@@ -521,8 +522,11 @@ class Trial:
         )
 
     def notes(self) -> list[str]:
-        """The wait, and a warning if a collector may have been the limit."""
+        """The wait, the latency tail second by second, and a warning if a collector may
+        have been the limit."""
         notes = [Wait(self.waited_s, self.wait_end).line()]
+        by_second = ", ".join(f"{ms:g}" for ms in self.latency_p99_ms_by_second)
+        notes.append(f"latency p99 (ms) of each second's results: {by_second}")
         busiest = max(self.collector_busy)
         if busiest > BUSY_WARNING:
             notes.append(
@@ -566,6 +570,19 @@ def pool_deltas(after: dict, before: dict) -> dict:
     return {**counts, "dropped_by_reason": dropped}
 
 
+def p99_by_second(records: np.ndarray, started: float) -> list[float]:
+    """p99 latency in ms of the results that arrived in each second after ``started``
+    (a ``perf_counter``; an empty second gives 0): places a tail in the trial's time."""
+    if not len(records):
+        return []
+    second = (records["arrived"] - started).clip(0).astype(np.int64)
+    p99 = []
+    for k in range(int(second.max()) + 1):
+        latency = records["latency"][second == k]
+        p99.append(round(float(np.percentile(latency, 99)) * 1e3, 2) if len(latency) else 0.0)
+    return p99
+
+
 def make_trial(
     bursts: list[Burst],
     elapsed: float,
@@ -601,6 +618,7 @@ def make_trial(
         sustained_hz=counted.distinct / span,
         latency_p50_ms=float(p50) * 1e3,
         latency_p99_ms=float(p99) * 1e3,
+        latency_p99_ms_by_second=p99_by_second(records, started),
         worker_latency_p99_ms=worker_p99_s * 1e3,
         worker_cpu_ms=cpu_ms[0],
         source_cpu_ms=cpu_ms[1],

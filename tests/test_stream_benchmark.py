@@ -136,6 +136,17 @@ def test_a_trial_splits_its_lost_frames_by_where_they_were_lost(stream):
     assert any(note.startswith("warning: a collector was busy 90%") for note in trial.notes())
 
 
+def test_the_latency_tail_is_placed_in_the_second_its_results_arrived(stream):
+    """Results 0.2 and 2.7 s into the trial: the first second's tail, an empty second,
+    then the third's; an empty trial has no seconds."""
+    recorder = stream.Recorder(first_chunk=16)
+    recorder.add(0, np.arange(100), np.full(100, 0.002), 10.2)
+    recorder.add(0, np.arange(100, 110), np.full(10, 0.040), 12.7)
+    assert stream.p99_by_second(recorder.records(), 10.0) == [2.0, 0.0, 40.0]
+    recorder.clear()
+    assert stream.p99_by_second(recorder.records(), 10.0) == []
+
+
 @dataclass
 class FakeTrial:
     """What :func:`stream.sweep` reads of a trial."""
