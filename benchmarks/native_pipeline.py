@@ -13,7 +13,8 @@ the engine raised), rejected (not a frame of the expected size and a numeric typ
 missed (sent, never received), not in time.
 
 A prototype, not the product: no control or status channel, no crop or binning (the
-frames must be the model's input size), one stream of one worker.  ``--compare-passthrough``
+frames must be the model's input size), no handling of a source that restarts, one
+stream of one worker.  ``--compare-passthrough``
 sweeps pvapy's passthrough on the same source settings, as ``stream.py`` does.  Takes
 ``stream.py``'s options; ``NATIVE_RECEIVER`` names a receiver library built elsewhere
 (a host without g++).
