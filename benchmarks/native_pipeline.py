@@ -65,6 +65,8 @@ COUNTS = (
     "deepest_queue",
 )
 """What ``rx_counts`` reports, in its order."""
+STAGES = ("moments", "engine", "publish")
+"""The inference thread's stages, timed batch by batch."""
 BUFFERED_FRAMES = 4096
 """Frames the receiver's batch buffers hold, as the pvapy worker's warm-up queue."""
 
@@ -170,20 +172,22 @@ class Receiver:
 
 
 class NativeWorker:
-    """Receive, infer and publish batches until :meth:`stop`; count what was lost."""
+    """Receive, infer and publish batches until :meth:`stop`; count what was lost, and
+    time the inference thread's stages."""
 
     def __init__(self, receiver: Receiver, engine, record) -> None:
+        from ptychonn_ophyd.worker.stats import FrameCounts
+
         self._receiver, self._engine, self._record = receiver, engine, record
-        self._errors = 0
-        self._latencies = np.zeros(8192)
-        self._n_latencies = 0
-        self._lock = threading.Lock()
+        self._counts = FrameCounts()
+        self._stages = dict.fromkeys(STAGES, 0.0)
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.is_set():
             if (batch := self._receiver.take(0.1)) is not None:
                 buffer, n = batch
+                self._counts.take(n)
                 try:
                     self._infer(buffer, n)
                 finally:
@@ -194,45 +198,42 @@ class NativeWorker:
         from ptychonn_ophyd.wire import FRAME_TAGS, INPUT_MOMENT_FIELDS, ResultBatch
 
         inputs, tags = self._receiver.frames[buffer, :n], self._receiver.tags[buffer, :n]
+        begun = time.perf_counter()
         totals, centroids = frame_moments(inputs)
+        moments = time.perf_counter()
         try:
             prediction = self._engine.infer(inputs)
         except Exception:  # counted, as the pvapy worker counts it, and the stream goes on
-            with self._lock:
-                self._errors += n
+            self._counts.drop_batch("error", n)
             return
+        inferred = time.perf_counter()
         frames = {name: tags[:, k] for k, name in enumerate(FRAME_TAGS)}
         frames.update(zip(INPUT_MOMENT_FIELDS, (totals, *centroids.T), strict=True))
         latencies = time.perf_counter() - tags[:, 5]
         self._record.publish(
             ResultBatch(1, self._engine.model_hash, 0, 0, time.time(), frames, prediction.phase)
         )
-        with self._lock:
-            start = self._n_latencies % len(self._latencies)
-            k = min(n, len(self._latencies) - start)
-            self._latencies[start : start + k] = latencies[:k]
-            self._n_latencies += k
+        self._counts.record_batch(latencies)
+        done = time.perf_counter()
+        spans = (moments - begun, inferred - moments, done - inferred)
+        for stage, seconds in zip(STAGES, spans, strict=True):
+            self._stages[stage] += seconds
 
     def totals(self) -> dict:
-        """The counts of ``stream.pool_totals``: received, dropped by reason, rejected,
-        missed (uniqueId gaps) and the p99 of the last frames' receipt-to-publish time."""
-        from ptychonn_ophyd.wire import DROP_REASONS
-
+        """The counts of ``stream.pool_totals`` (received, dropped by reason, rejected,
+        missed: uniqueId gaps; the p99 of the last frames' receipt to publish), the
+        receiver's own counts and the inference thread's seconds by stage."""
         counts = self._receiver.counts()
-        with self._lock:
-            dropped = dict.fromkeys(DROP_REASONS, 0) | {
-                "queue_full": counts["dropped"],
-                "error": self._errors,
-            }
-            recent = self._latencies[: min(self._n_latencies, len(self._latencies))]
-        p99 = float(np.percentile(recent, 99)) if len(recent) else 0.0
+        dropped = dict(self._counts.dropped)
+        dropped["queue_full"] += counts["dropped"]
         return {
             "received": counts["received"],
             "dropped_by_reason": dropped,
             "rejected": counts["rejected"],
             "missed": counts["missed"],
-            "latency_p99_s": p99,
+            "latency_p99_s": self._counts.latency_percentiles()[1],
             "receiver": counts,
+            "stages": dict(self._stages),
         }
 
     def stop(self) -> None:
@@ -281,6 +282,20 @@ def serve_native(channel: str, prefix: str, settings: dict, library: str, pipe: 
         server.stop()
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of process ``pid``'s threads, summed by thread name (``/proc``): where
+    the worker's CPU goes, pvxs's receiving, Python's inference thread and pvAccess's
+    sending apart."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds[name] = seconds.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
 @dataclass
 class NativeBench:
     """The native worker, its source and the collector of its batch channel."""
@@ -304,6 +319,7 @@ class NativeBench:
         n = max(int(rate * self.seconds), 1)
         pids = [self.worker.pid], [self.source.pid]
         cpu_before = tuple(cpu_seconds(p) for p in pids)
+        threads_before = thread_cpu(self.worker.pid)
         started = time.perf_counter()
         self.source.start_burst(rate, n)
         burst = self.source.end_burst()
@@ -311,8 +327,21 @@ class NativeBench:
         cpu_ms = tuple(
             (cpu_seconds(p) - c) / burst.sent * 1e3 for p, c in zip(pids, cpu_before, strict=True)
         )
+        threads = thread_cpu(self.worker.pid)
         collected = self.collectors.take()
         after = self.totals()
+        busy = {name: s - threads_before.get(name, 0.0) for name, s in threads.items()}
+        shown = ", ".join(
+            f"{name} {s / burst.sent * 1e6:.1f}"
+            for name, s in sorted(busy.items(), key=lambda kv: -kv[1])
+            if s > 0.01
+        )
+        stages = ", ".join(
+            f"{k} {(after['stages'][k] - before['stages'][k]) / burst.sent * 1e6:.1f}"
+            for k in STAGES
+        )
+        print(f"    worker threads, CPU µs a frame: {shown}", flush=True)
+        print(f"    inference thread, wall µs a frame: {stages}", flush=True)
         print(f"    receiver: {after['receiver']}", flush=True)
         counts = pool_deltas(after, before)
         return make_trial(
