@@ -14,15 +14,14 @@ missed (sent, never received), not in time.
 
 A prototype, not the product: no control or status channel, no crop or binning (the
 frames must be the model's input size), no handling of a source that restarts, one
-stream of one worker.  ``--compare-passthrough``
-sweeps pvapy's passthrough on the same source settings, as ``stream.py`` does.  Takes
-``stream.py``'s options; ``NATIVE_RECEIVER`` names a receiver library built elsewhere
-(a host without g++).
+stream of one worker.  ``--compare-passthrough`` sweeps pvapy's passthrough on the same
+source settings, as ``stream.py`` does.  Takes ``stream.py``'s options;
+``NATIVE_RECEIVER`` names a receiver library built elsewhere (a host without g++).
 
 Example (the 2-core comparison of BENCHMARKS.md)::
 
     python benchmarks/native_pipeline.py --compare-passthrough --copy-model \\
-        --backend onnxruntime --threads 1 --rate 2000 --seconds 3 --batch-size 32 \\
+        --backend onnxruntime --threads 1 --rate 4000 --seconds 3 --batch-size 32 \\
         --batch-timeout 0.002 --refine 2 --server-queue-size 1000
 """
 
@@ -67,6 +66,8 @@ COUNTS = (
 """What ``rx_counts`` reports, in its order."""
 STAGES = ("moments", "engine", "publish")
 """The inference thread's stages, timed batch by batch."""
+READY_TIMEOUT = 600.0
+"""Seconds the worker process may take to load its engine and subscribe."""
 BUFFERED_FRAMES = 4096
 """Frames the receiver's batch buffers hold, as the pvapy worker's warm-up queue."""
 
@@ -379,9 +380,7 @@ def run_native(args: argparse.Namespace, model: Path, library: Path) -> dict:
         )
         worker.start()
         stack.callback(_end_worker, worker, pipe)
-        if not pipe.poll(600):
-            raise SystemExit("error: the native worker did not start in 600 s")
-        engine = pipe.recv()
+        engine = _wait_ready(worker, pipe, READY_TIMEOUT)
         collectors = Collectors([[f"{prefix}:1:batch"]], 1)
         stack.callback(collectors.close)
         print(
@@ -393,6 +392,20 @@ def run_native(args: argparse.Namespace, model: Path, library: Path) -> dict:
             source, worker, pipe, collectors, args.seconds, args.quiet, args.deadline
         )
         return measure(bench.trial, args, "native worker")
+
+
+def _wait_ready(worker: multiprocessing.Process, pipe: Connection, timeout: float) -> str:
+    """The engine's description, once the worker process is ready."""
+    deadline = time.monotonic() + timeout
+    while not pipe.poll(1.0):
+        if not worker.is_alive():
+            raise SystemExit(
+                f"error: the native worker exited (code {worker.exitcode}) before it was "
+                "ready; its error is above"
+            )
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: the native worker was not ready in {timeout:g} s")
+    return pipe.recv()
 
 
 def _end_worker(worker: multiprocessing.Process, pipe: Connection) -> None:
