@@ -254,7 +254,10 @@ def test_batch_channel_carries_every_frame_with_its_identity_moments_and_result(
     phases = np.concatenate([b.phase for b in collector.batches])[order]
     np.testing.assert_allclose(phases, expected, rtol=1e-4, atol=1e-5)
     assert {(b.consumer_id, b.model_hash) for b in batches} == {(1, engine.model_hash)}
-    assert all(b.amplitude is None and b.published >= column["frameTime"].max() for b in batches)
+    assert all(b.amplitude is None for b in batches)
+    # each batch goes out after its own frames were sent (a first batch may go out
+    # before the last frames are, on a busy machine)
+    assert all(b.published >= b.frames["frameTime"].max() for b in batches)
     assert wait_until(lambda: user_stats(channel_prefix)["inferred"] == 10, 5)
     stats = user_stats(channel_prefix)
     assert stats["batchesPublished"] == len(batches) and stats["published"] == 0
