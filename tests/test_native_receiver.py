@@ -59,8 +59,8 @@ def taken(receiver, n_frames: int, timeout: float = 30.0) -> list[tuple[np.ndarr
 def test_the_receiver_decodes_each_frame_its_tags_and_a_partial_batch(
     native, receiver_library, channel_prefix, dtype
 ):
-    """Seven frames in batches of four: a full batch, then the rest after the batch
-    timeout, with pixels, uniqueId, time and position as the server sent them."""
+    """Seven frames in batches of up to four, the last one partial, handed out after the
+    batch timeout, with pixels, uniqueId, time and position as the server sent them."""
     channel = f"{channel_prefix}:{dtype}"
     rng = np.random.default_rng(1)
     images = (rng.random((7, 16, 16)) * 200).astype(dtype)
@@ -84,7 +84,8 @@ def test_the_receiver_decodes_each_frame_its_tags_and_a_partial_batch(
     finally:
         receiver.close()
         server.stop()
-    assert [len(frames) for frames, _ in batches] == [4, 3]
+    sizes = [len(frames) for frames, _ in batches]  # [4, 3] unless a frame came late
+    assert sum(sizes) == 7 and max(sizes) <= 4, sizes
     frames = np.concatenate([f for f, _ in batches])
     tags = np.concatenate([t for _, t in batches])
     np.testing.assert_array_equal(frames, images.astype(np.float32))
