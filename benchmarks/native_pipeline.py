@@ -54,6 +54,8 @@ from ptychonn_ophyd.loopback import use_loopback
 RECEIVER_SOURCE = Path(__file__).parent / "native" / "receiver.cpp"
 TAGS = 6
 """Per frame the receiver writes uniqueId, frame time, x, y, point and time of receipt."""
+RECEIPT = 5
+"""The column of a frame's time of receipt (``perf_counter``'s clock) among its tags."""
 COUNTS = (
     "received",
     "dropped",
@@ -210,7 +212,7 @@ class NativeWorker:
         inferred = time.perf_counter()
         frames = {name: tags[:, k] for k, name in enumerate(FRAME_TAGS)}
         frames.update(zip(INPUT_MOMENT_FIELDS, (totals, *centroids.T), strict=True))
-        latencies = time.perf_counter() - tags[:, 5]
+        latencies = time.perf_counter() - tags[:, RECEIPT]
         self._record.publish(
             ResultBatch(1, self._engine.model_hash, 0, 0, time.time(), frames, prediction.phase)
         )
